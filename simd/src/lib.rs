@@ -1,0 +1,55 @@
+//! The kernels under `dropit`: `no_std`, allocation-free, every buffer supplied by the caller.
+//!
+//! - [`select`]: exact top-k by magnitude (a streaming radix select over the bit patterns of |x|).
+//! - [`format`]: the sparse storage formats and their byte sizes, known before any data exists.
+//! - [`pack`]: keep/drop compaction into a format, and scatter back to dense.
+//! - [`spmm`]: weight gradients of Linear and NHWC Conv2d straight from the packed input.
+//! - [`mask`]: 1-bit masks (ReLU forward/backward).
+//! - [`reference`]: a plain scalar twin of every kernel; the tests compare against it.
+//!
+//! ```
+//! use dropit_simd::{format::{Format, PackedMut, ValueType}, pack, select};
+//!
+//! let x = [0.5f32, -3.0, 0.0, 2.0, -0.25, 1.0];
+//! let k = 2;
+//! let t = select::topk_threshold(&x, k).unwrap();
+//! let fmt = Format::smallest(x.len(), k, ValueType::F32);
+//! let mut buf = vec![0u64; fmt.bytes(x.len(), k).div_ceil(8)];
+//! let mut packed = PackedMut::from_bytes(fmt, x.len(), k, bytemuck::cast_slice_mut(&mut buf)).unwrap();
+//! pack::pack(&x, &t, &mut packed).unwrap();
+//! let mut dense = [9.0f32; 6];
+//! pack::unpack(&packed.as_packed(), &mut dense).unwrap();
+//! assert_eq!(dense, [0.0, -3.0, 0.0, 2.0, 0.0, 0.0]);
+//! ```
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+mod error;
+pub mod format;
+pub mod mask;
+pub mod pack;
+pub mod reference;
+pub mod select;
+pub mod spmm;
+
+pub use error::Error;
+
+/// Result of a kernel call.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// Returns `Err(Error::Length)` unless `given == expected`.
+#[inline]
+pub(crate) fn check_len(what: &'static str, expected: usize, given: usize) -> Result<()> {
+    if expected == given {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            given,
+        })
+    }
+}

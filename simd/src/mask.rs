@@ -1,0 +1,81 @@
+//! 1-bit masks: what ReLU (and dropout) keep for backward instead of a whole tensor.
+//!
+//! Bit `i % 64` of word `i / 64` belongs to element `i`; bits past the end are zero.
+
+use wide::{f32x8, i32x8};
+
+use crate::{Result, check_len};
+
+/// Words needed for a mask of `n` elements.
+pub const fn mask_words(n: usize) -> usize {
+    n.div_ceil(64)
+}
+
+#[inline(always)]
+fn load8(x: &[f32]) -> f32x8 {
+    let a: [f32; 8] = x[..8].try_into().unwrap();
+    f32x8::from(a)
+}
+
+/// Sets bit `i` of `bits` when `x[i] > 0` (NaN and ±0 give 0).
+pub fn positive_mask(x: &[f32], bits: &mut [u64]) -> Result<()> {
+    check_len("mask words", mask_words(x.len()), bits.len())?;
+    let zero = f32x8::splat(0.0);
+    for (w, xs) in bits.iter_mut().zip(x.chunks(64)) {
+        let mut word = 0u64;
+        let mut chunks = xs.chunks_exact(8);
+        for (j, c) in (&mut chunks).enumerate() {
+            word |= (load8(c).simd_gt(zero).to_bitmask() as u64) << (8 * j);
+        }
+        let done = xs.len() - chunks.remainder().len();
+        for (j, &v) in chunks.remainder().iter().enumerate() {
+            word |= ((v > 0.0) as u64) << (done + j);
+        }
+        *w = word;
+    }
+    Ok(())
+}
+
+/// ReLU forward in place, recording the mask: `x[i] = max(x[i], 0)`, bit `i` = `x[i] > 0`.
+/// NaN passes through unchanged (with bit 0), so the loss check still sees it.
+pub fn relu_forward(x: &mut [f32], bits: &mut [u64]) -> Result<()> {
+    positive_mask(x, bits)?;
+    for v in x.iter_mut() {
+        if *v <= 0.0 {
+            *v = 0.0;
+        }
+    }
+    Ok(())
+}
+
+/// Lane `j` of the result is all ones when bit `j` of `byte` is set.
+#[inline(always)]
+fn lanes(byte: u64) -> i32x8 {
+    let sel = i32x8::new([1, 2, 4, 8, 16, 32, 64, 128]);
+    (i32x8::splat(byte as i32) & sel).simd_eq(sel)
+}
+
+/// `dx[i] = dy[i]` where bit `i` is set, else 0 (ReLU backward).
+pub fn apply_mask(dy: &[f32], bits: &[u64], dx: &mut [f32]) -> Result<()> {
+    check_len("mask words", mask_words(dy.len()), bits.len())?;
+    check_len("masked gradient", dy.len(), dx.len())?;
+    for ((&w, d), o) in bits.iter().zip(dy.chunks(64)).zip(dx.chunks_mut(64)) {
+        let mut dc = d.chunks_exact(8);
+        let mut oc = o.chunks_exact_mut(8);
+        for (j, (d8, o8)) in (&mut dc).zip(&mut oc).enumerate() {
+            let keep: f32x8 = bytemuck::cast(lanes(w >> (8 * j)));
+            let r = load8(d8) & keep;
+            o8.copy_from_slice(&r.to_array());
+        }
+        let done = d.len() - dc.remainder().len();
+        for (j, (&v, out)) in dc.remainder().iter().zip(oc.into_remainder()).enumerate() {
+            *out = if (w >> (done + j)) & 1 == 1 { v } else { 0.0 };
+        }
+    }
+    Ok(())
+}
+
+/// Number of set bits: how many elements a mask keeps.
+pub fn count_ones(bits: &[u64]) -> usize {
+    bits.iter().map(|w| w.count_ones() as usize).sum()
+}

@@ -1,0 +1,219 @@
+//! Plain scalar twins of every kernel: obviously correct, slow, and what the tests trust.
+
+use crate::format::{Packed, PackedMut, Positions, PositionsMut, Value, Values, ValuesMut};
+use crate::select::{Threshold, key};
+use crate::spmm::ConvGeom;
+use crate::{Error, Result, check_len};
+
+/// Top-k threshold by binary search over the key space: the largest key `t` with at least `k`
+/// elements at or above it.
+pub fn topk_threshold(x: &[f32], k: usize) -> Result<Threshold> {
+    let n = x.len();
+    if k > n {
+        return Err(Error::KTooLarge { k, n });
+    }
+    if k == 0 {
+        return Ok(Threshold::NONE);
+    }
+    let count_ge = |t: i64| x.iter().filter(|&&v| key(v) as i64 >= t).count();
+    let (mut lo, mut hi) = (0i64, 0x7FFF_FFFFi64);
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2;
+        if count_ge(mid) >= k {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let above = x.iter().filter(|&&v| key(v) as i64 > lo).count();
+    Ok(Threshold::from_parts(lo as i32, above, k - above))
+}
+
+/// `flags[i]` = whether element `i` is kept under `t` (ties in index order).
+pub fn keep_flags(x: &[f32], t: &Threshold, flags: &mut [bool]) -> Result<()> {
+    check_len("keep flags", x.len(), flags.len())?;
+    let mut ties = t.ties();
+    for (&v, f) in x.iter().zip(flags.iter_mut()) {
+        let k = key(v);
+        *f = k > t.key() || (k == t.key() && ties > 0);
+        if k == t.key() && ties > 0 {
+            ties -= 1;
+        }
+    }
+    Ok(())
+}
+
+fn write_value(values: &mut ValuesMut<'_>, slot: usize, v: f32) {
+    match values {
+        ValuesMut::F32(a) => a[slot] = v,
+        ValuesMut::Bf16(a) => a[slot] = Value::from_f32(v),
+        ValuesMut::F16(a) => a[slot] = Value::from_f32(v),
+    }
+}
+
+fn read_value(values: &Values<'_>, slot: usize) -> f32 {
+    match values {
+        Values::F32(a) => a[slot],
+        Values::Bf16(a) => a[slot].to_f32(),
+        Values::F16(a) => a[slot].to_f32(),
+    }
+}
+
+/// Packs `x` in selection blocks (as [`crate::pack::pack_blocks`]), one element at a time.
+pub fn pack_blocks(
+    x: &[f32],
+    block: usize,
+    thresholds: &[Threshold],
+    out: &mut PackedMut<'_>,
+) -> Result<()> {
+    check_len("packed tensor length", out.n, x.len())?;
+    match &mut out.positions {
+        PositionsMut::Bitmap(w) => w.fill(0),
+        PositionsMut::Block16 { counts, .. } => counts.fill(0),
+        PositionsMut::U32(_) => {}
+    }
+    let mut slot = 0;
+    for (b, t) in thresholds.iter().enumerate() {
+        let mut ties = t.ties();
+        for i in b * block..((b + 1) * block).min(x.len()) {
+            let k = key(x[i]);
+            let keep = k > t.key() || (k == t.key() && ties > 0);
+            if k == t.key() && ties > 0 {
+                ties -= 1;
+            }
+            if !keep {
+                continue;
+            }
+            if slot >= out.k {
+                return Err(Error::KTooLarge {
+                    k: slot + 1,
+                    n: out.k,
+                });
+            }
+            write_value(&mut out.values, slot, x[i]);
+            match &mut out.positions {
+                PositionsMut::Bitmap(w) => w[i / 64] |= 1 << (i % 64),
+                PositionsMut::Block16 { counts, offsets } => {
+                    counts[i / 65536] += 1;
+                    offsets[slot] = (i % 65536) as u16;
+                }
+                PositionsMut::U32(idx) => idx[slot] = i as u32,
+            }
+            slot += 1;
+        }
+    }
+    check_len("kept elements after packing", out.k, slot)
+}
+
+/// Scatters a packed tensor into `out`, one element at a time.
+pub fn unpack(p: &Packed<'_>, out: &mut [f32]) -> Result<()> {
+    check_len("unpacked tensor", p.n, out.len())?;
+    out.fill(0.0);
+    match p.positions {
+        Positions::Bitmap(w) => {
+            let mut slot = 0;
+            for i in 0..p.n {
+                if (w[i / 64] >> (i % 64)) & 1 == 1 {
+                    out[i] = read_value(&p.values, slot);
+                    slot += 1;
+                }
+            }
+        }
+        Positions::Block16 { counts, offsets } => {
+            let mut slot = 0;
+            for (b, &c) in counts.iter().enumerate() {
+                for _ in 0..c {
+                    out[b * 65536 + offsets[slot] as usize] = read_value(&p.values, slot);
+                    slot += 1;
+                }
+            }
+        }
+        Positions::U32(idx) => {
+            for (slot, &i) in idx.iter().enumerate() {
+                out[i as usize] = read_value(&p.values, slot);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dense Linear weight gradient: `gwt[i, o] += Σ_r x[r, i] · dy[r, o]` (layouts as
+/// [`crate::spmm::linear_grad_w`]).
+pub fn linear_grad_w(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    dy: &[f32],
+    out: usize,
+    gwt: &mut [f32],
+) -> Result<()> {
+    check_len("x", rows * inp, x.len())?;
+    check_len("dy", rows * out, dy.len())?;
+    check_len("gwt", inp * out, gwt.len())?;
+    for r in 0..rows {
+        for i in 0..inp {
+            for o in 0..out {
+                gwt[i * out + o] += x[r * inp + i] * dy[r * out + o];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dense NHWC Conv2d weight gradient by direct summation over output positions.
+pub fn conv2d_grad_w(x: &[f32], g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
+    let (ho, wo) = g.out_hw()?;
+    check_len("x", g.input_len(), x.len())?;
+    check_len("dy", g.n * ho * wo * g.cout, dy.len())?;
+    check_len("gw", g.weight_len(), gw.len())?;
+    for n in 0..g.n {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                for a in 0..g.kh {
+                    for b in 0..g.kw {
+                        let ih = (oh * g.stride.0 + a) as isize - g.pad.0 as isize;
+                        let iw = (ow * g.stride.1 + b) as isize - g.pad.1 as isize;
+                        if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                            continue;
+                        }
+                        let (ih, iw) = (ih as usize, iw as usize);
+                        for c in 0..g.cin {
+                            let xv = x[((n * g.h + ih) * g.w + iw) * g.cin + c];
+                            for o in 0..g.cout {
+                                gw[((a * g.kw + b) * g.cin + c) * g.cout + o] +=
+                                    xv * dy[((n * ho + oh) * wo + ow) * g.cout + o];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bit `i` = `x[i] > 0`.
+pub fn positive_mask(x: &[f32], bits: &mut [u64]) -> Result<()> {
+    check_len("mask words", x.len().div_ceil(64), bits.len())?;
+    bits.fill(0);
+    for (i, &v) in x.iter().enumerate() {
+        if v > 0.0 {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+    }
+    Ok(())
+}
+
+/// `dx[i] = dy[i]` where bit `i` is set, else 0.
+pub fn apply_mask(dy: &[f32], bits: &[u64], dx: &mut [f32]) -> Result<()> {
+    check_len("mask words", dy.len().div_ceil(64), bits.len())?;
+    check_len("masked gradient", dy.len(), dx.len())?;
+    for i in 0..dy.len() {
+        dx[i] = if (bits[i / 64] >> (i % 64)) & 1 == 1 {
+            dy[i]
+        } else {
+            0.0
+        };
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Weight gradients straight from a packed input: the "sparse-recovery GEMM".
+//!
+//! Each kept input element contributes one contiguous axpy of output-gradient rows into rows of
+//! the weight gradient, so the work is proportional to k, and no dense copy of the input exists.
+//!
+//! Kept elements are decoded in batches into a small stack buffer, then the batch is applied. The
+//! apply step is the hot loop: on x86_64 with `std` it runs in an AVX2 build of the same code
+//! (chosen at run time); elsewhere in the build's baseline (SSE2, NEON). Both paths do the same
+//! multiplies and adds in the same order, so results are bitwise the same on every machine.
+
+use crate::format::Packed;
+use crate::pack::for_each_kept;
+use crate::{Error, Result, check_len};
+
+/// Kept elements decoded per batch.
+const BATCH: usize = 512;
+
+/// Columns of the weight gradient updated per sweep over a batch (keeps the touched part of
+/// grad_Wᵀ small enough to stay in cache).
+const COL_TILE: usize = 128;
+
+/// `y += a · x`, element by element (written for the autovectorizer; no fused multiply-add, so
+/// every target rounds identically).
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Which build of the hot loops to run.
+#[derive(Clone, Copy)]
+enum Isa {
+    Base,
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    Avx2,
+}
+
+fn isa() -> Isa {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if std::is_x86_feature_detected!("avx2") {
+        return Isa::Avx2;
+    }
+    Isa::Base
+}
+
+/// Decodes the kept elements of `p` in batches of [`BATCH`] and hands each to `apply`.
+fn batched(p: &Packed<'_>, mut apply: impl FnMut(&[usize], &[f32])) -> Result<()> {
+    let mut idx = [0usize; BATCH];
+    let mut val = [0f32; BATCH];
+    let mut len = 0;
+    for_each_kept(p, |i, v| {
+        idx[len] = i;
+        val[len] = v;
+        len += 1;
+        if len == BATCH {
+            apply(&idx, &val);
+            len = 0;
+        }
+    })?;
+    apply(&idx[..len], &val[..len]);
+    Ok(())
+}
+
+/// Linear weight gradient from a packed input.
+///
+/// `x` is the packed input `[rows × inp]` (row-major), `dy` the output gradient `[rows × out]`,
+/// and `gwt` the weight gradient **transposed**, `[inp × out]` row-major (that is, PyTorch's
+/// `weight.grad` `[out × inp]` read with strides swapped). Accumulates
+/// `gwt[i, :] += x[r, i] · dy[r, :]` for every kept `(r, i)`: one contiguous axpy per kept element.
+pub fn linear_grad_w(
+    x: &Packed<'_>,
+    rows: usize,
+    inp: usize,
+    dy: &[f32],
+    out: usize,
+    gwt: &mut [f32],
+) -> Result<()> {
+    check_len("linear grad_W: packed input (rows × in)", rows * inp, x.n)?;
+    check_len("linear grad_W: dY (rows × out)", rows * out, dy.len())?;
+    check_len("linear grad_W: grad_Wᵀ (in × out)", inp * out, gwt.len())?;
+    if out == 0 {
+        return Ok(());
+    }
+    let isa = isa();
+    batched(x, |idx, val| match isa {
+        Isa::Base => linear_apply(idx, val, inp, dy, out, gwt),
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
+        Isa::Avx2 => unsafe { linear_apply_avx2(idx, val, inp, dy, out, gwt) },
+    })
+}
+
+#[inline(always)]
+fn linear_apply(idx: &[usize], val: &[f32], inp: usize, dy: &[f32], out: usize, gwt: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 < out {
+        let c1 = (c0 + COL_TILE).min(out);
+        for (&i, &v) in idx.iter().zip(val) {
+            let (r, col) = (i / inp, i % inp);
+            axpy(
+                &mut gwt[col * out + c0..col * out + c1],
+                v,
+                &dy[r * out + c0..r * out + c1],
+            );
+        }
+        c0 = c1;
+    }
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn linear_apply_avx2(
+    idx: &[usize],
+    val: &[f32],
+    inp: usize,
+    dy: &[f32],
+    out: usize,
+    gwt: &mut [f32],
+) {
+    linear_apply(idx, val, inp, dy, out, gwt)
+}
+
+/// Shape of an NHWC 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Batch.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding (rows, columns), each side.
+    pub pad: (usize, usize),
+}
+
+impl ConvGeom {
+    /// Output (height, width), or an error naming the parameter that cannot work.
+    pub fn out_hw(&self) -> Result<(usize, usize)> {
+        let bad = |what, value| Err(Error::Invalid { what, value });
+        if self.stride.0 == 0 || self.stride.1 == 0 {
+            return bad("conv stride", 0);
+        }
+        if self.kh == 0 || self.kw == 0 {
+            return bad("conv kernel size", 0);
+        }
+        if self.h + 2 * self.pad.0 < self.kh {
+            return bad("conv kernel height (exceeds padded input height)", self.kh);
+        }
+        if self.w + 2 * self.pad.1 < self.kw {
+            return bad("conv kernel width (exceeds padded input width)", self.kw);
+        }
+        Ok((
+            (self.h + 2 * self.pad.0 - self.kh) / self.stride.0 + 1,
+            (self.w + 2 * self.pad.1 - self.kw) / self.stride.1 + 1,
+        ))
+    }
+
+    /// Elements of the input `[n, h, w, cin]`.
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.cin
+    }
+
+    /// Elements of the weight `[kh, kw, cin, cout]`.
+    pub fn weight_len(&self) -> usize {
+        self.kh * self.kw * self.cin * self.cout
+    }
+}
+
+/// The kernel taps `(a, out_index)` that input row/column `i` reaches: `i + pad - a = s · o`
+/// with `0 ≤ a < k`, `0 ≤ o < out`. Calls `f(a, o)`.
+#[inline(always)]
+fn taps(i: usize, pad: usize, s: usize, k: usize, out: usize, mut f: impl FnMut(usize, usize)) {
+    let p = i + pad;
+    let mut o = (p / s).min(out - 1);
+    let mut a = p - s * o;
+    while a < k {
+        f(a, o);
+        if o == 0 {
+            break;
+        }
+        a += s;
+        o -= 1;
+    }
+}
+
+/// NHWC Conv2d weight gradient from a packed input, with no im2col.
+///
+/// `x`: packed input `[n, h, w, cin]`; `dy`: `[n, ho, wo, cout]`; `gw`: `[kh, kw, cin, cout]`.
+/// Every kept `x[n, h, w, c]` adds `v · dy[n, ho, wo, :]` to `gw[a, b, c, :]` for each tap
+/// `(a, b)` whose window covers it.
+pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
+    let (ho, wo) = g.out_hw()?;
+    check_len("conv grad_W: packed input [n,h,w,cin]", g.input_len(), x.n)?;
+    check_len(
+        "conv grad_W: dY [n,ho,wo,cout]",
+        g.n * ho * wo * g.cout,
+        dy.len(),
+    )?;
+    check_len(
+        "conv grad_W: grad_W [kh,kw,cin,cout]",
+        g.weight_len(),
+        gw.len(),
+    )?;
+    if g.cout == 0 {
+        return Ok(());
+    }
+    let isa = isa();
+    batched(x, |idx, val| match isa {
+        Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw),
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
+        Isa::Avx2 => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw) },
+    })
+}
+
+#[inline(always)]
+fn conv_apply(
+    idx: &[usize],
+    val: &[f32],
+    g: &ConvGeom,
+    (ho, wo): (usize, usize),
+    dy: &[f32],
+    gw: &mut [f32],
+) {
+    let co = g.cout;
+    for (&i, &v) in idx.iter().zip(val) {
+        let (pix, c) = (i / g.cin, i % g.cin);
+        let (nh, w) = (pix / g.w, pix % g.w);
+        let (n, h) = (nh / g.h, nh % g.h);
+        taps(h, g.pad.0, g.stride.0, g.kh, ho, |a, oh| {
+            taps(w, g.pad.1, g.stride.1, g.kw, wo, |b, ow| {
+                let wrow = ((a * g.kw + b) * g.cin + c) * co;
+                let drow = ((n * ho + oh) * wo + ow) * co;
+                axpy(&mut gw[wrow..wrow + co], v, &dy[drow..drow + co]);
+            })
+        });
+    }
+}
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+fn conv_apply_avx2(
+    idx: &[usize],
+    val: &[f32],
+    g: &ConvGeom,
+    hw: (usize, usize),
+    dy: &[f32],
+    gw: &mut [f32],
+) {
+    conv_apply(idx, val, g, hw, dy, gw)
+}
