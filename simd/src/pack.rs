@@ -145,7 +145,12 @@ pub fn pack_blocks(
 
 /// Packs the whole of `x` under one tensor-wide threshold.
 pub fn pack(x: &[f32], t: &Threshold, out: &mut PackedMut<'_>) -> Result<()> {
-    pack_blocks(x, x.len().max(1), core::slice::from_ref(t), out)
+    let blocks = if x.is_empty() {
+        &[][..]
+    } else {
+        core::slice::from_ref(t)
+    };
+    pack_blocks(x, x.len().max(1), blocks, out)
 }
 
 const CORRUPT: Error = Error::Invalid {
@@ -160,7 +165,7 @@ fn validate(n: usize, k: usize, positions: Positions<'_>, values: usize) -> Resu
         Positions::Bitmap(words) => {
             check_len("bitmap words", n.div_ceil(64), words.len())?;
             let ones: usize = words.iter().map(|w| w.count_ones() as usize).sum();
-            let tail_clean = n % 64 == 0 || words.last().is_none_or(|w| w >> (n % 64) == 0);
+            let tail_clean = n.is_multiple_of(64) || words.last().is_none_or(|w| w >> (n % 64) == 0);
             ones == k && tail_clean
         }
         Positions::Block16 { counts, offsets } => {

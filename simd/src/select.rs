@@ -37,7 +37,8 @@ pub fn kept_count(n: usize, keep: f32) -> usize {
     } else {
         keep.clamp(0.0, 1.0)
     };
-    ((n as f64 * keep as f64).round() as usize).min(n)
+    // Round half up (`f64::round` is not in core; the product is never negative).
+    ((n as f64 * keep as f64 + 0.5) as usize).min(n)
 }
 
 /// Total kept when `n` elements are selected in blocks of `block` (the last one shorter), each

@@ -260,3 +260,53 @@ fn conv_apply_avx2(
 ) {
     conv_apply(idx, val, g, hw, dy, gw)
 }
+
+#[cfg(all(test, feature = "std", target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> std::vec::Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    /// The AVX2 build of each hot loop gives bitwise the results of the baseline build.
+    #[test]
+    fn avx2_build_is_bitwise_baseline() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let (inp, out) = (37, 141);
+        let idx: std::vec::Vec<usize> = (0..300).map(|i| (i * 7919) % (5 * inp)).collect();
+        let val = data(300, 1);
+        let dy = data(5 * out, 2);
+        let mut a = data(inp * out, 3);
+        let mut b = a.clone();
+        linear_apply(&idx, &val, inp, &dy, out, &mut a);
+        // SAFETY: AVX2 support was checked above.
+        unsafe { linear_apply_avx2(&idx, &val, inp, &dy, out, &mut b) };
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+
+        let g = ConvGeom {
+            n: 2,
+            h: 5,
+            w: 6,
+            cin: 3,
+            cout: 19,
+            kh: 3,
+            kw: 2,
+            stride: (2, 1),
+            pad: (1, 1),
+        };
+        let hw = g.out_hw().unwrap();
+        let idx: std::vec::Vec<usize> = (0..100).map(|i| (i * 31) % g.input_len()).collect();
+        let dy = data(g.n * hw.0 * hw.1 * g.cout, 4);
+        let mut a = data(g.weight_len(), 5);
+        let mut b = a.clone();
+        conv_apply(&idx, &val[..100], &g, hw, &dy, &mut a);
+        // SAFETY: AVX2 support was checked above.
+        unsafe { conv_apply_avx2(&idx, &val[..100], &g, hw, &dy, &mut b) };
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
