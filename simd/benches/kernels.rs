@@ -1,1 +1,385 @@
-fn main() {}
+//! Kernel benchmarks, each against its baseline in the same group:
+//!
+//! - `topk`: radix top-k threshold vs `select_nth_unstable_by` on |x|;
+//! - `pack`: pack / select+pack / unpack (bitmap + bf16) vs a dense `copy_from_slice`;
+//! - `spmm_linear`: packed-input Linear grad_W vs dense `sgemm` (and unpack + `sgemm`);
+//! - `spmm_conv`: packed-input NHWC Conv2d grad_W vs im2col + `sgemm`.
+//!
+//! Data is deterministic (xorshift + Box-Muller), so runs are comparable.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+use dropit_simd::format::{Format, PackedMut, PosForm, ValueType};
+use dropit_simd::{pack, select, spmm};
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+/// xorshift64* with a Box-Muller normal sampler.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) * (1.0 / (1u64 << 53) as f64)
+    }
+
+    fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+/// Roughly normal activations.
+fn normals(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.normal()).collect()
+}
+
+/// ReLU-like activations: about half exact zeros, the rest |normal|.
+fn relu_like(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let v = r.normal();
+            if r.next_u64() & 1 == 0 { 0.0 } else { v.abs() }
+        })
+        .collect()
+}
+
+/// A zeroed, 8-byte-aligned buffer for a packed tensor of `fmt`.
+fn packed_buf(fmt: Format, n: usize, k: usize) -> Vec<u64> {
+    vec![0u64; fmt.bytes(n, k).div_ceil(8)]
+}
+
+/// Packs `x` keeping its `k` largest magnitudes (tensor-wide threshold) into `buf`.
+fn pack_into<'a>(x: &[f32], k: usize, fmt: Format, buf: &'a mut [u64]) -> PackedMut<'a> {
+    let t = select::topk_threshold(x, k).unwrap();
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+    let mut p =
+        PackedMut::from_bytes(fmt, x.len(), k, &mut bytes[..fmt.bytes(x.len(), k)]).unwrap();
+    pack::pack(x, &t, &mut p).unwrap();
+    p
+}
+
+/// Panics unless `got` matches `want` within 1e-3 of `want`'s largest magnitude.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-3 * scale,
+        "{what}: max |sparse - dense| = {err} > 1e-3 · {scale}"
+    );
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]` (beta = 0) with explicit strides; `c` row-major.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+) {
+    // Every element each matrix's strides reach lies inside its slice.
+    assert!(m > 0 && k > 0 && n > 0);
+    assert!((m - 1) * rsa + (k - 1) * csa < a.len());
+    assert!((k - 1) * rsb + (n - 1) * csb < b.len());
+    assert!(m * n <= c.len());
+    // SAFETY: the asserts above keep every access of A, B and C in bounds; C does not alias them.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// topk
+
+fn bench_topk(c: &mut Criterion) {
+    let mut g = c.benchmark_group("topk");
+    g.warm_up_time(Duration::from_millis(500));
+    for &n in &[1usize << 16, 1 << 20, 1 << 22] {
+        let k = select::kept_count(n, 0.1);
+        let x = normals(n, n as u64);
+        if n >= 1 << 22 {
+            g.sample_size(15).measurement_time(Duration::from_secs(3));
+        } else {
+            g.sample_size(30).measurement_time(Duration::from_secs(2));
+        }
+        g.throughput(Throughput::Elements(n as u64));
+
+        // Correctness, outside timing: the threshold keeps exactly the k largest magnitudes.
+        let t = select::topk_threshold(&x, k).unwrap();
+        let mut abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        abs.select_nth_unstable_by(n - k, |a, b| a.total_cmp(b));
+        let kth = select::key(abs[n - k]);
+        let above = x.iter().filter(|&&v| select::key(v) > t.key()).count();
+        assert_eq!((t.kept(), above), (k, t.above()));
+        let min_kept = match t.ties() {
+            0 => x
+                .iter()
+                .map(|&v| select::key(v))
+                .filter(|&q| q > t.key())
+                .min(),
+            _ => Some(t.key()),
+        };
+        assert_eq!(min_kept, Some(kth));
+
+        g.bench_function(BenchmarkId::new("ours", n), |b| {
+            b.iter(|| select::topk_threshold(black_box(&x), k).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("select_nth", n), |b| {
+            b.iter(|| {
+                abs.copy_from_slice(black_box(&x));
+                for v in abs.iter_mut() {
+                    *v = v.abs();
+                }
+                let (_, kth, _) = abs.select_nth_unstable_by(n - k, |a, b| a.total_cmp(b));
+                *kth
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// pack
+
+fn bench_pack(c: &mut Criterion) {
+    let n = 1usize << 20;
+    let k = select::kept_count(n, 0.1);
+    let x = normals(n, 7);
+    let fmt = Format::new(ValueType::Bf16, PosForm::Bitmap);
+    let mut buf = packed_buf(fmt, n, k);
+    let mut packed = PackedMut::from_bytes(fmt, n, k, bytemuck::cast_slice_mut(&mut buf)).unwrap();
+    let t = select::topk_threshold(&x, k).unwrap();
+    let mut dense = vec![0f32; n];
+
+    // Correctness, outside timing: unpack gives back the kept values (bf16-rounded), zeros elsewhere.
+    pack::pack(&x, &t, &mut packed).unwrap();
+    pack::unpack(&packed.as_packed(), &mut dense).unwrap();
+    let nonzero = dense.iter().filter(|&&v| v != 0.0).count();
+    assert_eq!(nonzero, k);
+    assert!(
+        x.iter()
+            .zip(&dense)
+            .all(|(a, b)| *b == 0.0 || (a - b).abs() <= a.abs() * (1.0 / 256.0))
+    );
+
+    let mut g = c.benchmark_group("pack");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .throughput(Throughput::Bytes(4 * n as u64));
+    g.bench_function("pack", |b| {
+        b.iter(|| pack::pack(black_box(&x), &t, &mut packed).unwrap())
+    });
+    g.bench_function("select_and_pack", |b| {
+        b.iter(|| {
+            let t = select::topk_threshold(black_box(&x), k).unwrap();
+            pack::pack(&x, &t, &mut packed).unwrap()
+        })
+    });
+    g.bench_function("unpack", |b| {
+        b.iter(|| pack::unpack(&packed.as_packed(), black_box(&mut dense)).unwrap())
+    });
+    g.bench_function("copy", |b| {
+        b.iter(|| black_box(&mut dense).copy_from_slice(black_box(&x)))
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// spmm_linear
+
+fn bench_spmm_linear(c: &mut Criterion) {
+    const M: usize = 128;
+    const IN: usize = 512;
+    const OUT: usize = 512;
+    let n = M * IN;
+    let x = normals(n, 11);
+    let dy = normals(M * OUT, 12);
+    let mut gwt = vec![0f32; IN * OUT];
+    let mut gwt_dense = vec![0f32; IN * OUT];
+    let mut xd = vec![0f32; n];
+
+    let mut g = c.benchmark_group("spmm_linear");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .throughput(Throughput::Elements((M * IN * OUT) as u64));
+    for keep in [0.1f32, 0.3] {
+        let k = select::kept_count(n, keep);
+        let fmt = Format::smallest(n, k, ValueType::F32);
+        let mut buf = packed_buf(fmt, n, k);
+        let packed = pack_into(&x, k, fmt, &mut buf);
+        let packed = packed.as_packed();
+        pack::unpack(&packed, &mut xd).unwrap();
+        let x_dense = xd.clone();
+        // gwt[In×Out] = Xᵀ · dY: A = Xᵀ read through X's strides (rsa = 1, csa = In).
+        let dense = |x_dense: &[f32], gwt: &mut [f32]| {
+            sgemm(IN, M, OUT, x_dense, (1, IN), &dy, (OUT, 1), gwt)
+        };
+
+        // Correctness, outside timing.
+        gwt.fill(0.0);
+        spmm::linear_grad_w(&packed, M, IN, &dy, OUT, &mut gwt).unwrap();
+        dense(&x_dense, &mut gwt_dense);
+        assert_close("spmm_linear", &gwt, &gwt_dense);
+
+        g.bench_function(BenchmarkId::new("sparse", keep), |b| {
+            b.iter(|| {
+                gwt.fill(0.0);
+                spmm::linear_grad_w(black_box(&packed), M, IN, black_box(&dy), OUT, &mut gwt)
+                    .unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("dense", keep), |b| {
+            b.iter(|| dense(black_box(&x_dense), &mut gwt_dense))
+        });
+        g.bench_function(BenchmarkId::new("scatter_dense", keep), |b| {
+            b.iter(|| {
+                pack::unpack(black_box(&packed), &mut xd).unwrap();
+                dense(&xd, &mut gwt_dense)
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// spmm_conv
+
+/// NHWC im2col with zero padding: `col[(n, ho, wo), (a, b, c)]`, row length `kh·kw·cin`.
+fn im2col(x: &[f32], g: &spmm::ConvGeom, (ho, wo): (usize, usize), col: &mut [f32]) {
+    let row = g.kh * g.kw * g.cin;
+    let mut rows = col.chunks_exact_mut(row);
+    for n in 0..g.n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let dst = rows.next().unwrap();
+                for a in 0..g.kh {
+                    let iy = (oy * g.stride.0 + a).wrapping_sub(g.pad.0);
+                    for b in 0..g.kw {
+                        let ix = (ox * g.stride.1 + b).wrapping_sub(g.pad.1);
+                        let d = &mut dst[(a * g.kw + b) * g.cin..][..g.cin];
+                        if iy < g.h && ix < g.w {
+                            d.copy_from_slice(&x[((n * g.h + iy) * g.w + ix) * g.cin..][..g.cin]);
+                        } else {
+                            d.fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bench_spmm_conv(c: &mut Criterion) {
+    let geom = spmm::ConvGeom {
+        n: 64,
+        h: 28,
+        w: 28,
+        cin: 32,
+        cout: 32,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+    };
+    let (ho, wo) = geom.out_hw().unwrap();
+    let n = geom.input_len();
+    let p = geom.n * ho * wo;
+    let kdim = geom.kh * geom.kw * geom.cin;
+    let k = select::kept_count(n, 0.1);
+
+    let x = relu_like(n, 21);
+    let dy = normals(p * geom.cout, 22);
+    let fmt = Format::smallest(n, k, ValueType::F32);
+    let mut buf = packed_buf(fmt, n, k);
+    let packed = pack_into(&x, k, fmt, &mut buf);
+    let packed = packed.as_packed();
+    let mut x_dense = vec![0f32; n];
+    pack::unpack(&packed, &mut x_dense).unwrap();
+    let mut col = vec![0f32; p * kdim];
+    let mut gw = vec![0f32; geom.weight_len()];
+    let mut gw_dense = vec![0f32; geom.weight_len()];
+    // gw[kdim×Cout] = colᵀ · dY: A = colᵀ read through col's strides (rsa = 1, csa = kdim).
+    let mut dense = |gw: &mut [f32]| {
+        im2col(&x_dense, &geom, (ho, wo), &mut col);
+        sgemm(kdim, p, geom.cout, &col, (1, kdim), &dy, (geom.cout, 1), gw)
+    };
+
+    // Correctness, outside timing.
+    spmm::conv2d_grad_w(&packed, &geom, &dy, &mut gw).unwrap();
+    dense(&mut gw_dense);
+    assert_close("spmm_conv", &gw, &gw_dense);
+
+    let mut g = c.benchmark_group("spmm_conv");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(n as u64));
+    g.bench_function("sparse", |b| {
+        b.iter(|| {
+            gw.fill(0.0);
+            spmm::conv2d_grad_w(black_box(&packed), &geom, black_box(&dy), &mut gw).unwrap()
+        })
+    });
+    g.bench_function("im2col_sgemm", |b| {
+        b.iter(|| dense(black_box(&mut gw_dense)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_topk,
+    bench_pack,
+    bench_spmm_linear,
+    bench_spmm_conv
+);
+criterion_main!(benches);

@@ -1,8 +1,8 @@
 //! Exact top-k by magnitude: which k elements of a tensor DropIT keeps.
 //!
 //! The order of |x| is the order of the bit patterns of |x| read as integers (the "key"), so a
-//! radix select over keys finds the k-th largest in three streaming passes (11, 10 and 10 bits)
-//! with one small histogram — no sort, no copy of the tensor. NaN keys lie above +inf's, so a NaN
+//! radix select over keys finds the k-th largest in a few streaming passes with one small
+//! histogram — no sort, no copy of the tensor. See [`RadixSelect`] for the passes. NaN keys lie above +inf's, so a NaN
 //! is always kept (and the loss check sees it later); -0.0 and 0.0 share key 0.
 //!
 //! The result is a [`Threshold`]: every element whose key is above `key()` is kept, and of the
@@ -106,15 +106,22 @@ impl Threshold {
     }
 }
 
-/// One pass's counts: bins for the next 11 (first pass) or 10 bits of the key.
+/// Bins per pass.
+const BINS: usize = 1 << 11;
+
+/// One pass's counts: keys above the pass's range, and a histogram of the keys inside it.
 #[derive(Clone)]
 pub struct Histogram {
-    bins: [u32; 1 << 11],
+    above: u64,
+    bins: [u32; BINS],
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { bins: [0; 1 << 11] }
+        Histogram {
+            above: 0,
+            bins: [0; BINS],
+        }
     }
 }
 
@@ -124,35 +131,66 @@ impl Histogram {
         Self::default()
     }
 
-    /// Sets every bin to zero.
+    /// Sets every count to zero.
     pub fn clear(&mut self) {
-        self.bins = [0; 1 << 11];
+        *self = Self::default();
     }
 
-    /// Adds another chunk's counts (saturating never happens: a tensor has < 2^32 elements).
+    /// Adds another chunk's counts.
     pub fn merge(&mut self, other: &Histogram) {
+        self.above += other.above;
         for (a, b) in self.bins.iter_mut().zip(other.bins.iter()) {
             *a += *b;
         }
     }
 
-    /// The counts.
+    /// The counts inside the pass's range.
     pub fn bins(&self) -> &[u32] {
         &self.bins
     }
 }
 
-/// (shift of the digit, bits in the digit) for each pass; bit 31 of a key is always 0.
-const PASSES: [(u32, u32); 3] = [(20, 11), (10, 10), (0, 10)];
+/// The first pass samples every `SAMPLE`-th element to guess where the threshold lies.
+const SAMPLE: usize = 16;
+/// Below this many elements the guess is not worth a pass.
+const SAMPLE_MIN: usize = 1 << 14;
+
+/// What the next pass counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Every `SAMPLE`-th element, full key range at 11 bits: an estimate only.
+    Sample,
+    /// Exact: keys in `lo..hi` into bin `(key - lo) >> shift`, plus the count of keys at or
+    /// above `hi`. `guessed` marks the range the sample chose, which may have missed.
+    Range {
+        lo: i64,
+        hi: i64,
+        shift: u32,
+        guessed: bool,
+    },
+}
 
 /// The state of a radix select between passes.
+///
+/// Passes narrow a key range until one key (or a bin kept whole) is left. A cheap sampled pass
+/// first guesses a range a few bins wide around the threshold, so that the exact passes are
+/// compare-and-count sweeps in which only the few elements inside the range touch a histogram;
+/// if the guess misses (the exact counts say so), the select restarts over the full key range.
 #[derive(Debug, Clone)]
 pub struct RadixSelect {
-    pass: usize,
-    prefix: i32,
-    need: usize,
-    above: usize,
+    n: usize,
+    k: usize,
+    pass: Pass,
     done: Option<Threshold>,
+}
+
+fn full_range() -> Pass {
+    Pass::Range {
+        lo: 0,
+        hi: 1 << 31,
+        shift: 20,
+        guessed: false,
+    }
 }
 
 impl RadixSelect {
@@ -161,24 +199,17 @@ impl RadixSelect {
         if k > n {
             return Err(Error::KTooLarge { k, n });
         }
-        if n > u32::MAX as usize {
-            return Err(Error::Invalid {
-                what: "top-k tensor length (at most 2^32 - 1)",
-                value: n,
-            });
-        }
         let done = match k {
             0 => Some(Threshold::NONE),
             _ if k == n => Some(Threshold::all(n)),
             _ => None,
         };
-        Ok(RadixSelect {
-            pass: 0,
-            prefix: 0,
-            need: k,
-            above: 0,
-            done,
-        })
+        let pass = if n >= SAMPLE_MIN {
+            Pass::Sample
+        } else {
+            full_range()
+        };
+        Ok(RadixSelect { n, k, pass, done })
     }
 
     /// Whether the threshold is known.
@@ -191,39 +222,22 @@ impl RadixSelect {
         self.done
     }
 
-    /// Counts this pass's digit of every element of `x` whose earlier digits match the prefix
-    /// chosen so far. Chunks of one tensor may be counted in any order, into separate histograms.
+    /// Counts this pass over a chunk of the tensor. Chunks may be counted in any order, into
+    /// separate histograms that are then merged.
     pub fn count(&self, x: &[f32], h: &mut Histogram) {
         if self.done.is_some() {
             return;
         }
-        let (shift, bits) = PASSES[self.pass];
-        let digit_mask = (1i32 << bits) - 1;
-        if self.pass == 0 {
-            count_all(x, shift, &mut h.bins);
-            return;
-        }
-        let hi_shift = shift + bits;
-        let want = i32x8::splat(self.prefix);
-        let mut chunks = x.chunks_exact(8);
-        for c in &mut chunks {
-            let k = keys8(c);
-            let m = (k >> hi_shift).simd_eq(want).to_bitmask();
-            if m != 0 {
-                let ks = k.to_array();
-                let mut m = m;
-                while m != 0 {
-                    let j = m.trailing_zeros() as usize;
-                    h.bins[((ks[j] >> shift) & digit_mask) as usize] += 1;
-                    m &= m - 1;
+        match self.pass {
+            Pass::Sample => {
+                for &v in x.iter().step_by(SAMPLE) {
+                    h.bins[(key(v) >> 20) as usize] += 1;
                 }
             }
-        }
-        for &v in chunks.remainder() {
-            let k = key(v);
-            if k >> hi_shift == self.prefix {
-                h.bins[((k >> shift) & digit_mask) as usize] += 1;
-            }
+            Pass::Range {
+                lo: 0, shift: 20, ..
+            } => count_all(x, &mut h.bins),
+            Pass::Range { lo, hi, shift, .. } => count_range(x, lo, hi, shift, h),
         }
     }
 
@@ -232,47 +246,109 @@ impl RadixSelect {
         if self.done.is_some() {
             return Ok(());
         }
-        let (shift, bits) = PASSES[self.pass];
+        match self.pass {
+            Pass::Sample => {
+                self.pass = guess_range(&h.bins, self.n, self.k);
+                Ok(())
+            }
+            Pass::Range {
+                lo, shift, guessed, ..
+            } => self.narrow(h, lo, shift, guessed),
+        }
+    }
+
+    fn narrow(&mut self, h: &Histogram, lo: i64, shift: u32, guessed: bool) -> Result<()> {
+        // Every pass counts all keys above its range afresh.
+        let above = h.above as usize;
+        let inside: usize = h.bins.iter().map(|&c| c as usize).sum();
+        if above >= self.k || above + inside < self.k {
+            // A guessed range that missed the threshold: start again over every key. An exact
+            // range cannot miss unless the histograms were not of this tensor.
+            if !guessed {
+                return Err(Error::Invalid {
+                    what: "histogram total (fewer elements than k were counted)",
+                    value: above + inside,
+                });
+            }
+            self.pass = full_range();
+            return Ok(());
+        }
+        let need = self.k - above;
         let mut cum = 0usize;
-        let mut found = None;
-        for b in (0..1usize << bits).rev() {
-            let c = h.bins[b] as usize;
-            if cum + c >= self.need {
-                found = Some((b, c));
+        let mut b = BINS;
+        for i in (0..BINS).rev() {
+            let c = h.bins[i] as usize;
+            if cum + c >= need {
+                b = i;
                 break;
             }
             cum += c;
         }
-        let Some((b, c)) = found else {
-            return Err(Error::Invalid {
-                what: "histogram total (fewer elements than k match the prefix)",
-                value: cum,
-            });
-        };
-        self.above += cum;
-        self.need -= cum;
-        let digits = (self.prefix << bits) | b as i32;
-        if self.need == c {
+        let c = h.bins[b] as usize;
+        let bin_lo = lo + ((b as i64) << shift);
+        let need = need - cum;
+        let above = above + cum;
+        if need == c {
             // The whole bin is kept: everything at or above its lowest key.
-            let t = (digits << shift) - 1;
-            self.done = Some(Threshold::from_parts(t, self.above + c, 0));
-        } else if self.pass + 1 == PASSES.len() {
-            self.done = Some(Threshold::from_parts(digits, self.above, self.need));
+            self.done = Some(Threshold::from_parts((bin_lo - 1) as i32, above + c, 0));
+        } else if shift == 0 {
+            self.done = Some(Threshold::from_parts(bin_lo as i32, above, need));
         } else {
-            self.prefix = digits;
-            self.pass += 1;
+            self.pass = Pass::Range {
+                lo: bin_lo,
+                hi: bin_lo + (1 << shift),
+                shift: shift.saturating_sub(11),
+                guessed: false,
+            };
         }
         Ok(())
     }
 }
 
-/// First pass: every element lands in a bin. Four interleaved sub-histograms keep runs of equal
-/// exponents from serialising on one counter.
-fn count_all(x: &[f32], shift: u32, bins: &mut [u32; 1 << 11]) {
-    let mut sub = [[0u32; 1 << 11]; 4];
+/// From a sampled histogram (11-bit bins over all keys), a range of bins that holds the k-th
+/// largest key unless the sample was unlucky by more than a few standard deviations.
+fn guess_range(sample: &[u32; BINS], n: usize, k: usize) -> Pass {
+    let ns: usize = sample.iter().map(|&c| c as usize).sum();
+    let ks = k * ns / n.max(1);
+    let margin = 4 * ks.isqrt() + 8;
+    let (want_hi, want_lo) = (ks.saturating_sub(margin), ks + margin);
+    let (mut cum, mut b_hi, mut b_lo) = (0usize, None, 0usize);
+    for b in (0..BINS).rev() {
+        cum += sample[b] as usize;
+        if b_hi.is_none() && cum > want_hi {
+            b_hi = Some(b);
+        }
+        if cum >= want_lo {
+            b_lo = b;
+            break;
+        }
+    }
+    let b_hi = b_hi.unwrap_or(BINS - 1);
+    let lo = (b_lo as i64) << 20;
+    let width = (((b_hi + 1) as i64) << 20) - lo;
+    // The smallest shift whose BINS bins cover the range.
+    let mut shift = 0;
+    while ((BINS as i64) << shift) < width {
+        shift += 1;
+    }
+    if shift >= 20 {
+        return full_range();
+    }
+    Pass::Range {
+        lo,
+        hi: lo + width,
+        shift,
+        guessed: true,
+    }
+}
+
+/// Full key range at 11 bits: every element lands in a bin. Four interleaved sub-histograms
+/// keep runs of equal exponents from serialising on one counter.
+fn count_all(x: &[f32], bins: &mut [u32; BINS]) {
+    let mut sub = [[0u32; BINS]; 4];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
-        let k = (keys8(c) >> shift).to_array();
+        let k = (keys8(c) >> 20u32).to_array();
         sub[0][k[0] as usize] += 1;
         sub[1][k[1] as usize] += 1;
         sub[2][k[2] as usize] += 1;
@@ -283,10 +359,49 @@ fn count_all(x: &[f32], shift: u32, bins: &mut [u32; 1 << 11]) {
         sub[3][k[7] as usize] += 1;
     }
     for &v in chunks.remainder() {
-        sub[0][(key(v) >> shift) as usize] += 1;
+        sub[0][(key(v) >> 20) as usize] += 1;
     }
     for (i, b) in bins.iter_mut().enumerate() {
         *b += sub[0][i] + sub[1][i] + sub[2][i] + sub[3][i];
+    }
+}
+
+/// Keys at or above `hi` are counted; keys in `lo..hi` are binned. Keys are compared eight at
+/// a time; the in-range lanes of a 64-element run are gathered into one mask, so that only one
+/// hard-to-predict branch per run remains and only in-range elements touch the histogram.
+fn count_range(x: &[f32], lo: i64, hi: i64, shift: u32, h: &mut Histogram) {
+    // Keys are below 2^31, so a range end past that can never be reached.
+    let below_lo = i32x8::splat((lo - 1).clamp(-1, i32::MAX as i64) as i32);
+    let below_hi = i32x8::splat((hi - 1).min(i32::MAX as i64) as i32);
+    let lo32 = lo as i32;
+    let mut above_lanes = i32x8::splat(0);
+    let mut runs = x.chunks_exact(64);
+    for run in &mut runs {
+        let mut inside = 0u64;
+        for (q, c) in run.chunks_exact(8).enumerate() {
+            let k = keys8(c);
+            let ge_hi = k.simd_gt(below_hi);
+            above_lanes -= ge_hi; // a true lane is -1
+            inside |= ((k.simd_gt(below_lo) & !ge_hi).to_bitmask() as u64) << (8 * q);
+        }
+        while inside != 0 {
+            let j = inside.trailing_zeros() as usize;
+            h.bins[((key(run[j]) - lo32) >> shift) as usize] += 1;
+            inside &= inside - 1;
+        }
+    }
+    h.above += above_lanes
+        .to_array()
+        .iter()
+        .map(|&c| c as u64)
+        .sum::<u64>();
+    for &v in runs.remainder() {
+        let k = key(v) as i64;
+        if k >= hi {
+            h.above += 1;
+        } else if k >= lo {
+            h.bins[((k - lo) >> shift) as usize] += 1;
+        }
     }
 }
 

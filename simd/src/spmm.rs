@@ -83,26 +83,44 @@ pub fn linear_grad_w(
         return Ok(());
     }
     let isa = isa();
-    batched(x, |idx, val| match isa {
-        Isa::Base => linear_apply(idx, val, inp, dy, out, gwt),
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
-        Isa::Avx2 => unsafe { linear_apply_avx2(idx, val, inp, dy, out, gwt) },
+    // Kept indices arrive in increasing order, so rows are found with a forward-only cursor
+    // instead of a division per element.
+    let (mut row, mut row_start) = (0usize, 0usize);
+    let mut dy_off = [0usize; BATCH];
+    let mut gw_off = [0usize; BATCH];
+    batched(x, |idx, val| {
+        for ((&i, d), g) in idx.iter().zip(&mut dy_off).zip(&mut gw_off) {
+            while i >= row_start + inp {
+                row += 1;
+                row_start += inp;
+            }
+            (*d, *g) = (row * out, (i - row_start) * out);
+        }
+        let (d, g) = (&dy_off[..idx.len()], &gw_off[..idx.len()]);
+        match isa {
+            Isa::Base => linear_apply(d, g, val, dy, out, gwt),
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
+            Isa::Avx2 => unsafe { linear_apply_avx2(d, g, val, dy, out, gwt) },
+        }
     })
 }
 
+/// `gwt[g + c] += v · dy[d + c]` for each decoded kept element, column tile by column tile.
 #[inline(always)]
-fn linear_apply(idx: &[usize], val: &[f32], inp: usize, dy: &[f32], out: usize, gwt: &mut [f32]) {
+fn linear_apply(
+    dy_off: &[usize],
+    gw_off: &[usize],
+    val: &[f32],
+    dy: &[f32],
+    out: usize,
+    gwt: &mut [f32],
+) {
     let mut c0 = 0;
     while c0 < out {
         let c1 = (c0 + COL_TILE).min(out);
-        for (&i, &v) in idx.iter().zip(val) {
-            let (r, col) = (i / inp, i % inp);
-            axpy(
-                &mut gwt[col * out + c0..col * out + c1],
-                v,
-                &dy[r * out + c0..r * out + c1],
-            );
+        for ((&d, &g), &v) in dy_off.iter().zip(gw_off).zip(val) {
+            axpy(&mut gwt[g + c0..g + c1], v, &dy[d + c0..d + c1]);
         }
         c0 = c1;
     }
@@ -111,14 +129,14 @@ fn linear_apply(idx: &[usize], val: &[f32], inp: usize, dy: &[f32], out: usize, 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2")]
 fn linear_apply_avx2(
-    idx: &[usize],
+    dy_off: &[usize],
+    gw_off: &[usize],
     val: &[f32],
-    inp: usize,
     dy: &[f32],
     out: usize,
     gwt: &mut [f32],
 ) {
-    linear_apply(idx, val, inp, dy, out, gwt)
+    linear_apply(dy_off, gw_off, val, dy, out, gwt)
 }
 
 /// Shape of an NHWC 2-D convolution.
@@ -216,12 +234,42 @@ pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -
         return Ok(());
     }
     let isa = isa();
+    let mut cur = PixelCursor::default();
     batched(x, |idx, val| match isa {
-        Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw),
+        Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw, &mut cur),
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
-        Isa::Avx2 => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw) },
+        Isa::Avx2 => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw, &mut cur) },
     })
+}
+
+/// Where in `[n, h, w, ·]` a run of increasing flat indices is: moves forward one pixel at a
+/// time, so decoding a whole tensor costs O(pixels + kept) instead of a division per element.
+#[derive(Default)]
+struct PixelCursor {
+    start: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+}
+
+impl PixelCursor {
+    #[inline(always)]
+    fn locate(&mut self, i: usize, g: &ConvGeom) -> usize {
+        while i >= self.start + g.cin {
+            self.start += g.cin;
+            self.w += 1;
+            if self.w == g.w {
+                self.w = 0;
+                self.h += 1;
+                if self.h == g.h {
+                    self.h = 0;
+                    self.n += 1;
+                }
+            }
+        }
+        i - self.start
+    }
 }
 
 #[inline(always)]
@@ -232,12 +280,12 @@ fn conv_apply(
     (ho, wo): (usize, usize),
     dy: &[f32],
     gw: &mut [f32],
+    cur: &mut PixelCursor,
 ) {
     let co = g.cout;
     for (&i, &v) in idx.iter().zip(val) {
-        let (pix, c) = (i / g.cin, i % g.cin);
-        let (nh, w) = (pix / g.w, pix % g.w);
-        let (n, h) = (nh / g.h, nh % g.h);
+        let c = cur.locate(i, g);
+        let (n, h, w) = (cur.n, cur.h, cur.w);
         taps(h, g.pad.0, g.stride.0, g.kh, ho, |a, oh| {
             taps(w, g.pad.1, g.stride.1, g.kw, wo, |b, ow| {
                 let wrow = ((a * g.kw + b) * g.cin + c) * co;
@@ -257,8 +305,9 @@ fn conv_apply_avx2(
     hw: (usize, usize),
     dy: &[f32],
     gw: &mut [f32],
+    cur: &mut PixelCursor,
 ) {
-    conv_apply(idx, val, g, hw, dy, gw)
+    conv_apply(idx, val, g, hw, dy, gw, cur)
 }
 
 #[cfg(all(test, feature = "std", target_arch = "x86_64"))]
@@ -278,14 +327,15 @@ mod tests {
             return;
         }
         let (inp, out) = (37, 141);
-        let idx: std::vec::Vec<usize> = (0..300).map(|i| (i * 7919) % (5 * inp)).collect();
+        let d: std::vec::Vec<usize> = (0..300).map(|i| (i * 7919) % 5 * out).collect();
+        let gw: std::vec::Vec<usize> = (0..300).map(|i| (i * 131) % inp * out).collect();
         let val = data(300, 1);
         let dy = data(5 * out, 2);
         let mut a = data(inp * out, 3);
         let mut b = a.clone();
-        linear_apply(&idx, &val, inp, &dy, out, &mut a);
+        linear_apply(&d, &gw, &val, &dy, out, &mut a);
         // SAFETY: AVX2 support was checked above.
-        unsafe { linear_apply_avx2(&idx, &val, inp, &dy, out, &mut b) };
+        unsafe { linear_apply_avx2(&d, &gw, &val, &dy, out, &mut b) };
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 
         let g = ConvGeom {
@@ -300,13 +350,35 @@ mod tests {
             pad: (1, 1),
         };
         let hw = g.out_hw().unwrap();
-        let idx: std::vec::Vec<usize> = (0..100).map(|i| (i * 31) % g.input_len()).collect();
+        let idx: std::vec::Vec<usize> = (0..100)
+            .map(|i| (i * 31 % 97 + i * 3) % g.input_len())
+            .collect();
         let dy = data(g.n * hw.0 * hw.1 * g.cout, 4);
         let mut a = data(g.weight_len(), 5);
         let mut b = a.clone();
-        conv_apply(&idx, &val[..100], &g, hw, &dy, &mut a);
+        let mut sorted = idx.clone();
+        sorted.sort_unstable();
+        conv_apply(
+            &sorted,
+            &val[..100],
+            &g,
+            hw,
+            &dy,
+            &mut a,
+            &mut PixelCursor::default(),
+        );
         // SAFETY: AVX2 support was checked above.
-        unsafe { conv_apply_avx2(&idx, &val[..100], &g, hw, &dy, &mut b) };
+        unsafe {
+            conv_apply_avx2(
+                &sorted,
+                &val[..100],
+                &g,
+                hw,
+                &dy,
+                &mut b,
+                &mut PixelCursor::default(),
+            )
+        };
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

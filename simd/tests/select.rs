@@ -190,3 +190,31 @@ fn kept_count_rounds_and_clamps() {
     assert_eq!(kept_count(5, f32::NAN), 0);
     assert_eq!(kept_in_blocks(25, 10, 0.5).unwrap(), 5 + 5 + 3);
 }
+
+#[test]
+fn sampled_guess_that_misses_falls_back() {
+    // The first pass samples every 16th element; make those unrepresentative on purpose.
+    let n = 1 << 15;
+    let fooled: Vec<f32> = (0..n)
+        .map(|i| if i % 16 == 0 { 1e-3 } else { i as f32 })
+        .collect();
+    let inverse: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 16 == 0 {
+                1e6
+            } else {
+                1.0 + (i % 7) as f32
+            }
+        })
+        .collect();
+    let spiky: Vec<f32> = normals(n, 11)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 0 { v * 1e4 } else { *v })
+        .collect();
+    for x in [&fooled, &inverse, &spiky] {
+        for k in [1, 100, n / 16, n / 10, n / 2, n - 3] {
+            check_topk(x, k);
+        }
+    }
+}
