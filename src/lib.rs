@@ -1,7 +1,48 @@
-//! dropit: memory-efficient neural-network training for small machines.
+//! dropit: train neural networks on small machines in a fraction of the usual memory.
 //!
-//! The kernels live in [`kernels`] (the `dropit-simd` crate); the trainer builds on them.
+//! A [`Model`] is layers wired into a graph; a [`Trainer`] plans every buffer once — parameters,
+//! gradients, optimizer state, what each layer saves for backward, activations, scratch — into
+//! one arena, then trains with steps that allocate nothing.
+//!
+//! ```
+//! use dropit::{Model, Trainer, TrainerConfig};
+//!
+//! let mut t = Trainer::new(Model::mlp()?, TrainerConfig::sgd_recipe(4, 100))?;
+//! let x = vec![0.5f32; 4 * 28 * 28];
+//! let labels = [0u32, 1, 2, 3];
+//! let first = t.step(&x, &labels)?.loss;
+//! for _ in 0..20 {
+//!     t.step(&x, &labels)?;
+//! }
+//! assert!(t.step(&x, &labels)?.loss < first);
+//! println!("{}", t.memory_report());
+//! # Ok::<(), dropit::Error>(())
+//! ```
 #![no_std]
 #![warn(missing_docs)]
 
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod arena;
+mod error;
+mod init;
+pub mod layers;
+#[cfg(feature = "std")]
+pub mod memory;
+pub mod model;
+pub mod optim;
+mod plan;
+mod report;
+pub mod saved;
+mod shape;
+mod trainer;
+
 pub use dropit_simd as kernels;
+pub use error::{Error, Result};
+pub use model::{Model, ModelBuilder, T};
+pub use optim::{Decay, Optimizer, Schedule};
+pub use report::{LayerMemory, MemoryReport};
+pub use shape::Shape;
+pub use trainer::{EvalStats, StepStats, Trainer, TrainerConfig};

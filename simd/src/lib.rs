@@ -5,6 +5,7 @@
 //! - [`pack`]: keep/drop compaction into a format, and scatter back to dense.
 //! - [`spmm`]: weight gradients of Linear and NHWC Conv2d straight from the packed input.
 //! - [`mask`]: 1-bit masks (ReLU forward/backward).
+//! - [`gemm`]: dense GEMM with layouts as strides (a safe face on `matrixmultiply`).
 //! - [`reference`]: a plain scalar twin of every kernel; the tests compare against it.
 //!
 //! ```
@@ -29,6 +30,7 @@ extern crate std;
 
 mod error;
 pub mod format;
+pub mod gemm;
 pub mod mask;
 pub mod pack;
 pub mod reference;

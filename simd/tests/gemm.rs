@@ -1,0 +1,50 @@
+//! The checked GEMM against a triple loop, with transposed operands as strides.
+mod common;
+
+use common::{assert_close, normals};
+use dropit_simd::Error;
+use dropit_simd::gemm::{Mat, MatMut, sgemm};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn matches_triple_loop(m in 0usize..20, k in 0usize..20, n in 0usize..20, ta: bool, tb: bool, beta in prop::sample::select(vec![0.0f32, 1.0, 0.5])) {
+        let a = normals(m * k, 1);
+        let b = normals(k * n, 2);
+        // Stored as given: A is m×k row-major, or k×m row-major read transposed.
+        let av = if ta { Mat::new(&a, k, m).unwrap().t() } else { Mat::new(&a, m, k).unwrap() };
+        let bv = if tb { Mat::new(&b, n, k).unwrap().t() } else { Mat::new(&b, k, n).unwrap() };
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        let c0 = normals(m * n, 3);
+        let mut c = c0.clone();
+        sgemm(2.0, av, bv, beta, MatMut::new(&mut c, m, n).unwrap()).unwrap();
+        let want: Vec<f32> = (0..m * n).map(|ij| {
+            let (i, j) = (ij / n, ij % n);
+            2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + beta * c0[ij]
+        }).collect();
+        assert_close(&c, &want, 1e-4);
+    }
+}
+
+#[test]
+fn bad_views_and_shapes_are_errors() {
+    let d = [0.0f32; 6];
+    assert!(matches!(Mat::new(&d, 2, 4), Err(Error::Length { .. })));
+    assert!(matches!(
+        Mat::strided(&d, 2, 2, 5, 1),
+        Err(Error::Length { .. })
+    ));
+    assert!(Mat::strided(&d, 2, 2, 4, 1).is_ok());
+    let (a, b) = (Mat::new(&d, 2, 3).unwrap(), Mat::new(&d, 2, 3).unwrap());
+    let mut c = [0.0f32; 4];
+    assert!(sgemm(1.0, a, b, 0.0, MatMut::new(&mut c, 2, 2).unwrap()).is_err());
+    assert!(sgemm(1.0, a, b.t(), 0.0, MatMut::new(&mut c, 2, 2).unwrap()).is_ok());
+    let mut nan = [f32::NAN; 4];
+    sgemm(1.0, a, b.t(), 0.0, MatMut::new(&mut nan, 2, 2).unwrap()).unwrap();
+    assert!(
+        nan.iter().all(|v| *v == 0.0),
+        "beta = 0 ignores the old contents, NaN included"
+    );
+}

@@ -1,0 +1,77 @@
+use alloc::string::String;
+
+/// Everything the trainer can refuse, each naming what was wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A tensor or buffer of the wrong shape or length.
+    #[error("{layer}: expected {expected}, given {given}")]
+    Shape {
+        /// The layer (or entry point) that refused it.
+        layer: String,
+        /// What it expected.
+        expected: String,
+        /// What it was given.
+        given: String,
+    },
+    /// A configuration that cannot work.
+    #[error("{what}: {detail}")]
+    Config {
+        /// The setting.
+        what: String,
+        /// Why it cannot work.
+        detail: String,
+    },
+    /// A label outside `0..classes`.
+    #[error("label {label} of sample {index} is not below the {classes} classes")]
+    Label {
+        /// Sample index in the batch.
+        index: usize,
+        /// The label given.
+        label: u32,
+        /// Classes of the model.
+        classes: usize,
+    },
+    /// A batch of the wrong size.
+    #[error("batch of {given} samples: must be between 1 and the planned {planned}")]
+    Batch {
+        /// Samples given.
+        given: usize,
+        /// Batch size the trainer was planned for.
+        planned: usize,
+    },
+    /// A caller-provided arena too small for the plan.
+    #[error("arena: the plan needs {needed} bytes, {given} given")]
+    ArenaTooSmall {
+        /// Bytes the plan needs (after aligning the start to 8 bytes).
+        needed: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
+    #[error("kernel: {0}")]
+    Kernel(#[from] dropit_simd::Error),
+}
+
+/// Result of a trainer call.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// `Err(Error::Shape)` for `layer`.
+pub(crate) fn shape_err<T>(
+    layer: &str,
+    expected: impl core::fmt::Display,
+    given: impl core::fmt::Display,
+) -> Result<T> {
+    Err(Error::Shape {
+        layer: layer.into(),
+        expected: alloc::format!("{expected}"),
+        given: alloc::format!("{given}"),
+    })
+}
+
+/// `Err(Error::Config)`.
+pub(crate) fn config_err<T>(what: &str, detail: impl core::fmt::Display) -> Result<T> {
+    Err(Error::Config {
+        what: what.into(),
+        detail: alloc::format!("{detail}"),
+    })
+}

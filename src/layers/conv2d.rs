@@ -1,0 +1,265 @@
+//! 2-D convolution, NHWC, weights `[kh, kw, cin, cout]`.
+//!
+//! Forward and backward work one sample at a time through an im2col matrix of that sample only
+//! (`[ho·wo × kh·kw·cin]` in the shared scratch — never a whole batch), then a GEMM. A 1×1
+//! stride-1 unpadded convolution is a plain GEMM over every pixel and needs no scratch.
+
+use dropit_simd::gemm::{Mat, MatMut, sgemm};
+use dropit_simd::spmm::ConvGeom;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::{Bwd, Fwd};
+use crate::arena::{f32s_mut, words_for_f32};
+use crate::error::{Result, shape_err};
+use crate::init::{normal, uniform};
+use crate::saved::InputSave;
+use crate::shape::Shape;
+
+/// `Conv2d(cin, cout, kernel, stride, padding)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv2d {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel (height, width).
+    pub k: (usize, usize),
+    /// Stride (rows, columns).
+    pub stride: (usize, usize),
+    /// Zero padding (rows, columns), each side.
+    pub pad: (usize, usize),
+    /// Whether a bias is added.
+    pub bias: bool,
+    /// How the input is kept for the weight gradient.
+    pub save: InputSave,
+}
+
+impl Conv2d {
+    /// A square `k×k` convolution with the given stride and padding, without bias (as in ResNets).
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Self {
+        Conv2d {
+            cin,
+            cout,
+            k: (k, k),
+            stride: (stride, stride),
+            pad: (pad, pad),
+            bias: false,
+            save: InputSave::Dense,
+        }
+    }
+
+    /// With a bias.
+    pub fn with_bias(mut self) -> Self {
+        self.bias = true;
+        self
+    }
+
+    pub(crate) fn geom(&self, n: usize, x: Shape) -> ConvGeom {
+        ConvGeom {
+            n,
+            h: x.h,
+            w: x.w,
+            cin: self.cin,
+            cout: self.cout,
+            kh: self.k.0,
+            kw: self.k.1,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
+
+    fn pointwise(&self) -> bool {
+        self.k == (1, 1) && self.stride == (1, 1) && self.pad == (0, 0)
+    }
+
+    fn kdim(&self) -> usize {
+        self.k.0 * self.k.1 * self.cin
+    }
+
+    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if x.c != self.cin || self.cout == 0 {
+            return shape_err(name, format_args!("input [h, w, {}]", self.cin), x);
+        }
+        match self.geom(1, x).out_hw() {
+            Ok((ho, wo)) => Ok(Shape::new(ho, wo, self.cout)),
+            Err(e) => shape_err(
+                name,
+                format_args!(
+                    "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
+                    self.k.0, self.k.1, self.stride, self.pad
+                ),
+                x,
+            ),
+        }
+    }
+
+    pub(crate) fn param_count(&self) -> usize {
+        self.k.0 * self.k.1 * self.cin * self.cout + if self.bias { self.cout } else { 0 }
+    }
+
+    pub(crate) fn scratch_words(&self, _x: Shape, y: Shape, _threads: usize) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            words_for_f32(y.rows() * self.kdim())
+        }
+    }
+
+    /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
+    pub(crate) fn init(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+        let wl = self.k.0 * self.k.1 * self.cin * self.cout;
+        let std = libm::sqrtf(2.0 / (self.cout * self.k.0 * self.k.1) as f32);
+        let (w, b) = p.split_at_mut(wl);
+        for v in w {
+            *v = std * normal(rng);
+        }
+        let bound = 1.0 / libm::sqrtf(self.kdim() as f32);
+        for v in b {
+            *v = uniform(rng, -bound, bound);
+        }
+    }
+
+    /// Writes the im2col matrix of one sample: row `oh·wo + ow`, column `(a·kw + b)·cin + c`.
+    fn im2col(&self, x: &[f32], xs: Shape, ys: Shape, col: &mut [f32]) {
+        let (kh, kw, cin) = (self.k.0, self.k.1, self.cin);
+        let kd = self.kdim();
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                let row = &mut col[(oh * ys.w + ow) * kd..][..kd];
+                for a in 0..kh {
+                    let ih = (oh * self.stride.0 + a) as isize - self.pad.0 as isize;
+                    for b in 0..kw {
+                        let iw = (ow * self.stride.1 + b) as isize - self.pad.1 as isize;
+                        let dst = &mut row[(a * kw + b) * cin..][..cin];
+                        if ih < 0 || iw < 0 || ih >= xs.h as isize || iw >= xs.w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            dst.copy_from_slice(
+                                &x[(ih as usize * xs.w + iw as usize) * cin..][..cin],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the im2col-shaped gradient `col` back onto one sample's input gradient.
+    fn col2im(&self, col: &[f32], xs: Shape, ys: Shape, dx: &mut [f32]) {
+        let (kh, kw, cin) = (self.k.0, self.k.1, self.cin);
+        let kd = self.kdim();
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                let row = &col[(oh * ys.w + ow) * kd..][..kd];
+                for a in 0..kh {
+                    let ih = (oh * self.stride.0 + a) as isize - self.pad.0 as isize;
+                    if ih < 0 || ih >= xs.h as isize {
+                        continue;
+                    }
+                    for b in 0..kw {
+                        let iw = (ow * self.stride.1 + b) as isize - self.pad.1 as isize;
+                        if iw < 0 || iw >= xs.w as isize {
+                            continue;
+                        }
+                        let dst = &mut dx[(ih as usize * xs.w + iw as usize) * cin..][..cin];
+                        for (d, s) in dst.iter_mut().zip(&row[(a * kw + b) * cin..][..cin]) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let (xs, ys) = (f.x_shape, f.y_shape);
+        let (w, bias) = f.p.split_at(self.k.0 * self.k.1 * self.cin * self.cout);
+        let beta = if self.bias {
+            for row in f.y.chunks_exact_mut(self.cout) {
+                row.copy_from_slice(bias);
+            }
+            1.0
+        } else {
+            0.0
+        };
+        let wm = Mat::new(w, self.kdim(), self.cout)?;
+        if self.pointwise() {
+            let rows = f.n * xs.rows();
+            return Ok(sgemm(
+                1.0,
+                Mat::new(f.x, rows, self.cin)?,
+                wm,
+                beta,
+                MatMut::new(f.y, rows, self.cout)?,
+            )?);
+        }
+        let col = &mut f32s_mut(f.scratch)[..ys.rows() * self.kdim()];
+        for (x, y) in
+            f.x.chunks_exact(xs.numel())
+                .zip(f.y.chunks_exact_mut(ys.numel()))
+        {
+            self.im2col(x, xs, ys, col);
+            sgemm(
+                1.0,
+                Mat::new(col, ys.rows(), self.kdim())?,
+                wm,
+                beta,
+                MatMut::new(y, ys.rows(), self.cout)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (xs, ys) = (b.x_shape, b.y_shape);
+        let wl = self.k.0 * self.k.1 * self.cin * self.cout;
+        let w = Mat::new(&b.p[..wl], self.kdim(), self.cout)?;
+        let (gw, gb) = b.g.split_at_mut(wl);
+        if self.bias {
+            for row in b.dy.chunks_exact(self.cout) {
+                for (g, d) in gb.iter_mut().zip(row) {
+                    *g += d;
+                }
+            }
+        }
+        let want_dx = !b.dx.is_empty();
+        if self.pointwise() {
+            let rows = b.n * xs.rows();
+            let dy = Mat::new(b.dy, rows, self.cout)?;
+            sgemm(
+                1.0,
+                Mat::new(b.x, rows, self.cin)?.t(),
+                dy,
+                1.0,
+                MatMut::new(gw, self.cin, self.cout)?,
+            )?;
+            if want_dx {
+                let beta = if b.acc { 1.0 } else { 0.0 };
+                sgemm(1.0, dy, w.t(), beta, MatMut::new(b.dx, rows, self.cin)?)?;
+            }
+            return Ok(());
+        }
+        let (r, kd) = (ys.rows(), self.kdim());
+        let col = &mut f32s_mut(b.scratch)[..r * kd];
+        for i in 0..b.n {
+            let dy = Mat::new(&b.dy[i * ys.numel()..][..ys.numel()], r, self.cout)?;
+            self.im2col(&b.x[i * xs.numel()..][..xs.numel()], xs, ys, col);
+            sgemm(
+                1.0,
+                Mat::new(col, r, kd)?.t(),
+                dy,
+                1.0,
+                MatMut::new(gw, kd, self.cout)?,
+            )?;
+            if want_dx {
+                let dx = &mut b.dx[i * xs.numel()..][..xs.numel()];
+                if !b.acc {
+                    dx.fill(0.0);
+                }
+                sgemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?)?;
+                self.col2im(col, xs, ys, dx);
+            }
+        }
+        Ok(())
+    }
+}

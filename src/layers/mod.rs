@@ -1,0 +1,214 @@
+//! Layers: one file each, forward and backward side by side.
+//!
+//! A layer never allocates and never keeps pointers between calls: the trainer hands it, for
+//! each call, its slices of the arena — input, output, parameters, gradients, its saved context
+//! and the shared scratch — through [`Fwd`] and [`Bwd`].
+
+mod add;
+mod batchnorm;
+mod conv2d;
+mod flatten;
+mod linear;
+pub(crate) mod loss;
+mod pool;
+mod relu;
+
+pub use add::Add;
+pub use batchnorm::BatchNorm2d;
+pub use conv2d::Conv2d;
+pub use flatten::Flatten;
+pub use linear::Linear;
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use relu::Relu;
+
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::error::Result;
+use crate::saved::Saved;
+use crate::shape::Shape;
+
+/// What a forward call reads and writes. Tensors hold `n` samples, NHWC.
+pub(crate) struct Fwd<'a> {
+    pub n: usize,
+    pub x_shape: Shape,
+    pub y_shape: Shape,
+    pub train: bool,
+    pub x: &'a [f32],
+    /// The second input (residual add), else empty.
+    pub x2: &'a [f32],
+    pub y: &'a mut [f32],
+    pub p: &'a [f32],
+    /// Running statistics and other non-trained state.
+    pub state: &'a mut [f32],
+    pub saved: &'a mut [u64],
+    pub scratch: &'a mut [u64],
+    pub threads: usize,
+}
+
+/// What a backward call reads and writes.
+pub(crate) struct Bwd<'a> {
+    pub n: usize,
+    pub x_shape: Shape,
+    pub y_shape: Shape,
+    /// The input, where the layer holds it (see [`Layer::holds_input`]), else empty.
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    /// The input gradient; empty when no gradient is needed (the model's input).
+    pub dx: &'a mut [f32],
+    /// The second input's gradient (residual add).
+    pub dx2: &'a mut [f32],
+    /// Add into `dx` (another consumer of the same tensor wrote it first) instead of overwriting.
+    pub acc: bool,
+    /// The same for `dx2`.
+    pub acc2: bool,
+    pub p: &'a [f32],
+    /// Parameter gradients, accumulated.
+    pub g: &'a mut [f32],
+    pub saved: &'a [u64],
+    pub scratch: &'a mut [u64],
+    pub threads: usize,
+}
+
+/// Writes or accumulates `v` into `d` depending on `acc`.
+#[inline(always)]
+pub(crate) fn put(d: &mut f32, v: f32, acc: bool) {
+    if acc {
+        *d += v;
+    } else {
+        *d = v;
+    }
+}
+
+/// A layer of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layer {
+    /// Fully connected over the channel dimension.
+    Linear(Linear),
+    /// 2-D convolution, NHWC.
+    Conv2d(Conv2d),
+    /// Batch normalization over N, H, W per channel.
+    BatchNorm2d(BatchNorm2d),
+    /// max(x, 0).
+    Relu(Relu),
+    /// Max pooling.
+    MaxPool2d(MaxPool2d),
+    /// Average pooling.
+    AvgPool2d(AvgPool2d),
+    /// Mean over H and W.
+    GlobalAvgPool(GlobalAvgPool),
+    /// `[h, w, c]` → `[1, 1, h·w·c]`.
+    Flatten(Flatten),
+    /// Elementwise sum of two tensors (residual connections).
+    Add(Add),
+}
+
+macro_rules! each {
+    ($self:expr, $l:ident => $e:expr) => {
+        match $self {
+            Layer::Linear($l) => $e,
+            Layer::Conv2d($l) => $e,
+            Layer::BatchNorm2d($l) => $e,
+            Layer::Relu($l) => $e,
+            Layer::MaxPool2d($l) => $e,
+            Layer::AvgPool2d($l) => $e,
+            Layer::GlobalAvgPool($l) => $e,
+            Layer::Flatten($l) => $e,
+            Layer::Add($l) => $e,
+        }
+    };
+}
+
+impl Layer {
+    /// The kind, as PyTorch names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Linear(_) => "Linear",
+            Layer::Conv2d(_) => "Conv2d",
+            Layer::BatchNorm2d(_) => "BatchNorm2d",
+            Layer::Relu(_) => "ReLU",
+            Layer::MaxPool2d(_) => "MaxPool2d",
+            Layer::AvgPool2d(_) => "AvgPool2d",
+            Layer::GlobalAvgPool(_) => "AdaptiveAvgPool2d(1)",
+            Layer::Flatten(_) => "Flatten",
+            Layer::Add(_) => "Add",
+        }
+    }
+
+    /// Inputs the layer takes (1, or 2 for [`Add`]).
+    pub fn arity(&self) -> usize {
+        if matches!(self, Layer::Add(_)) { 2 } else { 1 }
+    }
+
+    /// The output shape for an input shape, or an error naming `name`, expected and given.
+    pub fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        each!(self, l => l.out_shape(name, x))
+    }
+
+    /// Trained parameters.
+    pub fn param_count(&self) -> usize {
+        each!(self, l => l.param_count())
+    }
+
+    /// Non-trained state (running statistics).
+    pub fn state_count(&self) -> usize {
+        match self {
+            Layer::BatchNorm2d(b) => 2 * b.c,
+            _ => 0,
+        }
+    }
+
+    /// Whether backward reads the layer's own input, so the planner must hold that tensor.
+    pub(crate) fn holds_input(&self) -> bool {
+        match self {
+            Layer::Linear(l) => l.save.holds_input(),
+            Layer::Conv2d(c) => c.save.holds_input(),
+            _ => false,
+        }
+    }
+
+    /// What the layer saves for backward beyond a held input, for `n` samples of shape `x`.
+    pub(crate) fn saved(&self, n: usize, x: Shape, y: Shape) -> Saved {
+        match self {
+            Layer::Relu(_) => Saved::Mask {
+                elems: n * y.numel(),
+            },
+            Layer::MaxPool2d(_) => Saved::Codes {
+                elems: n * y.numel(),
+            },
+            Layer::BatchNorm2d(b) => Saved::Norm {
+                floats: n * x.numel() + b.c,
+            },
+            _ => Saved::Nothing,
+        }
+    }
+
+    /// Scratch words while running forward or backward for `n` samples.
+    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
+        match self {
+            Layer::Conv2d(c) => c.scratch_words(x, y, threads),
+            Layer::BatchNorm2d(b) => b.scratch_words(threads),
+            _ => {
+                let _ = n;
+                0
+            }
+        }
+    }
+
+    /// Fills freshly planned parameters.
+    pub(crate) fn init(&self, p: &mut [f32], state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+        match self {
+            Layer::Linear(l) => l.init(p, rng),
+            Layer::Conv2d(c) => c.init(p, rng),
+            Layer::BatchNorm2d(b) => b.init(p, state),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        each!(self, l => l.forward(f))
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        each!(self, l => l.backward(b))
+    }
+}

@@ -1,0 +1,256 @@
+//! Pooling, NHWC. Max-pooling saves one byte per output (which window element won).
+
+use super::{Bwd, Fwd, put};
+use crate::error::{Result, shape_err};
+use crate::shape::Shape;
+
+/// `MaxPool2d(k, stride, padding)`; padding counts as −∞.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2d {
+    /// Window side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding each side.
+    pub pad: usize,
+}
+
+/// `AvgPool2d(k, stride)` without padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2d {
+    /// Window side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+}
+
+/// Mean over H and W: `[h, w, c]` → `[1, 1, c]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GlobalAvgPool;
+
+fn pooled(name: &str, x: Shape, k: usize, s: usize, p: usize) -> Result<Shape> {
+    if k == 0 || s == 0 || p * 2 > k || x.h + 2 * p < k || x.w + 2 * p < k {
+        return shape_err(
+            name,
+            format_args!("a {k}×{k} window (stride {s}, padding {p}) that fits"),
+            x,
+        );
+    }
+    Ok(Shape::new(
+        (x.h + 2 * p - k) / s + 1,
+        (x.w + 2 * p - k) / s + 1,
+        x.c,
+    ))
+}
+
+/// Calls `f(ih, iw, a, b)` for the in-bounds window taps of output `(oh, ow)`.
+#[inline(always)]
+fn window(
+    x: Shape,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    for a in 0..k {
+        let ih = (oh * s + a) as isize - p as isize;
+        if ih < 0 || ih >= x.h as isize {
+            continue;
+        }
+        for b in 0..k {
+            let iw = (ow * s + b) as isize - p as isize;
+            if iw < 0 || iw >= x.w as isize {
+                continue;
+            }
+            f(ih as usize * x.w + iw as usize, a, b);
+        }
+    }
+}
+
+impl MaxPool2d {
+    /// `MaxPool2d(k, stride, padding)`.
+    pub fn new(k: usize, stride: usize, pad: usize) -> Self {
+        MaxPool2d { k, stride, pad }
+    }
+
+    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if self.k * self.k > 256 {
+            return shape_err(
+                name,
+                "a window of at most 256 elements",
+                format_args!("{}×{}", self.k, self.k),
+            );
+        }
+        pooled(name, x, self.k, self.stride, self.pad)
+    }
+
+    pub(crate) fn param_count(&self) -> usize {
+        0
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
+        let codes: &mut [u8] = bytemuck::cast_slice_mut(&mut *f.saved);
+        for (i, (x, y)) in
+            f.x.chunks_exact(xs.numel())
+                .zip(f.y.chunks_exact_mut(ys.numel()))
+                .enumerate()
+        {
+            let code = &mut codes[i * ys.numel()..][..ys.numel()];
+            for oh in 0..ys.h {
+                for ow in 0..ys.w {
+                    let o = (oh * ys.w + ow) * c;
+                    y[o..o + c].fill(f32::NEG_INFINITY);
+                    code[o..o + c].fill(0);
+                    window(xs, self.k, self.stride, self.pad, oh, ow, |pix, a, b| {
+                        let src = &x[pix * c..][..c];
+                        for ch in 0..c {
+                            // `!(v <= best)` also takes a NaN, so a NaN input is not hidden.
+                            if !(src[ch] <= y[o + ch]) {
+                                y[o + ch] = src[ch];
+                                code[o + ch] = (a * self.k + b) as u8;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
+        let codes: &[u8] = bytemuck::cast_slice(b.saved);
+        if b.dx.is_empty() {
+            return Ok(());
+        }
+        if !b.acc {
+            b.dx.fill(0.0);
+        }
+        for i in 0..b.n {
+            let dx = &mut b.dx[i * xs.numel()..][..xs.numel()];
+            let dy = &b.dy[i * ys.numel()..][..ys.numel()];
+            let code = &codes[i * ys.numel()..][..ys.numel()];
+            for oh in 0..ys.h {
+                for ow in 0..ys.w {
+                    let o = (oh * ys.w + ow) * c;
+                    for ch in 0..c {
+                        let (a, bb) = (
+                            code[o + ch] as usize / self.k,
+                            code[o + ch] as usize % self.k,
+                        );
+                        let ih = oh * self.stride + a - self.pad;
+                        let iw = ow * self.stride + bb - self.pad;
+                        dx[(ih * xs.w + iw) * c + ch] += dy[o + ch];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AvgPool2d {
+    /// `AvgPool2d(k, stride)`.
+    pub fn new(k: usize, stride: usize) -> Self {
+        AvgPool2d { k, stride }
+    }
+
+    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        pooled(name, x, self.k, self.stride, 0)
+    }
+
+    pub(crate) fn param_count(&self) -> usize {
+        0
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
+        let scale = 1.0 / (self.k * self.k) as f32;
+        for (x, y) in
+            f.x.chunks_exact(xs.numel())
+                .zip(f.y.chunks_exact_mut(ys.numel()))
+        {
+            for oh in 0..ys.h {
+                for ow in 0..ys.w {
+                    let out = &mut y[(oh * ys.w + ow) * c..][..c];
+                    out.fill(0.0);
+                    window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
+                        for (o, v) in out.iter_mut().zip(&x[pix * c..][..c]) {
+                            *o += v;
+                        }
+                    });
+                    out.iter_mut().for_each(|o| *o *= scale);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
+        if b.dx.is_empty() {
+            return Ok(());
+        }
+        if !b.acc {
+            b.dx.fill(0.0);
+        }
+        let scale = 1.0 / (self.k * self.k) as f32;
+        for (dx, dy) in
+            b.dx.chunks_exact_mut(xs.numel())
+                .zip(b.dy.chunks_exact(ys.numel()))
+        {
+            for oh in 0..ys.h {
+                for ow in 0..ys.w {
+                    let g = &dy[(oh * ys.w + ow) * c..][..c];
+                    window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
+                        for (d, v) in dx[pix * c..][..c].iter_mut().zip(g) {
+                            *d += v * scale;
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GlobalAvgPool {
+    pub(crate) fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+        Ok(Shape::flat(x.c))
+    }
+
+    pub(crate) fn param_count(&self) -> usize {
+        0
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let (xs, c) = (f.x_shape, f.x_shape.c);
+        let scale = 1.0 / xs.rows() as f32;
+        for (x, y) in f.x.chunks_exact(xs.numel()).zip(f.y.chunks_exact_mut(c)) {
+            y.fill(0.0);
+            for row in x.chunks_exact(c) {
+                for (o, v) in y.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            y.iter_mut().for_each(|o| *o *= scale);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (xs, c) = (b.x_shape, b.x_shape.c);
+        let scale = 1.0 / xs.rows() as f32;
+        for (dx, dy) in b.dx.chunks_exact_mut(xs.numel()).zip(b.dy.chunks_exact(c)) {
+            for row in dx.chunks_exact_mut(c) {
+                for (d, g) in row.iter_mut().zip(dy) {
+                    put(d, g * scale, b.acc);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+use core::fmt;
+
+/// The shape of one sample, channels last (NHWC without the N). A feature vector is `[1, 1, F]`;
+/// a sequence of tokens is `[1, T, D]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Height (rows).
+    pub h: usize,
+    /// Width (columns).
+    pub w: usize,
+    /// Channels (the contiguous dimension).
+    pub c: usize,
+}
+
+impl Shape {
+    /// `[h, w, c]`.
+    pub const fn new(h: usize, w: usize, c: usize) -> Self {
+        Shape { h, w, c }
+    }
+
+    /// A feature vector `[1, 1, f]`.
+    pub const fn flat(f: usize) -> Self {
+        Shape { h: 1, w: 1, c: f }
+    }
+
+    /// Elements per sample.
+    pub const fn numel(&self) -> usize {
+        self.h * self.w * self.c
+    }
+
+    /// Rows of a `[rows, c]` view of one sample (every position is a row of channels).
+    pub const fn rows(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}, {}, {}]", self.h, self.w, self.c)
+    }
+}

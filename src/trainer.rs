@@ -1,0 +1,403 @@
+//! Plan + model + optimizer: `step()`, `evaluate()`, `memory_report()`.
+
+use alloc::vec;
+
+use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
+use crate::error::{Error, Result, config_err, shape_err};
+use crate::init::rng;
+use crate::layers::loss::softmax_cross_entropy;
+use crate::layers::{Bwd, Fwd};
+use crate::model::Model;
+use crate::optim::{Optimizer, Schedule};
+use crate::plan::{Plan, plan};
+use crate::report::MemoryReport;
+
+/// How to train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainerConfig {
+    /// Largest batch a step takes (the plan is sized for it).
+    pub batch: usize,
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// Seed of the parameter initialisation.
+    pub seed: u64,
+    /// Label smoothing ε of the loss.
+    pub label_smoothing: f32,
+    /// Worker threads (1 = run on the caller's thread).
+    pub threads: usize,
+}
+
+impl TrainerConfig {
+    /// The DESIGN's SGD recipe: momentum 0.9, lr 0.05, weight decay 5e-4, cosine over
+    /// `total_steps`.
+    pub fn sgd_recipe(batch: usize, total_steps: u64) -> Self {
+        TrainerConfig {
+            batch,
+            optimizer: Optimizer::sgd(0.9, 5e-4),
+            schedule: Schedule::cosine(0.05, total_steps),
+            seed: 0,
+            label_smoothing: 0.0,
+            threads: 1,
+        }
+    }
+}
+
+/// What one training step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean loss of the batch.
+    pub loss: f32,
+    /// Samples whose arg-max was the label.
+    pub correct: usize,
+    /// Learning rate used.
+    pub lr: f32,
+    /// The loss was not finite: no update was made.
+    pub skipped: bool,
+}
+
+/// Loss and accuracy over evaluated batches.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EvalStats {
+    /// Mean loss.
+    pub loss: f32,
+    /// Samples whose arg-max was the label.
+    pub correct: usize,
+    /// Samples evaluated.
+    pub samples: usize,
+}
+
+/// Trains a model in one planned block of memory; steps allocate nothing.
+pub struct Trainer<'a> {
+    model: Model,
+    cfg: TrainerConfig,
+    plan: Plan,
+    arena: Storage<'a>,
+    step: u64,
+}
+
+impl Trainer<'static> {
+    /// Plans `model` and allocates its arena (the only allocation of its working memory).
+    pub fn new(model: Model, cfg: TrainerConfig) -> Result<Self> {
+        let plan = Self::checked_plan(&model, &cfg)?;
+        let arena = Storage::Owned(vec![0u64; plan.total_words]);
+        Self::finish(model, cfg, plan, arena)
+    }
+}
+
+impl<'a> Trainer<'a> {
+    /// Plans `model` inside a caller-provided buffer, so that training needs no allocator at all
+    /// for its working memory. [`Trainer::plan_bytes`] tells how large the buffer must be.
+    pub fn with_arena(model: Model, cfg: TrainerConfig, buf: &'a mut [u8]) -> Result<Self> {
+        let plan = Self::checked_plan(&model, &cfg)?;
+        let words = borrow_words(buf, plan.total_words)?;
+        words.fill(0);
+        Self::finish(model, cfg, plan, Storage::Borrowed(words))
+    }
+
+    /// Bytes of arena `model` needs under `cfg` (8 more cover aligning a borrowed buffer).
+    pub fn plan_bytes(model: &Model, cfg: &TrainerConfig) -> Result<usize> {
+        Ok(Self::checked_plan(model, cfg)?.total_words * 8)
+    }
+
+    fn checked_plan(model: &Model, cfg: &TrainerConfig) -> Result<Plan> {
+        if cfg.threads == 0 {
+            return config_err("threads", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&cfg.label_smoothing) {
+            return config_err(
+                "label smoothing",
+                alloc::format!("{} is not in [0, 1)", cfg.label_smoothing),
+            );
+        }
+        plan(model, cfg.batch, cfg.optimizer.state_slots(), cfg.threads)
+    }
+
+    fn finish(
+        model: Model,
+        cfg: TrainerConfig,
+        plan: Plan,
+        mut arena: Storage<'a>,
+    ) -> Result<Self> {
+        let mut r = rng(cfg.seed);
+        let w = arena.words();
+        let [p, s] = carve(w, [plan.regions.params.clone(), plan.regions.state.clone()])?;
+        let (p, s) = (f32s_mut(p), f32s_mut(s));
+        for (i, n) in model.nodes.iter().enumerate() {
+            n.layer.init(
+                &mut p[plan.params[i].clone()],
+                &mut s[plan.state[i].clone()],
+                &mut r,
+            );
+        }
+        Ok(Trainer {
+            model,
+            cfg,
+            plan,
+            arena,
+            step: 0,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Bytes of the arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.plan.total_words * 8
+    }
+
+    /// All parameters, node by node (each node's slice is [`Trainer::param_range`]).
+    pub fn params(&self) -> &[f32] {
+        let r = &self.plan.regions.params;
+        &f32s(&self.arena.words_ref()[r.clone()])[..self.plan.params.last().map_or(0, |p| p.end)]
+    }
+
+    /// All parameters, writable (for loading weights or probing gradients).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        let r = self.plan.regions.params.clone();
+        let end = self.plan.params.last().map_or(0, |p| p.end);
+        &mut f32s_mut(&mut self.arena.words()[r])[..end]
+    }
+
+    /// Gradients of the last step, laid out as [`Trainer::params`].
+    pub fn grads(&self) -> &[f32] {
+        let r = &self.plan.regions.grads;
+        &f32s(&self.arena.words_ref()[r.clone()])[..self.plan.params.last().map_or(0, |p| p.end)]
+    }
+
+    /// Where node `node`'s parameters lie in [`Trainer::params`].
+    pub fn param_range(&self, node: usize) -> core::ops::Range<usize> {
+        self.plan.params[node].clone()
+    }
+
+    fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
+        let n = labels.len();
+        if n == 0 || n > self.plan.batch {
+            return Err(Error::Batch {
+                given: n,
+                planned: self.plan.batch,
+            });
+        }
+        let per = self.model.input_shape().numel();
+        if x.len() != n * per {
+            return shape_err(
+                "input batch",
+                alloc::format!(
+                    "{n} samples of {} = {} floats",
+                    self.model.input_shape(),
+                    n * per
+                ),
+                alloc::format!("{} floats", x.len()),
+            );
+        }
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= self.model.classes)
+        {
+            return Err(Error::Label {
+                index,
+                label,
+                classes: self.model.classes,
+            });
+        }
+        Ok(n)
+    }
+
+    fn forward(&mut self, x: &[f32], n: usize, train: bool) -> Result<()> {
+        let plan = &self.plan;
+        let w = self.arena.words();
+        f32s_mut(&mut w[plan.tensors[0].clone()])[..x.len()].copy_from_slice(x);
+        for (i, node) in self.model.nodes.iter().enumerate() {
+            let two = node.layer.arity() == 2;
+            let (xs, ys) = (
+                self.model.shapes[node.inputs[0]],
+                self.model.shapes[node.output],
+            );
+            let [x, x2, y, p, st, saved, scratch] = carve(
+                w,
+                [
+                    plan.tensors[node.inputs[0]].clone(),
+                    if two {
+                        plan.tensors[node.inputs[1]].clone()
+                    } else {
+                        0..0
+                    },
+                    plan.tensors[node.output].clone(),
+                    plan.regions.params.clone(),
+                    plan.regions.state.clone(),
+                    plan.ctx[i].clone(),
+                    plan.regions.scratch.clone(),
+                ],
+            )?;
+            let mut f = Fwd {
+                n,
+                x_shape: xs,
+                y_shape: ys,
+                train,
+                x: &f32s(x)[..n * xs.numel()],
+                x2: if two {
+                    &f32s(x2)[..n * xs.numel()]
+                } else {
+                    &[]
+                },
+                y: &mut f32s_mut(y)[..n * ys.numel()],
+                p: &f32s(p)[plan.params[i].clone()],
+                state: &mut f32s_mut(st)[plan.state[i].clone()],
+                saved,
+                scratch,
+                threads: self.cfg.threads,
+            };
+            node.layer.forward(&mut f)?;
+        }
+        Ok(())
+    }
+
+    fn backward(&mut self, n: usize) -> Result<()> {
+        let plan = &self.plan;
+        let w = self.arena.words();
+        for (i, node) in self.model.nodes.iter().enumerate().rev() {
+            let two = node.layer.arity() == 2;
+            let (xs, ys) = (
+                self.model.shapes[node.inputs[0]],
+                self.model.shapes[node.output],
+            );
+            let held = node.layer.holds_input();
+            let [x, dy, dx, dx2, p, g, saved, scratch] = carve(
+                w,
+                [
+                    if held {
+                        plan.tensors[node.inputs[0]].clone()
+                    } else {
+                        0..0
+                    },
+                    plan.grads[node.output].clone(),
+                    plan.grads[node.inputs[0]].clone(),
+                    if two {
+                        plan.grads[node.inputs[1]].clone()
+                    } else {
+                        0..0
+                    },
+                    plan.regions.params.clone(),
+                    plan.regions.grads.clone(),
+                    plan.ctx[i].clone(),
+                    plan.regions.scratch.clone(),
+                ],
+            )?;
+            let mut b = Bwd {
+                n,
+                x_shape: xs,
+                y_shape: ys,
+                x: if held {
+                    &f32s(x)[..n * xs.numel()]
+                } else {
+                    &[]
+                },
+                dy: &f32s(dy)[..n * ys.numel()],
+                dx: prefix(dx, n * xs.numel()),
+                dx2: prefix(dx2, n * xs.numel()),
+                acc: plan.acc[i][0],
+                acc2: plan.acc[i][1],
+                p: &f32s(p)[plan.params[i].clone()],
+                g: &mut f32s_mut(g)[plan.params[i].clone()],
+                saved,
+                scratch,
+                threads: self.cfg.threads,
+            };
+            node.layer.backward(&mut b)?;
+        }
+        Ok(())
+    }
+
+    fn logits(&mut self, n: usize) -> &mut [f32] {
+        let r = self.plan.tensors[self.model.logits].clone();
+        &mut f32s_mut(&mut self.arena.words()[r])[..n * self.model.classes]
+    }
+
+    /// Forward and backward without an update: returns the loss and leaves the gradients in
+    /// [`Trainer::grads`]. Batch-norm layers use batch statistics, as in a step.
+    pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
+        let n = self.check_batch(x, labels)?;
+        self.forward(x, n, true)?;
+        let (classes, ls) = (self.model.classes, self.cfg.label_smoothing);
+        let out = softmax_cross_entropy(self.logits(n), labels, classes, ls, true);
+        let g = self.plan.regions.grads.clone();
+        self.arena.words()[g].fill(0);
+        let lr = self.cfg.schedule.lr(self.step);
+        if !out.loss.is_finite() {
+            return Ok(StepStats {
+                loss: out.loss,
+                correct: out.correct,
+                lr,
+                skipped: true,
+            });
+        }
+        self.backward(n)?;
+        Ok(StepStats {
+            loss: out.loss,
+            correct: out.correct,
+            lr,
+            skipped: false,
+        })
+    }
+
+    /// One training step on a batch (`x`: `n` samples NHWC, `labels`: `n` class indices).
+    /// A non-finite loss skips the update (the weights are untouched) and says so.
+    pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
+        let stats = self.loss_and_grads(x, labels)?;
+        if stats.skipped {
+            return Ok(stats);
+        }
+        self.step += 1;
+        let r = &self.plan.regions;
+        let [p, g, s] = carve(
+            self.arena.words(),
+            [r.params.clone(), r.grads.clone(), r.opt.clone()],
+        )?;
+        let np = self.plan.params.last().map_or(0, |p| p.end);
+        let slots = self.cfg.optimizer.state_slots();
+        let s = &mut f32s_mut(s)[..slots * np];
+        self.cfg.optimizer.update(
+            stats.lr,
+            self.step,
+            &mut f32s_mut(p)[..np],
+            &f32s(g)[..np],
+            s,
+        );
+        Ok(stats)
+    }
+
+    /// Loss and accuracy on a batch, with running statistics and nothing saved for backward.
+    pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
+        let n = self.check_batch(x, labels)?;
+        self.forward(x, n, false)?;
+        let (classes, ls) = (self.model.classes, self.cfg.label_smoothing);
+        let out = softmax_cross_entropy(self.logits(n), labels, classes, ls, false);
+        Ok(EvalStats {
+            loss: out.loss,
+            correct: out.correct,
+            samples: n,
+        })
+    }
+
+    /// Every buffer of the plan: per layer, and totals by category.
+    pub fn memory_report(&self) -> MemoryReport {
+        MemoryReport::new(&self.model, &self.plan)
+    }
+}
+
+/// The first `len` floats of a buffer, or all of an empty one (an input with no gradient).
+fn prefix(w: &mut [u64], len: usize) -> &mut [f32] {
+    let f = f32s_mut(w);
+    let l = len.min(f.len());
+    &mut f[..l]
+}
