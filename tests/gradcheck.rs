@@ -1,0 +1,106 @@
+//! Every layer's backward against finite differences of the loss.
+mod common;
+
+use common::gradcheck;
+use dropit::layers::{Conv2d, Layer, Linear};
+use dropit::{Model, ModelBuilder, Shape};
+use proptest::prelude::*;
+
+/// `input → [conv] → layer under test → flatten → Linear(classes)`: the conv in front makes
+/// the tested layer's input gradient matter.
+fn around(input: Shape, f: impl FnOnce(&mut ModelBuilder, dropit::T) -> dropit::T) -> Model {
+    let mut b = ModelBuilder::new(input);
+    let x = b.conv2d("pre", b.input(), 3, 3, 1, 1).unwrap();
+    let x = f(&mut b, x);
+    let x = b.flatten("flat", x).unwrap();
+    let x = b.linear("head", x, 4).unwrap();
+    b.build(x).unwrap()
+}
+
+#[test]
+fn linear_relu_flatten() {
+    let mut b = ModelBuilder::new(Shape::new(2, 3, 2));
+    let x = b.flatten("flat", b.input()).unwrap();
+    let x = b.linear("fc1", x, 7).unwrap();
+    let x = b.relu("relu", x).unwrap();
+    let x = b
+        .layer("fc2", Layer::Linear(Linear::new(7, 5).no_bias()), x)
+        .unwrap();
+    let x = b.linear("fc3", x, 3).unwrap();
+    gradcheck(b.build(x).unwrap(), 4, 0.0, 20, 1);
+}
+
+#[test]
+fn linear_over_tokens_with_label_smoothing() {
+    // Linear applies to every position of [h, w, c].
+    let mut b = ModelBuilder::new(Shape::new(1, 3, 4));
+    let x = b.linear("tok", b.input(), 5).unwrap();
+    let x = b.flatten("flat", x).unwrap();
+    let x = b.linear("head", x, 3).unwrap();
+    gradcheck(b.build(x).unwrap(), 3, 0.1, 20, 2);
+}
+
+#[test]
+fn batchnorm() {
+    let m = around(Shape::new(4, 4, 2), |b, x| b.batchnorm2d("bn", x).unwrap());
+    gradcheck(m, 3, 0.0, 20, 3);
+}
+
+#[test]
+fn pooling() {
+    let m = around(Shape::new(5, 5, 2), |b, x| {
+        b.maxpool2d("max", x, 3, 2, 1).unwrap()
+    });
+    gradcheck(m, 2, 0.0, 20, 4);
+    let m = around(Shape::new(6, 6, 2), |b, x| {
+        b.avgpool2d("avg", x, 2, 2).unwrap()
+    });
+    gradcheck(m, 2, 0.0, 20, 5);
+    let mut b = ModelBuilder::new(Shape::new(4, 3, 2));
+    let x = b.conv2d("pre", b.input(), 3, 3, 1, 1).unwrap();
+    let x = b.global_avgpool("gap", x).unwrap();
+    let x = b.linear("head", x, 3).unwrap();
+    gradcheck(b.build(x).unwrap(), 2, 0.0, 20, 6);
+}
+
+#[test]
+fn residual_blocks() {
+    for (cout, stride) in [(3, 1), (5, 2), (5, 1)] {
+        let m = around(Shape::new(6, 6, 1), |b, x| {
+            b.basic_block("block", x, cout, stride).unwrap()
+        });
+        gradcheck(m, 3, 0.0, 12, 7 + cout as u64);
+    }
+}
+
+#[test]
+fn cnn_probe() {
+    // The full ResNet-8 on a smaller image: a few parameters of every layer.
+    gradcheck(
+        Model::resnet8(Shape::new(12, 12, 1), 10).unwrap(),
+        3,
+        0.0,
+        3,
+        11,
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn conv_geometry(h in 1usize..7, w in 1usize..7, cin in 1usize..4, cout in 1usize..4,
+                     kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4,
+                     ph in 0usize..3, pw in 0usize..3, bias: bool, seed in 0u64..100) {
+        let mut conv = Conv2d::new(cin, cout, 1, 1, 0);
+        conv.k = (kh, kw);
+        conv.stride = (sh, sw);
+        conv.pad = (ph, pw);
+        conv.bias = bias;
+        let mut b = ModelBuilder::new(Shape::new(h, w, cin));
+        let x = b.linear("pre", b.input(), cin).unwrap();
+        let Ok(x) = b.layer("conv", Layer::Conv2d(conv), x) else { return Ok(()) };
+        let x = b.flatten("flat", x).unwrap();
+        let x = b.linear("head", x, 3).unwrap();
+        gradcheck(b.build(x).unwrap(), 2, 0.0, 15, seed);
+    }
+}
