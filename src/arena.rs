@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn carve_gives_disjoint_views_in_any_order() {
-        let mut a: Vec<u64> = (0..10).collect();
+        let mut a: alloc::vec::Vec<u64> = (0..10).collect();
         let [x, y, z, e] = carve(&mut a, [6..8, 0..2, 3..4, 5..5]).unwrap();
         assert_eq!(
             (&*x, &*y, &*z, e.len()),
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn borrowed_bytes_align_and_check_size() {
-        let mut buf = vec![0u8; 100];
+        let mut buf = alloc::vec![0u8; 100];
         assert_eq!(borrow_words(&mut buf[1..], 11).unwrap().len(), 11);
         assert!(matches!(
             borrow_words(&mut buf[1..], 13),

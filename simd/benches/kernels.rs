@@ -375,11 +375,72 @@ fn bench_spmm_conv(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// gemm: ours (packs into caller scratch, allocates nothing) vs matrixmultiply (allocates its
+// packing buffers on every call), on the trainer's shapes.
+
+fn bench_gemm(c: &mut Criterion) {
+    use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm as ours};
+    let mut g = c.benchmark_group("gemm");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    // (name, m, k, n, A transposed)
+    let shapes = [
+        ("linear_fwd_128x512x512", 128, 512, 512, false),
+        ("conv_fwd_784x288x32", 784, 288, 32, false),
+        ("conv_gradw_288x784x32", 288, 784, 32, true),
+    ];
+    for (name, m, k, n, at) in shapes {
+        let a = normals(m * k, 1);
+        let b = normals(k * n, 2);
+        let mut c1 = vec![0f32; m * n];
+        let mut c2 = vec![0f32; m * n];
+        let mut scratch = vec![0f32; scratch_len(m, k, n)];
+        let (am, astr) = if at {
+            (Mat::new(&a, k, m).unwrap().t(), (1, m))
+        } else {
+            (Mat::new(&a, m, k).unwrap(), (k, 1))
+        };
+        let bm = Mat::new(&b, k, n).unwrap();
+        ours(
+            1.0,
+            am,
+            bm,
+            0.0,
+            MatMut::new(&mut c1, m, n).unwrap(),
+            &mut scratch,
+        )
+        .unwrap();
+        sgemm(m, k, n, &a, astr, &b, (n, 1), &mut c2);
+        assert_close(name, &c1, &c2);
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+        g.bench_function(BenchmarkId::new("ours", name), |bch| {
+            bch.iter(|| {
+                ours(
+                    1.0,
+                    am,
+                    bm,
+                    0.0,
+                    MatMut::new(&mut c1, m, n).unwrap(),
+                    &mut scratch,
+                )
+                .unwrap()
+            })
+        });
+        g.bench_function(BenchmarkId::new("matrixmultiply", name), |bch| {
+            bch.iter(|| sgemm(m, k, n, &a, astr, &b, (n, 1), black_box(&mut c2)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_topk,
     bench_pack,
     bench_spmm_linear,
-    bench_spmm_conv
+    bench_spmm_conv,
+    bench_gemm
 );
 criterion_main!(benches);

@@ -3,13 +3,13 @@ mod common;
 
 use common::{assert_close, normals};
 use dropit_simd::Error;
-use dropit_simd::gemm::{Mat, MatMut, sgemm};
+use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
 use proptest::prelude::*;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn matches_triple_loop(m in 0usize..20, k in 0usize..20, n in 0usize..20, ta: bool, tb: bool, beta in prop::sample::select(vec![0.0f32, 1.0, 0.5])) {
+    fn matches_triple_loop(m in 0usize..120, k in 0usize..300, n in 0usize..40, ta: bool, tb: bool, beta in prop::sample::select(vec![0.0f32, 1.0, 0.5])) {
         let a = normals(m * k, 1);
         let b = normals(k * n, 2);
         // Stored as given: A is m×k row-major, or k×m row-major read transposed.
@@ -19,12 +19,13 @@ proptest! {
         let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
         let c0 = normals(m * n, 3);
         let mut c = c0.clone();
-        sgemm(2.0, av, bv, beta, MatMut::new(&mut c, m, n).unwrap()).unwrap();
+        let mut scratch = vec![f32::NAN; scratch_len(m, k, n)];
+        sgemm(2.0, av, bv, beta, MatMut::new(&mut c, m, n).unwrap(), &mut scratch).unwrap();
         let want: Vec<f32> = (0..m * n).map(|ij| {
             let (i, j) = (ij / n, ij % n);
             2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + beta * c0[ij]
         }).collect();
-        assert_close(&c, &want, 1e-4);
+        assert_close(&c, &want, 1e-4 * (1.0 + k as f32).sqrt());
     }
 }
 
@@ -39,10 +40,41 @@ fn bad_views_and_shapes_are_errors() {
     assert!(Mat::strided(&d, 2, 2, 4, 1).is_ok());
     let (a, b) = (Mat::new(&d, 2, 3).unwrap(), Mat::new(&d, 2, 3).unwrap());
     let mut c = [0.0f32; 4];
-    assert!(sgemm(1.0, a, b, 0.0, MatMut::new(&mut c, 2, 2).unwrap()).is_err());
-    assert!(sgemm(1.0, a, b.t(), 0.0, MatMut::new(&mut c, 2, 2).unwrap()).is_ok());
+    let mut s = vec![0.0; scratch_len(2, 3, 2)];
+    assert!(sgemm(1.0, a, b, 0.0, MatMut::new(&mut c, 2, 2).unwrap(), &mut s).is_err());
+    assert!(
+        sgemm(
+            1.0,
+            a,
+            b.t(),
+            0.0,
+            MatMut::new(&mut c, 2, 2).unwrap(),
+            &mut s[1..]
+        )
+        .is_err(),
+        "scratch too small"
+    );
+    assert!(
+        sgemm(
+            1.0,
+            a,
+            b.t(),
+            0.0,
+            MatMut::new(&mut c, 2, 2).unwrap(),
+            &mut s
+        )
+        .is_ok()
+    );
     let mut nan = [f32::NAN; 4];
-    sgemm(1.0, a, b.t(), 0.0, MatMut::new(&mut nan, 2, 2).unwrap()).unwrap();
+    sgemm(
+        1.0,
+        a,
+        b.t(),
+        0.0,
+        MatMut::new(&mut nan, 2, 2).unwrap(),
+        &mut s,
+    )
+    .unwrap();
     assert!(
         nan.iter().all(|v| *v == 0.0),
         "beta = 0 ignores the old contents, NaN included"

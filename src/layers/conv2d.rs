@@ -4,11 +4,11 @@
 //! (`[ho·wo × kh·kw·cin]` in the shared scratch — never a whole batch), then a GEMM. A 1×1
 //! stride-1 unpadded convolution is a plain GEMM over every pixel and needs no scratch.
 
-use dropit_simd::gemm::{Mat, MatMut, sgemm};
+use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::{Bwd, Fwd};
+use super::{Bwd, Fwd, gemm, gemm_words};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::{normal, uniform};
@@ -97,12 +97,33 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin * self.cout + if self.bias { self.cout } else { 0 }
     }
 
-    pub(crate) fn scratch_words(&self, _x: Shape, y: Shape, _threads: usize) -> usize {
-        if self.pointwise() {
-            0
+    /// The im2col matrix of one sample, then packing space for that sample's GEMMs (or, for a
+    /// pointwise convolution, for the whole batch's).
+    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, _threads: usize) -> usize {
+        let (kd, co) = (self.kdim(), self.cout);
+        let r = if self.pointwise() {
+            n * x.rows()
         } else {
-            words_for_f32(y.rows() * self.kdim())
+            y.rows()
+        };
+        let pack = gemm_words(r, kd, co)
+            .max(gemm_words(kd, r, co))
+            .max(gemm_words(r, co, kd));
+        if self.pointwise() {
+            pack
+        } else {
+            words_for_f32(r * kd) + pack
         }
+    }
+
+    /// Splits scratch into the im2col matrix and the GEMM's packing space.
+    fn split_scratch<'s>(
+        &self,
+        ys: Shape,
+        scratch: &'s mut [u64],
+    ) -> (&'s mut [f32], &'s mut [u64]) {
+        let (col, rest) = scratch.split_at_mut(words_for_f32(ys.rows() * self.kdim()));
+        (&mut f32s_mut(col)[..ys.rows() * self.kdim()], rest)
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
@@ -185,26 +206,30 @@ impl Conv2d {
         let wm = Mat::new(w, self.kdim(), self.cout)?;
         if self.pointwise() {
             let rows = f.n * xs.rows();
-            return Ok(sgemm(
+            let xm = Mat::new(f.x, rows, self.cin)?;
+            return gemm(
                 1.0,
-                Mat::new(f.x, rows, self.cin)?,
+                xm,
                 wm,
                 beta,
                 MatMut::new(f.y, rows, self.cout)?,
-            )?);
+                f.scratch,
+            );
         }
-        let col = &mut f32s_mut(f.scratch)[..ys.rows() * self.kdim()];
+        let (col, pack) = self.split_scratch(ys, f.scratch);
         for (x, y) in
             f.x.chunks_exact(xs.numel())
                 .zip(f.y.chunks_exact_mut(ys.numel()))
         {
             self.im2col(x, xs, ys, col);
-            sgemm(
+            let cm = Mat::new(col, ys.rows(), self.kdim())?;
+            gemm(
                 1.0,
-                Mat::new(col, ys.rows(), self.kdim())?,
+                cm,
                 wm,
                 beta,
                 MatMut::new(y, ys.rows(), self.cout)?,
+                pack,
             )?;
         }
         Ok(())
@@ -226,37 +251,41 @@ impl Conv2d {
         if self.pointwise() {
             let rows = b.n * xs.rows();
             let dy = Mat::new(b.dy, rows, self.cout)?;
-            sgemm(
+            let xt = Mat::new(b.x, rows, self.cin)?.t();
+            gemm(
                 1.0,
-                Mat::new(b.x, rows, self.cin)?.t(),
+                xt,
                 dy,
                 1.0,
                 MatMut::new(gw, self.cin, self.cout)?,
+                b.scratch,
             )?;
             if want_dx {
                 let beta = if b.acc { 1.0 } else { 0.0 };
-                sgemm(1.0, dy, w.t(), beta, MatMut::new(b.dx, rows, self.cin)?)?;
+                gemm(
+                    1.0,
+                    dy,
+                    w.t(),
+                    beta,
+                    MatMut::new(b.dx, rows, self.cin)?,
+                    b.scratch,
+                )?;
             }
             return Ok(());
         }
         let (r, kd) = (ys.rows(), self.kdim());
-        let col = &mut f32s_mut(b.scratch)[..r * kd];
+        let (col, pack) = self.split_scratch(ys, b.scratch);
         for i in 0..b.n {
             let dy = Mat::new(&b.dy[i * ys.numel()..][..ys.numel()], r, self.cout)?;
             self.im2col(&b.x[i * xs.numel()..][..xs.numel()], xs, ys, col);
-            sgemm(
-                1.0,
-                Mat::new(col, r, kd)?.t(),
-                dy,
-                1.0,
-                MatMut::new(gw, kd, self.cout)?,
-            )?;
+            let gwm = MatMut::new(gw, kd, self.cout)?;
+            gemm(1.0, Mat::new(col, r, kd)?.t(), dy, 1.0, gwm, pack)?;
             if want_dx {
                 let dx = &mut b.dx[i * xs.numel()..][..xs.numel()];
                 if !b.acc {
                     dx.fill(0.0);
                 }
-                sgemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?)?;
+                gemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
                 self.col2im(col, xs, ys, dx);
             }
         }

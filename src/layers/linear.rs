@@ -4,10 +4,10 @@
 //! W is stored `[in × out]` — PyTorch's `weight` `[out × in]` transposed — so that the weight
 //! gradient, dense or sparse, is one contiguous axpy per input element (DESIGN §5).
 
-use dropit_simd::gemm::{Mat, MatMut, sgemm};
+use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::{Bwd, Fwd};
+use super::{Bwd, Fwd, gemm, gemm_words};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
 use crate::saved::InputSave;
@@ -61,6 +61,14 @@ impl Linear {
         self.inp * self.out + if self.bias { self.out } else { 0 }
     }
 
+    /// GEMM packing space for the forward, grad_W and dX products over `rows` rows.
+    pub(crate) fn scratch_words(&self, rows: usize) -> usize {
+        let (i, o) = (self.inp, self.out);
+        gemm_words(rows, i, o)
+            .max(gemm_words(i, rows, o))
+            .max(gemm_words(rows, o, i))
+    }
+
     /// PyTorch's default: weight and bias uniform in ±1/√in.
     pub(crate) fn init(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
         let bound = 1.0 / libm::sqrtf(self.inp as f32);
@@ -78,12 +86,13 @@ impl Linear {
             }
         }
         let beta = if self.bias { 1.0 } else { 0.0 };
-        sgemm(
+        gemm(
             1.0,
             Mat::new(f.x, rows, self.inp)?,
             Mat::new(w, self.inp, self.out)?,
             beta,
             MatMut::new(f.y, rows, self.out)?,
+            f.scratch,
         )?;
         Ok(())
     }
@@ -94,12 +103,14 @@ impl Linear {
         let (gw, gb) = b.g.split_at_mut(self.inp * self.out);
         let dy = Mat::new(b.dy, rows, self.out)?;
         // grad_Wᵀ[in × out] += Xᵀ · dY
-        sgemm(
+        let xt = Mat::new(b.x, rows, self.inp)?.t();
+        gemm(
             1.0,
-            Mat::new(b.x, rows, self.inp)?.t(),
+            xt,
             dy,
             1.0,
             MatMut::new(gw, self.inp, self.out)?,
+            b.scratch,
         )?;
         if self.bias {
             for row in b.dy.chunks_exact(self.out) {
@@ -111,12 +122,14 @@ impl Linear {
         if !b.dx.is_empty() {
             // dX = dY · Wᵀ
             let beta = if b.acc { 1.0 } else { 0.0 };
-            sgemm(
+            let wt = Mat::new(w, self.inp, self.out)?.t();
+            gemm(
                 1.0,
                 dy,
-                Mat::new(w, self.inp, self.out)?.t(),
+                wt,
                 beta,
                 MatMut::new(b.dx, rows, self.inp)?,
+                b.scratch,
             )?;
         }
         Ok(())

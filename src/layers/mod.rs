@@ -21,6 +21,7 @@ pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use relu::Relu;
 
+use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
@@ -67,6 +68,30 @@ pub(crate) struct Bwd<'a> {
     pub saved: &'a [u64],
     pub scratch: &'a mut [u64],
     pub threads: usize,
+}
+
+/// `c = alpha · a · b + beta · c` with the GEMM's packing buffers in `scratch`.
+pub(crate) fn gemm(
+    alpha: f32,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    scratch: &mut [u64],
+) -> Result<()> {
+    Ok(sgemm(
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        crate::arena::f32s_mut(scratch),
+    )?)
+}
+
+/// Words of scratch a GEMM of `m × k` by `k × n` needs.
+pub(crate) fn gemm_words(m: usize, k: usize, n: usize) -> usize {
+    crate::arena::words_for_f32(scratch_len(m, k, n))
 }
 
 /// Writes or accumulates `v` into `d` depending on `acc`.
@@ -185,12 +210,10 @@ impl Layer {
     /// Scratch words while running forward or backward for `n` samples.
     pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
         match self {
-            Layer::Conv2d(c) => c.scratch_words(x, y, threads),
+            Layer::Linear(l) => l.scratch_words(n * x.rows()),
+            Layer::Conv2d(c) => c.scratch_words(n, x, y, threads),
             Layer::BatchNorm2d(b) => b.scratch_words(threads),
-            _ => {
-                let _ = n;
-                0
-            }
+            _ => 0,
         }
     }
 
