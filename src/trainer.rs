@@ -6,6 +6,7 @@ use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
 use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
 use crate::layers::loss::softmax_cross_entropy;
+use crate::layers::par::MAX_THREADS;
 use crate::layers::{Bwd, Fwd};
 use crate::model::Model;
 use crate::optim::{Optimizer, Schedule};
@@ -75,6 +76,9 @@ pub struct Trainer<'a> {
     plan: Plan,
     arena: Storage<'a>,
     step: u64,
+    /// The trainer's own workers (built once, so steps start no threads).
+    #[cfg(feature = "parallel")]
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Trainer<'static> {
@@ -102,8 +106,14 @@ impl<'a> Trainer<'a> {
     }
 
     fn checked_plan(model: &Model, cfg: &TrainerConfig) -> Result<Plan> {
-        if cfg.threads == 0 {
-            return config_err("threads", "must be at least 1");
+        if cfg.threads == 0 || cfg.threads > MAX_THREADS {
+            return config_err(
+                "threads",
+                alloc::format!("{} is not in 1..={MAX_THREADS}", cfg.threads),
+            );
+        }
+        if cfg.threads > 1 && !cfg!(feature = "parallel") {
+            return config_err("threads", "more than one needs the `parallel` feature");
         }
         if !(0.0..1.0).contains(&cfg.label_smoothing) {
             return config_err(
@@ -131,12 +141,34 @@ impl<'a> Trainer<'a> {
                 &mut r,
             );
         }
+        #[cfg(feature = "parallel")]
+        let pool = match cfg.threads {
+            1 => None,
+            t => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .map_err(|e| Error::Config {
+                        what: "threads".into(),
+                        detail: alloc::format!("cannot start {t} workers: {e}"),
+                    })?,
+            ),
+        };
+        #[cfg(feature = "parallel")]
+        if let Some(p) = &pool {
+            // Workers set up their queues on first use: do it now, not in the first step.
+            use rayon::prelude::*;
+            p.broadcast(|_| ());
+            p.install(|| [0u8; MAX_THREADS * 4].par_iter_mut().for_each(|b| *b = 1));
+        }
         Ok(Trainer {
             model,
             cfg,
             plan,
             arena,
             step: 0,
+            #[cfg(feature = "parallel")]
+            pool,
         })
     }
 
@@ -326,6 +358,21 @@ impl<'a> Trainer<'a> {
     /// Forward and backward without an update: returns the loss and leaves the gradients in
     /// [`Trainer::grads`]. Batch-norm layers use batch statistics, as in a step.
     pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
+        self.on_workers(|t| t.loss_and_grads_here(x, labels))
+    }
+
+    /// Runs `f` inside the trainer's worker pool (or right here with one thread).
+    fn on_workers<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+        #[cfg(feature = "parallel")]
+        if let Some(pool) = self.pool.take() {
+            let r = pool.install(|| f(self));
+            self.pool = Some(pool);
+            return r;
+        }
+        f(self)
+    }
+
+    fn loss_and_grads_here(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
         let n = self.check_batch(x, labels)?;
         self.forward(x, n, true)?;
         let (classes, ls) = (self.model.classes, self.cfg.label_smoothing);
@@ -378,6 +425,10 @@ impl<'a> Trainer<'a> {
 
     /// Loss and accuracy on a batch, with running statistics and nothing saved for backward.
     pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
+        self.on_workers(|t| t.evaluate_here(x, labels))
+    }
+
+    fn evaluate_here(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
         let n = self.check_batch(x, labels)?;
         self.forward(x, n, false)?;
         let (classes, ls) = (self.model.classes, self.cfg.label_smoothing);

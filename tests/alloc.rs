@@ -13,7 +13,7 @@ static ALLOC: PeakAlloc = PeakAlloc::new();
 /// (documented on `Trainer::new`).
 const BOOKKEEPING: usize = 64 * 1024;
 
-fn check(model: Model, batch: usize) {
+fn check(model: Model, batch: usize, threads: usize) {
     let per = model.input_shape().numel();
     let classes = model.classes();
     let x = data(batch * per, 1);
@@ -21,7 +21,9 @@ fn check(model: Model, batch: usize) {
     let small = &y[..batch / 2];
     let before = ALLOC.current();
     ALLOC.reset_peak();
-    let mut t = Trainer::new(model, config(batch)).unwrap();
+    let mut cfg = config(batch);
+    cfg.threads = threads;
+    let mut t = Trainer::new(model, cfg).unwrap();
     let arena = t.arena_bytes();
     let built = ALLOC.allocations();
     for _ in 0..20 {
@@ -53,6 +55,7 @@ fn check(model: Model, batch: usize) {
 
 #[test]
 fn steps_allocate_nothing_and_peak_is_the_plan() {
-    check(Model::mlp().unwrap(), 32);
-    check(Model::cnn().unwrap(), 8);
+    check(Model::mlp().unwrap(), 32, 1);
+    check(Model::cnn().unwrap(), 8, 1);
+    check(Model::cnn().unwrap(), 8, 2);
 }

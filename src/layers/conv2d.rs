@@ -8,6 +8,7 @@ use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::par::{MAX_THREADS, run, split};
 use super::{Bwd, Fwd, gemm, gemm_words};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
@@ -97,26 +98,16 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin * self.cout + if self.bias { self.cout } else { 0 }
     }
 
-    /// The im2col matrix of one sample, then packing space for that sample's GEMMs (or, for a
-    /// pointwise convolution, for the whole batch's).
-    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, _threads: usize) -> usize {
-        let (kd, co) = (self.kdim(), self.cout);
-        let r = if self.pointwise() {
-            n * x.rows()
-        } else {
-            y.rows()
-        };
+    /// Words one worker needs for one sample: the im2col matrix, then the GEMMs' packing space.
+    fn unit_words(&self, y: Shape) -> usize {
+        let (r, kd, co) = (y.rows(), self.kdim(), self.cout);
         let pack = gemm_words(r, kd, co)
             .max(gemm_words(kd, r, co))
             .max(gemm_words(r, co, kd));
-        if self.pointwise() {
-            pack
-        } else {
-            words_for_f32(r * kd) + pack
-        }
+        words_for_f32(r * kd) + pack
     }
 
-    /// Splits scratch into the im2col matrix and the GEMM's packing space.
+    /// Splits a worker's scratch into the im2col matrix and the GEMMs' packing space.
     fn split_scratch<'s>(
         &self,
         ys: Shape,
@@ -124,6 +115,29 @@ impl Conv2d {
     ) -> (&'s mut [f32], &'s mut [u64]) {
         let (col, rest) = scratch.split_at_mut(words_for_f32(ys.rows() * self.kdim()));
         (&mut f32s_mut(col)[..ys.rows() * self.kdim()], rest)
+    }
+
+    fn weight_len(&self) -> usize {
+        self.k.0 * self.k.1 * self.cin * self.cout
+    }
+
+    /// Per worker: a sample's im2col matrix and packing space; with more than one worker, also
+    /// a private weight gradient that is summed in worker order (so a run is reproducible for a
+    /// given thread count). A pointwise convolution needs only packing space for the batch.
+    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
+        if self.pointwise() {
+            let (r, c, co) = (n * x.rows(), self.cin, self.cout);
+            return gemm_words(r, c, co)
+                .max(gemm_words(c, r, co))
+                .max(gemm_words(r, co, c));
+        }
+        let (_, t) = split(n, threads);
+        let partial = if t > 1 {
+            words_for_f32(self.weight_len())
+        } else {
+            0
+        };
+        t * (self.unit_words(y) + partial)
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
@@ -194,7 +208,7 @@ impl Conv2d {
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys) = (f.x_shape, f.y_shape);
-        let (w, bias) = f.p.split_at(self.k.0 * self.k.1 * self.cin * self.cout);
+        let (w, bias) = f.p.split_at(self.weight_len());
         let beta = if self.bias {
             for row in f.y.chunks_exact_mut(self.cout) {
                 row.copy_from_slice(bias);
@@ -216,28 +230,42 @@ impl Conv2d {
                 f.scratch,
             );
         }
-        let (col, pack) = self.split_scratch(ys, f.scratch);
-        for (x, y) in
-            f.x.chunks_exact(xs.numel())
-                .zip(f.y.chunks_exact_mut(ys.numel()))
-        {
-            self.im2col(x, xs, ys, col);
-            let cm = Mat::new(col, ys.rows(), self.kdim())?;
-            gemm(
-                1.0,
-                cm,
-                wm,
-                beta,
-                MatMut::new(y, ys.rows(), self.cout)?,
-                pack,
-            )?;
+        let (per, t) = split(f.n, f.threads);
+        let mut groups: [Option<(&[f32], &mut [f32], &mut [u64])>; MAX_THREADS] =
+            [const { None }; MAX_THREADS];
+        let unit = self.unit_words(ys);
+        let parts =
+            f.x.chunks(per * xs.numel())
+                .zip(f.y.chunks_mut(per * ys.numel()))
+                .zip(f.scratch.chunks_mut(unit));
+        for (g, ((x, y), s)) in groups.iter_mut().zip(parts).take(t) {
+            *g = Some((x, y, s));
         }
-        Ok(())
+        run(&mut groups[..t], |g| {
+            let Some((x, y, s)) = g else { return Ok(()) };
+            let (col, pack) = self.split_scratch(ys, s);
+            for (x, y) in x
+                .chunks_exact(xs.numel())
+                .zip(y.chunks_exact_mut(ys.numel()))
+            {
+                self.im2col(x, xs, ys, col);
+                let cm = Mat::new(col, ys.rows(), self.kdim())?;
+                gemm(
+                    1.0,
+                    cm,
+                    wm,
+                    beta,
+                    MatMut::new(y, ys.rows(), self.cout)?,
+                    pack,
+                )?;
+            }
+            Ok(())
+        })
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys) = (b.x_shape, b.y_shape);
-        let wl = self.k.0 * self.k.1 * self.cin * self.cout;
+        let wl = self.weight_len();
         let w = Mat::new(&b.p[..wl], self.kdim(), self.cout)?;
         let (gw, gb) = b.g.split_at_mut(wl);
         if self.bias {
@@ -247,7 +275,6 @@ impl Conv2d {
                 }
             }
         }
-        let want_dx = !b.dx.is_empty();
         if self.pointwise() {
             let rows = b.n * xs.rows();
             let dy = Mat::new(b.dy, rows, self.cout)?;
@@ -260,7 +287,7 @@ impl Conv2d {
                 MatMut::new(gw, self.cin, self.cout)?,
                 b.scratch,
             )?;
-            if want_dx {
+            if !b.dx.is_empty() {
                 let beta = if b.acc { 1.0 } else { 0.0 };
                 gemm(
                     1.0,
@@ -273,20 +300,82 @@ impl Conv2d {
             }
             return Ok(());
         }
-        let (r, kd) = (ys.rows(), self.kdim());
-        let (col, pack) = self.split_scratch(ys, b.scratch);
-        for i in 0..b.n {
-            let dy = Mat::new(&b.dy[i * ys.numel()..][..ys.numel()], r, self.cout)?;
-            self.im2col(&b.x[i * xs.numel()..][..xs.numel()], xs, ys, col);
-            let gwm = MatMut::new(gw, kd, self.cout)?;
-            gemm(1.0, Mat::new(col, r, kd)?.t(), dy, 1.0, gwm, pack)?;
-            if want_dx {
-                let dx = &mut b.dx[i * xs.numel()..][..xs.numel()];
-                if !b.acc {
-                    dx.fill(0.0);
+        let (per, t) = split(b.n, b.threads);
+        let unit = self.unit_words(ys);
+        let (units, partials) = b.scratch.split_at_mut(t * unit);
+        let pw = words_for_f32(wl);
+        type Group<'g> = (
+            &'g [f32],
+            &'g [f32],
+            &'g mut [f32],
+            &'g mut [u64],
+            &'g mut [f32],
+        );
+        let mut groups: [Option<Group<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
+        // One worker accumulates straight into grad_W; several get private, zeroed partials.
+        let mut gw_slot = Some(gw);
+        let mut dx_rest: &mut [f32] = b.dx;
+        let mut partial_rest = partials;
+        for (g, ((x, dy), s)) in groups
+            .iter_mut()
+            .zip(
+                b.x.chunks(per * xs.numel())
+                    .zip(b.dy.chunks(per * ys.numel()))
+                    .zip(units.chunks_mut(unit)),
+            )
+            .take(t)
+        {
+            let take = (per * xs.numel()).min(dx_rest.len());
+            let (dx, rest) = core::mem::take(&mut dx_rest).split_at_mut(take);
+            dx_rest = rest;
+            let part: &mut [f32] = if t == 1 {
+                gw_slot.take().unwrap_or_default()
+            } else {
+                let (p, rest) = core::mem::take(&mut partial_rest).split_at_mut(pw);
+                partial_rest = rest;
+                let p = &mut f32s_mut(p)[..wl];
+                p.fill(0.0);
+                p
+            };
+            *g = Some((x, dy, dx, s, part));
+        }
+        let (r, kd, acc) = (ys.rows(), self.kdim(), b.acc);
+        run(&mut groups[..t], |g| {
+            let Some((x, dy, dx, s, part)) = g else {
+                return Ok(());
+            };
+            let (col, pack) = self.split_scratch(ys, s);
+            for (i, (x, dy)) in x
+                .chunks_exact(xs.numel())
+                .zip(dy.chunks_exact(ys.numel()))
+                .enumerate()
+            {
+                let dy = Mat::new(dy, r, self.cout)?;
+                self.im2col(x, xs, ys, col);
+                gemm(
+                    1.0,
+                    Mat::new(col, r, kd)?.t(),
+                    dy,
+                    1.0,
+                    MatMut::new(part, kd, self.cout)?,
+                    pack,
+                )?;
+                if !dx.is_empty() {
+                    let dx = &mut dx[i * xs.numel()..][..xs.numel()];
+                    if !acc {
+                        dx.fill(0.0);
+                    }
+                    gemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
+                    self.col2im(col, xs, ys, dx);
                 }
-                gemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
-                self.col2im(col, xs, ys, dx);
+            }
+            Ok(())
+        })?;
+        if let Some(gw) = gw_slot {
+            for g in groups[..t].iter().flatten() {
+                for (a, p) in gw.iter_mut().zip(g.4.iter()) {
+                    *a += p;
+                }
             }
         }
         Ok(())

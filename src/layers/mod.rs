@@ -10,6 +10,7 @@ mod conv2d;
 mod flatten;
 mod linear;
 pub(crate) mod loss;
+pub(crate) mod par;
 mod pool;
 mod relu;
 

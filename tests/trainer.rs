@@ -1,0 +1,199 @@
+//! The trainer end to end: learning, determinism, arenas, and bad input.
+mod common;
+
+use common::{config, data, labels};
+use dropit::{Error, Model, ModelBuilder, Shape, Trainer, TrainerConfig};
+
+/// A learnable synthetic task: the class is which quarter of the image is brightest.
+fn quadrant_task(n: usize, side: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let noise = data(n * side * side, seed);
+    let y = labels(n, 4, seed + 1);
+    let mut x = vec![0.0; n * side * side];
+    for i in 0..n {
+        for r in 0..side {
+            for c in 0..side {
+                let q = (r >= side / 2) as u32 * 2 + (c >= side / 2) as u32;
+                let v = noise[(i * side + r) * side + c] * 0.3 + if q == y[i] { 1.0 } else { 0.0 };
+                x[(i * side + r) * side + c] = v;
+            }
+        }
+    }
+    (x, y)
+}
+
+fn learns(model: Model, side: usize, batch: usize, steps: usize) {
+    let (x, y) = quadrant_task(batch, side, 3);
+    let mut t = Trainer::new(model, config(batch)).unwrap();
+    let first = t.evaluate(&x, &y).unwrap();
+    for _ in 0..steps {
+        let s = t.step(&x, &y).unwrap();
+        assert!(!s.skipped && s.loss.is_finite());
+    }
+    let last = t.evaluate(&x, &y).unwrap();
+    assert!(
+        last.loss < 0.5 * first.loss,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
+    assert!(
+        last.correct > first.correct.max(batch / 2),
+        "accuracy {} → {} of {batch}",
+        first.correct,
+        last.correct
+    );
+}
+
+#[test]
+fn mlp_and_cnn_learn() {
+    let mut b = ModelBuilder::new(Shape::new(8, 8, 1));
+    let x = b.flatten("flatten", b.input()).unwrap();
+    let x = b.linear("fc1", x, 32).unwrap();
+    let x = b.relu("relu", x).unwrap();
+    let x = b.linear("fc2", x, 4).unwrap();
+    learns(b.build(x).unwrap(), 8, 32, 60);
+    learns(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), 8, 16, 30);
+}
+
+#[test]
+fn same_seed_same_run_bitwise() {
+    let run = || {
+        let mut t =
+            Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), config(6)).unwrap();
+        let (x, y) = quadrant_task(6, 8, 5);
+        let losses: Vec<u32> = (0..5)
+            .map(|_| t.step(&x, &y).unwrap().loss.to_bits())
+            .collect();
+        (
+            losses,
+            t.params().iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(run(), run());
+    let other = {
+        let mut cfg = config(6);
+        cfg.seed = 8;
+        Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), cfg)
+            .unwrap()
+            .params()
+            .to_vec()
+    };
+    let mine = Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), config(6))
+        .unwrap()
+        .params()
+        .to_vec();
+    assert_ne!(mine, other, "another seed gives other weights");
+}
+
+#[test]
+fn borrowed_arena_trains_like_an_owned_one() {
+    let model = Model::resnet8(Shape::new(8, 8, 1), 4).unwrap();
+    let cfg = config(4);
+    let bytes = Trainer::plan_bytes(&model, &cfg).unwrap();
+    let (x, y) = quadrant_task(4, 8, 9);
+    let mut owned = Trainer::new(model.clone(), cfg).unwrap();
+    let mut buf = vec![0u8; bytes + 8];
+    let mut borrowed = Trainer::with_arena(model.clone(), cfg, &mut buf).unwrap();
+    for _ in 0..3 {
+        assert_eq!(owned.step(&x, &y).unwrap(), borrowed.step(&x, &y).unwrap());
+    }
+    assert_eq!(owned.params(), borrowed.params());
+    let mut small = vec![0u8; bytes / 2];
+    assert!(matches!(
+        Trainer::with_arena(model, cfg, &mut small),
+        Err(Error::ArenaTooSmall { .. })
+    ));
+}
+
+#[test]
+fn non_finite_loss_skips_the_update() {
+    let mut t = Trainer::new(Model::mlp().unwrap(), config(2)).unwrap();
+    let mut x = data(2 * 784, 1);
+    x[5] = f32::NAN;
+    let before = t.params().to_vec();
+    let s = t.step(&x, &[1, 2]).unwrap();
+    assert!(s.skipped && !s.loss.is_finite());
+    assert_eq!(t.params(), &before[..]);
+    assert_eq!(t.steps(), 0);
+}
+
+#[test]
+fn bad_input_names_what_was_wrong() {
+    let mut t = Trainer::new(Model::mlp().unwrap(), config(4)).unwrap();
+    let x = data(4 * 784, 1);
+    let e = t.step(&x[..100], &[0, 1, 2, 3]).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("[28, 28, 1]"),
+        "{e}"
+    );
+    let e = t.step(&x, &[0, 1, 10, 3]).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Label {
+            index: 2,
+            label: 10,
+            classes: 10
+        }
+    );
+    assert_eq!(
+        t.step(&[], &[]).unwrap_err(),
+        Error::Batch {
+            given: 0,
+            planned: 4
+        }
+    );
+    let five = data(5 * 784, 1);
+    assert_eq!(
+        t.evaluate(&five, &[0; 5]).unwrap_err(),
+        Error::Batch {
+            given: 5,
+            planned: 4
+        }
+    );
+    // Smaller batches than planned are fine.
+    assert!(t.step(&x[..2 * 784], &[0, 1]).is_ok());
+
+    let mut b = ModelBuilder::new(Shape::new(4, 4, 3));
+    let x = b.input();
+    let e = b
+        .layer(
+            "fc",
+            dropit::layers::Layer::Linear(dropit::layers::Linear::new(5, 2)),
+            x,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("fc") && e.to_string().contains("[4, 4, 3]"),
+        "{e}"
+    );
+    let e = b.conv2d("conv", x, 8, 7, 1, 0).unwrap_err();
+    assert!(e.to_string().starts_with("conv:"), "{e}");
+    let y = b.conv2d("c1", x, 4, 3, 2, 1).unwrap();
+    assert!(matches!(b.add("join", x, y), Err(Error::Shape { .. })));
+    assert!(b.relu("c1", y).is_err(), "duplicate names are refused");
+    let unused = b.clone().build(y);
+    assert!(unused.is_err(), "a [2, 2, 4] output is not logits");
+    let mut cfg: TrainerConfig = config(0);
+    assert!(Trainer::new(Model::mlp().unwrap(), cfg).is_err());
+    cfg = config(2);
+    cfg.threads = 0;
+    assert!(Trainer::new(Model::mlp().unwrap(), cfg).is_err());
+}
+
+#[test]
+fn two_workers_reproducible_and_close_to_one() {
+    let run = |threads| {
+        let mut cfg = config(6);
+        cfg.threads = threads;
+        let mut t = Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), cfg).unwrap();
+        let (x, y) = quadrant_task(6, 8, 5);
+        (0..4)
+            .map(|_| t.step(&x, &y).unwrap().loss)
+            .collect::<Vec<_>>()
+    };
+    let (a, b, one) = (run(2), run(2), run(1));
+    assert_eq!(a, b, "same thread count, same run");
+    for (p, q) in a.iter().zip(&one) {
+        assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+}
