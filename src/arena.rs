@@ -115,7 +115,7 @@ mod tests {
             (&[6u64, 7][..], &[0u64, 1][..], &[3u64][..], 0)
         );
         assert!(carve(&mut a, [0..3, 2..4]).is_err());
-        assert!(carve(&mut a, [8..11]).is_err());
+        assert!(carve(&mut a, [8..11, 0..0]).is_err());
     }
 
     #[test]

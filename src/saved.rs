@@ -63,7 +63,7 @@ impl Saved {
             Saved::Nothing => "-",
             Saved::Mask { .. } => "1-bit mask",
             Saved::Codes { .. } => "argmax u8",
-            Saved::Norm { .. } => "x̂ f32",
+            Saved::Norm { .. } => "normalized f32",
         }
     }
 }

@@ -231,8 +231,8 @@ impl Conv2d {
             );
         }
         let (per, t) = split(f.n, f.threads);
-        let mut groups: [Option<(&[f32], &mut [f32], &mut [u64])>; MAX_THREADS] =
-            [const { None }; MAX_THREADS];
+        type Group<'g> = (&'g [f32], &'g mut [f32], &'g mut [u64]);
+        let mut groups: [Option<Group<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
         let unit = self.unit_words(ys);
         let parts =
             f.x.chunks(per * xs.numel())

@@ -108,7 +108,10 @@ impl MaxPool2d {
                         let src = &x[pix * c..][..c];
                         for ch in 0..c {
                             // `!(v <= best)` also takes a NaN, so a NaN input is not hidden.
-                            if !(src[ch] <= y[o + ch]) {
+                            if src[ch].partial_cmp(&y[o + ch]) != Some(core::cmp::Ordering::Less)
+                                && src[ch].partial_cmp(&y[o + ch])
+                                    != Some(core::cmp::Ordering::Equal)
+                            {
                                 y[o + ch] = src[ch];
                                 code[o + ch] = (a * self.k + b) as u8;
                             }
