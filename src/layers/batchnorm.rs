@@ -5,6 +5,7 @@
 //! unbiased running variance); evaluation uses the running ones. Saved for backward: the
 //! normalized input x̂ and 1/σ per channel.
 
+use super::par::{each, max_groups, split};
 use super::{Bwd, Fwd, put};
 use crate::arena::{f32s, f32s_mut};
 use crate::error::{Result, shape_err};
@@ -42,9 +43,9 @@ impl BatchNorm2d {
         2 * self.c
     }
 
-    /// Two f64 sums per channel.
-    pub(crate) fn scratch_words(&self, _threads: usize) -> usize {
-        2 * self.c
+    /// Per worker two f64 sums per channel, and two more for the combined statistics.
+    pub(crate) fn scratch_words(&self, n: usize, threads: usize) -> usize {
+        (max_groups(n, threads) + 1) * 2 * self.c
     }
 
     /// γ = 1, β = 0; running mean 0, running variance 1.
@@ -57,69 +58,76 @@ impl BatchNorm2d {
         v.fill(1.0);
     }
 
-    /// Per-channel sums of `f(row)` over all rows, in f64.
-    fn sums(
-        &self,
-        rows: core::slice::ChunksExact<'_, f32>,
-        acc: &mut [f64],
-        f: impl Fn(usize, f32) -> f64,
-    ) {
-        acc.fill(0.0);
-        for row in rows {
-            for (i, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
-                *a += f(i, v);
-            }
-        }
-    }
-
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = self.c;
         let (gamma, beta) = f.p.split_at(c);
-        let (rmean, rvar) = f.state.split_at_mut(c);
+        let (per, t) = split(f.n, f.threads);
+        let chunk = per * f.x_shape.numel();
         if !f.train {
-            for (yr, xr) in f.y.chunks_exact_mut(c).zip(f.x.chunks_exact(c)) {
-                for i in 0..c {
-                    let inv = 1.0 / libm::sqrtf(rvar[i] + self.eps);
-                    yr[i] = gamma[i] * (xr[i] - rmean[i]) * inv + beta[i];
+            let (rmean, rvar) = f.state.split_at(c);
+            return each(f.y.chunks_mut(chunk).zip(f.x.chunks(chunk)), |(y, x)| {
+                for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for i in 0..c {
+                        let inv = 1.0 / libm::sqrtf(rvar[i] + self.eps);
+                        yr[i] = gamma[i] * (xr[i] - rmean[i]) * inv + beta[i];
+                    }
                 }
-            }
-            return Ok(());
+                Ok(())
+            });
         }
-        let m = f.x.len() / c;
-        let acc: &mut [f64] = bytemuck::cast_slice_mut(&mut f.scratch[..2 * c]);
-        let (mean, var) = acc.split_at_mut(c);
-        self.sums(f.x.chunks_exact(c), mean, |_, v| v as f64);
-        mean.iter_mut().for_each(|s| *s /= m as f64);
-        self.sums(f.x.chunks_exact(c), var, |i, v| {
-            let d = v as f64 - mean[i];
-            d * d
-        });
-        var.iter_mut().for_each(|s| *s /= m as f64);
+        let m = (f.x.len() / c) as f64;
+        let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c]);
+        let (parts, stats) = scratch.split_at_mut(t * 2 * c);
+        let (mean, var) = stats.split_at_mut(c);
+        // Mean, then variance about it: partial sums per worker, combined in worker order.
+        each(f.x.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
+            row_sums(x, c, &mut s[..c], |_, v| v as f64);
+            Ok(())
+        })?;
+        combine(parts, c, 0, mean, m);
+        let mean_r: &[f64] = mean;
+        each(f.x.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
+            row_sums(x, c, &mut s[c..], |i, v| {
+                let d = v as f64 - mean_r[i];
+                d * d
+            });
+            Ok(())
+        })?;
+        combine(parts, c, c, var, m);
         let saved = f32s_mut(f.saved);
         let (xhat, rest) = saved.split_at_mut(f.x.len());
         let inv = &mut rest[..c];
+        let (rmean, rvar) = f.state.split_at_mut(c);
+        let mo = self.momentum;
         for i in 0..c {
             inv[i] = (1.0 / libm::sqrt(var[i] + self.eps as f64)) as f32;
-            let unbiased = if m > 1 {
-                var[i] * m as f64 / (m - 1) as f64
+            let unbiased = if m > 1.0 {
+                var[i] * m / (m - 1.0)
             } else {
                 var[i]
             };
-            rmean[i] = (1.0 - self.momentum) * rmean[i] + self.momentum * mean[i] as f32;
-            rvar[i] = (1.0 - self.momentum) * rvar[i] + self.momentum * unbiased as f32;
+            rmean[i] = (1.0 - mo) * rmean[i] + mo * mean[i] as f32;
+            rvar[i] = (1.0 - mo) * rvar[i] + mo * unbiased as f32;
         }
-        for ((yr, xr), hr) in
-            f.y.chunks_exact_mut(c)
-                .zip(f.x.chunks_exact(c))
-                .zip(xhat.chunks_exact_mut(c))
-        {
-            for i in 0..c {
-                let h = (xr[i] - mean[i] as f32) * inv[i];
-                hr[i] = h;
-                yr[i] = gamma[i] * h + beta[i];
+        let (inv, mean): (&[f32], &[f64]) = (inv, mean);
+        let groups =
+            f.y.chunks_mut(chunk)
+                .zip(f.x.chunks(chunk))
+                .zip(xhat.chunks_mut(chunk));
+        each(groups, |((y, x), h)| {
+            for ((yr, xr), hr) in y
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .zip(h.chunks_exact_mut(c))
+            {
+                for i in 0..c {
+                    let v = (xr[i] - mean[i] as f32) * inv[i];
+                    hr[i] = v;
+                    yr[i] = gamma[i] * v + beta[i];
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
@@ -128,36 +136,75 @@ impl BatchNorm2d {
         let m = (len / c) as f32;
         let saved = f32s(b.saved);
         let (xhat, inv) = (&saved[..len], &saved[len..len + c]);
-        let acc: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..2 * c]);
-        let (dbeta, dgamma) = acc.split_at_mut(c);
-        dbeta.fill(0.0);
-        dgamma.fill(0.0);
-        for (dr, hr) in b.dy.chunks_exact(c).zip(xhat.chunks_exact(c)) {
-            for i in 0..c {
-                dbeta[i] += dr[i] as f64;
-                dgamma[i] += (dr[i] * hr[i]) as f64;
-            }
-        }
+        let (per, t) = split(b.n, b.threads);
+        let chunk = per * b.x_shape.numel();
+        let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..(t + 1) * 2 * c]);
+        let (parts, sums) = scratch.split_at_mut(t * 2 * c);
+        each(
+            b.dy.chunks(chunk)
+                .zip(xhat.chunks(chunk))
+                .zip(parts.chunks_mut(2 * c)),
+            |((dy, h), s)| {
+                let (db, dg) = s.split_at_mut(c);
+                db.fill(0.0);
+                dg.fill(0.0);
+                for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
+                    for i in 0..c {
+                        db[i] += dr[i] as f64;
+                        dg[i] += (dr[i] * hr[i]) as f64;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let (dbeta, dgamma) = sums.split_at_mut(c);
+        combine(parts, c, 0, dbeta, 1.0);
+        combine(parts, c, c, dgamma, 1.0);
         let (gg, gb) = b.g.split_at_mut(c);
         for i in 0..c {
             gg[i] += dgamma[i] as f32;
             gb[i] += dbeta[i] as f32;
         }
-        if b.dx.is_empty() {
-            return Ok(());
-        }
-        let gamma = &b.p[..c];
-        for ((xr, dr), hr) in
-            b.dx.chunks_exact_mut(c)
-                .zip(b.dy.chunks_exact(c))
-                .zip(xhat.chunks_exact(c))
-        {
-            for i in 0..c {
-                let k = gamma[i] * inv[i] / m;
-                let v = k * (m * dr[i] - dbeta[i] as f32 - hr[i] * dgamma[i] as f32);
-                put(&mut xr[i], v, b.acc);
+        let (gamma, acc) = (&b.p[..c], b.acc);
+        let (dbeta, dgamma): (&[f64], &[f64]) = (dbeta, dgamma);
+        let groups =
+            b.dx.chunks_mut(chunk)
+                .zip(b.dy.chunks(chunk))
+                .zip(xhat.chunks(chunk));
+        each(groups, |((dx, dy), h)| {
+            for ((xr, dr), hr) in dx
+                .chunks_exact_mut(c)
+                .zip(dy.chunks_exact(c))
+                .zip(h.chunks_exact(c))
+            {
+                for i in 0..c {
+                    let k = gamma[i] * inv[i] / m;
+                    let v = k * (m * dr[i] - dbeta[i] as f32 - hr[i] * dgamma[i] as f32);
+                    put(&mut xr[i], v, acc);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// `acc[i] = Σ_rows f(i, row[i])` over the `c`-wide rows of `x`.
+fn row_sums(x: &[f32], c: usize, acc: &mut [f64], f: impl Fn(usize, f32) -> f64) {
+    acc.fill(0.0);
+    for row in x.chunks_exact(c) {
+        for (i, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
+            *a += f(i, v);
+        }
+    }
+}
+
+/// `out[i] = Σ_workers parts[w][at + i] / div`, in worker order.
+fn combine(parts: &[f64], c: usize, at: usize, out: &mut [f64], div: f64) {
+    out.fill(0.0);
+    for p in parts.chunks_exact(2 * c) {
+        for (o, v) in out.iter_mut().zip(&p[at..at + c]) {
+            *o += v;
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= div);
 }

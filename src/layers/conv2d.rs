@@ -8,7 +8,7 @@ use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::par::{MAX_THREADS, run, split};
+use super::par::{MAX_THREADS, max_groups, run, split};
 use super::{Bwd, Fwd, gemm, gemm_words};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
@@ -131,7 +131,7 @@ impl Conv2d {
                 .max(gemm_words(c, r, co))
                 .max(gemm_words(r, co, c));
         }
-        let (_, t) = split(n, threads);
+        let t = max_groups(n, threads);
         let partial = if t > 1 {
             words_for_f32(self.weight_len())
         } else {

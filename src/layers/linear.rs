@@ -7,6 +7,7 @@
 use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::par::{each, max_groups, split};
 use super::{Bwd, Fwd, gemm, gemm_words};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
@@ -61,12 +62,15 @@ impl Linear {
         self.inp * self.out + if self.bias { self.out } else { 0 }
     }
 
-    /// GEMM packing space for the forward, grad_W and dX products over `rows` rows.
-    pub(crate) fn scratch_words(&self, rows: usize) -> usize {
+    /// Per worker, GEMM packing space for its share of the forward, grad_W and dX products
+    /// (rows are shared out for Y and dX, input features for grad_W).
+    pub(crate) fn scratch_words(&self, rows: usize, threads: usize) -> usize {
+        let t = max_groups(rows, threads);
         let (i, o) = (self.inp, self.out);
-        gemm_words(rows, i, o)
-            .max(gemm_words(i, rows, o))
-            .max(gemm_words(rows, o, i))
+        let (r, ip) = (rows.div_ceil(t), i.div_ceil(t.min(i).max(1)));
+        t * gemm_words(r, i, o)
+            .max(gemm_words(ip, rows, o))
+            .max(gemm_words(r, o, i))
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√in.
@@ -79,59 +83,77 @@ impl Linear {
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let rows = f.n * f.x_shape.rows();
-        let (w, b) = f.p.split_at(self.inp * self.out);
+        let (i, o) = (self.inp, self.out);
+        let (w, b) = f.p.split_at(i * o);
         if self.bias {
-            for row in f.y.chunks_exact_mut(self.out) {
+            for row in f.y.chunks_mut(o) {
                 row.copy_from_slice(b);
             }
         }
         let beta = if self.bias { 1.0 } else { 0.0 };
-        gemm(
-            1.0,
-            Mat::new(f.x, rows, self.inp)?,
-            Mat::new(w, self.inp, self.out)?,
-            beta,
-            MatMut::new(f.y, rows, self.out)?,
-            f.scratch,
-        )?;
-        Ok(())
+        let wm = Mat::new(w, i, o)?;
+        let (per, t) = split(rows, f.threads);
+        let unit = f.scratch.len() / t;
+        each(
+            f.x.chunks(per * i)
+                .zip(f.y.chunks_mut(per * o))
+                .zip(f.scratch.chunks_mut(unit)),
+            |((x, y), s)| {
+                let r = x.len() / i;
+                gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
+            },
+        )
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let rows = b.n * b.x_shape.rows();
-        let (w, _) = b.p.split_at(self.inp * self.out);
-        let (gw, gb) = b.g.split_at_mut(self.inp * self.out);
-        let dy = Mat::new(b.dy, rows, self.out)?;
-        // grad_Wᵀ[in × out] += Xᵀ · dY
-        let xt = Mat::new(b.x, rows, self.inp)?.t();
-        gemm(
-            1.0,
-            xt,
-            dy,
-            1.0,
-            MatMut::new(gw, self.inp, self.out)?,
-            b.scratch,
-        )?;
+        let (i, o) = (self.inp, self.out);
+        let (w, _) = b.p.split_at(i * o);
+        let (gw, gb) = b.g.split_at_mut(i * o);
         if self.bias {
-            for row in b.dy.chunks_exact(self.out) {
+            for row in b.dy.chunks_exact(o) {
                 for (g, d) in gb.iter_mut().zip(row) {
                     *g += d;
                 }
             }
         }
-        if !b.dx.is_empty() {
-            // dX = dY · Wᵀ
-            let beta = if b.acc { 1.0 } else { 0.0 };
-            let wt = Mat::new(w, self.inp, self.out)?.t();
-            gemm(
-                1.0,
-                dy,
-                wt,
-                beta,
-                MatMut::new(b.dx, rows, self.inp)?,
-                b.scratch,
-            )?;
+        let (per, t) = split(rows, b.threads);
+        let unit = b.scratch.len() / t;
+        let dy = Mat::new(b.dy, rows, o)?;
+        let x = b.x;
+        // grad_Wᵀ[in × out] += Xᵀ · dY, each worker a band of input features (rows of grad_Wᵀ).
+        let ip = i.div_ceil(t.min(i).max(1));
+        each(
+            gw.chunks_mut(ip * o)
+                .enumerate()
+                .zip(b.scratch.chunks_mut(unit)),
+            |((k, g), s)| {
+                let i0 = k * ip;
+                let band = g.len() / o;
+                let xt = Mat::strided(&x[i0..], band, rows, 1, i)?;
+                gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
+            },
+        )?;
+        if b.dx.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // dX = dY · Wᵀ, each worker a band of rows.
+        let (beta, wt) = (if b.acc { 1.0 } else { 0.0 }, Mat::new(w, i, o)?.t());
+        each(
+            b.dx.chunks_mut(per * i)
+                .zip(b.dy.chunks(per * o))
+                .zip(b.scratch.chunks_mut(unit)),
+            |((dx, dy), s)| {
+                let r = dy.len() / o;
+                gemm(
+                    1.0,
+                    Mat::new(dy, r, o)?,
+                    wt,
+                    beta,
+                    MatMut::new(dx, r, i)?,
+                    s,
+                )
+            },
+        )
     }
 }

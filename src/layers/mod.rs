@@ -211,9 +211,9 @@ impl Layer {
     /// Scratch words while running forward or backward for `n` samples.
     pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
         match self {
-            Layer::Linear(l) => l.scratch_words(n * x.rows()),
+            Layer::Linear(l) => l.scratch_words(n * x.rows(), threads),
             Layer::Conv2d(c) => c.scratch_words(n, x, y, threads),
-            Layer::BatchNorm2d(b) => b.scratch_words(threads),
+            Layer::BatchNorm2d(b) => b.scratch_words(n, threads),
             _ => 0,
         }
     }

@@ -27,3 +27,31 @@ pub(crate) fn split(n: usize, threads: usize) -> (usize, usize) {
     let per = n.div_ceil(t).max(1);
     (per, n.div_ceil(per).max(1))
 }
+
+/// Runs `f` on every item of `it` (at most [`MAX_THREADS`] items: one per worker).
+pub(crate) fn each<T: Send>(
+    it: impl Iterator<Item = T>,
+    f: impl Fn(T) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    let mut groups: [Option<T>; MAX_THREADS] = [const { None }; MAX_THREADS];
+    let mut k = 0;
+    for (g, item) in groups.iter_mut().zip(it) {
+        *g = Some(item);
+        k += 1;
+    }
+    run(&mut groups[..k], |g| g.take().map_or(Ok(()), &f))
+}
+
+/// Elements per group when `len` elements are split over `threads` workers, a multiple of 64
+/// (so that 1-bit masks split on word boundaries).
+pub(crate) fn elem_chunk(len: usize, threads: usize) -> usize {
+    len.div_ceil(threads.clamp(1, MAX_THREADS))
+        .div_ceil(64)
+        .max(1)
+        * 64
+}
+
+/// The most groups [`split`] makes for up to `n` samples: what scratch is planned for.
+pub(crate) fn max_groups(n: usize, threads: usize) -> usize {
+    threads.clamp(1, MAX_THREADS).min(n.max(1))
+}

@@ -1,5 +1,8 @@
 //! Pooling, NHWC. Max-pooling saves one byte per output (which window element won).
 
+use core::cmp::Ordering::{Equal, Less};
+
+use super::par::{each, split};
 use super::{Bwd, Fwd, put};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
@@ -93,65 +96,85 @@ impl MaxPool2d {
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
         let codes: &mut [u8] = bytemuck::cast_slice_mut(&mut *f.saved);
-        for (i, (x, y)) in
-            f.x.chunks_exact(xs.numel())
-                .zip(f.y.chunks_exact_mut(ys.numel()))
-                .enumerate()
-        {
-            let code = &mut codes[i * ys.numel()..][..ys.numel()];
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    let o = (oh * ys.w + ow) * c;
-                    y[o..o + c].fill(f32::NEG_INFINITY);
-                    code[o..o + c].fill(0);
-                    window(xs, self.k, self.stride, self.pad, oh, ow, |pix, a, b| {
-                        let src = &x[pix * c..][..c];
-                        for ch in 0..c {
-                            // `!(v <= best)` also takes a NaN, so a NaN input is not hidden.
-                            if src[ch].partial_cmp(&y[o + ch]) != Some(core::cmp::Ordering::Less)
-                                && src[ch].partial_cmp(&y[o + ch])
-                                    != Some(core::cmp::Ordering::Equal)
-                            {
-                                y[o + ch] = src[ch];
-                                code[o + ch] = (a * self.k + b) as u8;
-                            }
+        let (per, _) = split(f.n, f.threads);
+        let (xn, yn) = (per * xs.numel(), per * ys.numel());
+        let groups =
+            f.x.chunks(xn)
+                .zip(f.y.chunks_mut(yn))
+                .zip(codes.chunks_mut(yn));
+        each(groups, |((x, y), code)| {
+            let samples = x
+                .chunks_exact(xs.numel())
+                .zip(y.chunks_exact_mut(ys.numel()));
+            for ((x, y), code) in samples.zip(code.chunks_exact_mut(ys.numel())) {
+                self.forward_sample(x, y, code, xs, ys, c);
+            }
+            Ok(())
+        })
+    }
+
+    fn forward_sample(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        code: &mut [u8],
+        xs: Shape,
+        ys: Shape,
+        c: usize,
+    ) {
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                let o = (oh * ys.w + ow) * c;
+                y[o..o + c].fill(f32::NEG_INFINITY);
+                code[o..o + c].fill(0);
+                window(xs, self.k, self.stride, self.pad, oh, ow, |pix, a, b| {
+                    let src = &x[pix * c..][..c];
+                    for ch in 0..c {
+                        // Greater, or NaN: a NaN input is passed on, not hidden.
+                        if !matches!(src[ch].partial_cmp(&y[o + ch]), Some(Less | Equal)) {
+                            y[o + ch] = src[ch];
+                            code[o + ch] = (a * self.k + b) as u8;
                         }
-                    });
-                }
+                    }
+                });
             }
         }
-        Ok(())
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
         let codes: &[u8] = bytemuck::cast_slice(b.saved);
-        if b.dx.is_empty() {
-            return Ok(());
-        }
-        if !b.acc {
-            b.dx.fill(0.0);
-        }
-        for i in 0..b.n {
-            let dx = &mut b.dx[i * xs.numel()..][..xs.numel()];
-            let dy = &b.dy[i * ys.numel()..][..ys.numel()];
-            let code = &codes[i * ys.numel()..][..ys.numel()];
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    let o = (oh * ys.w + ow) * c;
-                    for ch in 0..c {
-                        let (a, bb) = (
-                            code[o + ch] as usize / self.k,
-                            code[o + ch] as usize % self.k,
-                        );
-                        let ih = oh * self.stride + a - self.pad;
-                        let iw = ow * self.stride + bb - self.pad;
-                        dx[(ih * xs.w + iw) * c + ch] += dy[o + ch];
+        let (per, _) = split(b.n, b.threads);
+        let (xn, yn, acc) = (per * xs.numel(), per * ys.numel(), b.acc);
+        let groups =
+            b.dx.chunks_mut(xn)
+                .zip(b.dy.chunks(yn))
+                .zip(codes.chunks(yn));
+        each(groups, |((dx, dy), code)| {
+            if !acc {
+                dx.fill(0.0);
+            }
+            let samples = dx
+                .chunks_exact_mut(xs.numel())
+                .zip(dy.chunks_exact(ys.numel()));
+            for ((dx, dy), code) in samples.zip(code.chunks_exact(ys.numel())) {
+                for oh in 0..ys.h {
+                    for ow in 0..ys.w {
+                        let o = (oh * ys.w + ow) * c;
+                        for ch in 0..c {
+                            let (a, bb) = (
+                                code[o + ch] as usize / self.k,
+                                code[o + ch] as usize % self.k,
+                            );
+                            let ih = oh * self.stride + a - self.pad;
+                            let iw = ow * self.stride + bb - self.pad;
+                            dx[(ih * xs.w + iw) * c + ch] += dy[o + ch];
+                        }
                     }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -172,51 +195,63 @@ impl AvgPool2d {
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
         let scale = 1.0 / (self.k * self.k) as f32;
-        for (x, y) in
-            f.x.chunks_exact(xs.numel())
-                .zip(f.y.chunks_exact_mut(ys.numel()))
-        {
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    let out = &mut y[(oh * ys.w + ow) * c..][..c];
-                    out.fill(0.0);
-                    window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
-                        for (o, v) in out.iter_mut().zip(&x[pix * c..][..c]) {
-                            *o += v;
+        let (per, _) = split(f.n, f.threads);
+        each(
+            f.x.chunks(per * xs.numel())
+                .zip(f.y.chunks_mut(per * ys.numel())),
+            |(x, y)| {
+                for (x, y) in x
+                    .chunks_exact(xs.numel())
+                    .zip(y.chunks_exact_mut(ys.numel()))
+                {
+                    for oh in 0..ys.h {
+                        for ow in 0..ys.w {
+                            let out = &mut y[(oh * ys.w + ow) * c..][..c];
+                            out.fill(0.0);
+                            window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
+                                for (o, v) in out.iter_mut().zip(&x[pix * c..][..c]) {
+                                    *o += v;
+                                }
+                            });
+                            out.iter_mut().for_each(|o| *o *= scale);
                         }
-                    });
-                    out.iter_mut().for_each(|o| *o *= scale);
+                    }
                 }
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
-        if b.dx.is_empty() {
-            return Ok(());
-        }
-        if !b.acc {
-            b.dx.fill(0.0);
-        }
         let scale = 1.0 / (self.k * self.k) as f32;
-        for (dx, dy) in
-            b.dx.chunks_exact_mut(xs.numel())
-                .zip(b.dy.chunks_exact(ys.numel()))
-        {
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    let g = &dy[(oh * ys.w + ow) * c..][..c];
-                    window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
-                        for (d, v) in dx[pix * c..][..c].iter_mut().zip(g) {
-                            *d += v * scale;
-                        }
-                    });
+        let (per, _) = split(b.n, b.threads);
+        let acc = b.acc;
+        each(
+            b.dx.chunks_mut(per * xs.numel())
+                .zip(b.dy.chunks(per * ys.numel())),
+            |(dx, dy)| {
+                if !acc {
+                    dx.fill(0.0);
                 }
-            }
-        }
-        Ok(())
+                for (dx, dy) in dx
+                    .chunks_exact_mut(xs.numel())
+                    .zip(dy.chunks_exact(ys.numel()))
+                {
+                    for oh in 0..ys.h {
+                        for ow in 0..ys.w {
+                            let g = &dy[(oh * ys.w + ow) * c..][..c];
+                            window(xs, self.k, self.stride, 0, oh, ow, |pix, _, _| {
+                                for (d, v) in dx[pix * c..][..c].iter_mut().zip(g) {
+                                    *d += v * scale;
+                                }
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 //! ReLU. Saves one bit per element — whether the output is positive — never the output itself.
 
-use dropit_simd::mask::{apply_mask, relu_forward};
+use dropit_simd::mask::{apply_mask, mask_words, relu_forward};
 
+use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd};
 use crate::error::Result;
 use crate::shape::Shape;
@@ -20,23 +21,39 @@ impl Relu {
     }
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
-        f.y.copy_from_slice(f.x);
         // In evaluation the mask is written too (its space is planned anyway) and never read.
-        let bits = &mut f.saved[..dropit_simd::mask::mask_words(f.y.len())];
-        Ok(relu_forward(f.y, bits)?)
+        let c = elem_chunk(f.y.len(), f.threads);
+        let bits = &mut f.saved[..mask_words(f.y.len())];
+        each(
+            f.x.chunks(c)
+                .zip(f.y.chunks_mut(c))
+                .zip(bits.chunks_mut(c / 64)),
+            |((x, y), b)| {
+                y.copy_from_slice(x);
+                Ok(relu_forward(y, b)?)
+            },
+        )
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let bits = &b.saved[..dropit_simd::mask::mask_words(b.dy.len())];
-        if b.acc {
-            for (i, (d, &g)) in b.dx.iter_mut().zip(b.dy).enumerate() {
-                if (bits[i / 64] >> (i % 64)) & 1 == 1 {
-                    *d += g;
+        let c = elem_chunk(b.dy.len(), b.threads);
+        let bits = &b.saved[..mask_words(b.dy.len())];
+        let acc = b.acc;
+        each(
+            b.dy.chunks(c)
+                .zip(b.dx.chunks_mut(c))
+                .zip(bits.chunks(c / 64)),
+            |((dy, dx), bits)| {
+                if !acc {
+                    return Ok(apply_mask(dy, bits, dx)?);
                 }
-            }
-            Ok(())
-        } else {
-            Ok(apply_mask(b.dy, bits, b.dx)?)
-        }
+                for (i, (d, &g)) in dx.iter_mut().zip(dy).enumerate() {
+                    if (bits[i / 64] >> (i % 64)) & 1 == 1 {
+                        *d += g;
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 }
