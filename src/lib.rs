@@ -26,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 mod arena;
+mod dropit;
 mod error;
 mod init;
 pub mod layers;
@@ -39,10 +40,13 @@ pub mod saved;
 mod shape;
 mod trainer;
 
+pub use dropit::{DropIt, LayerRef};
 pub use dropit_simd as kernels;
+pub use dropit_simd::format::{PosForm, ValueType};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, T};
 pub use optim::{Decay, Optimizer, Schedule};
 pub use report::{LayerMemory, MemoryReport};
+pub use saved::{GradPath, InputSave, Positions, Scope, SparseSave};
 pub use shape::Shape;
 pub use trainer::{EvalStats, StepStats, Trainer, TrainerConfig};

@@ -18,7 +18,10 @@ use core::ops::Range;
 use crate::arena::words_for_f32;
 use crate::error::{Result, config_err};
 use crate::model::Model;
-use crate::saved::Saved;
+use dropit_simd::format::Format;
+
+use crate::arena::words_for_bytes;
+use crate::saved::{Saved, SparseSave};
 
 /// Where everything lives, in words from the start of the arena.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,10 +43,21 @@ pub(crate) struct Plan {
     pub ctx: Vec<Range<usize>>,
     /// Per node: what that context is.
     pub saved: Vec<Saved>,
+    /// Per node: its DropIT-packed input, if it keeps one.
+    pub packed: Vec<Option<PackedInput>>,
     pub regions: Regions,
     pub total_words: usize,
     pub slot_words: usize,
     pub slot_count: usize,
+}
+
+/// Where a layer's packed (DropIT) input lives.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PackedInput {
+    pub words: Range<usize>,
+    pub format: Format,
+    /// This node packs it in forward; a later reader with the same settings shares it.
+    pub packs: bool,
 }
 
 /// The regions of the arena.
@@ -216,6 +230,30 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         tensors[t] = take(&mut cur, words_for_f32(numel(t)));
     }
     let ctx: Vec<_> = saved.iter().map(|s| take(&mut cur, s.words())).collect();
+    // Packed inputs: one per (tensor, settings), shared by every reader with those settings.
+    let mut packed: Vec<Option<PackedInput>> = vec![None; nodes.len()];
+    let mut owners: Vec<(usize, SparseSave, PackedInput)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let Some(sp) = n.layer.sparse_save() else {
+            continue;
+        };
+        let t = n.inputs[0];
+        let numel = model.shapes[t].numel();
+        if let Some((_, _, p)) = owners.iter().find(|(tt, ss, _)| *tt == t && ss == sp) {
+            packed[i] = Some(PackedInput {
+                packs: false,
+                ..p.clone()
+            });
+            continue;
+        }
+        let p = PackedInput {
+            words: take(&mut cur, words_for_bytes(sp.bytes(batch, numel))),
+            format: sp.format(batch, numel),
+            packs: true,
+        };
+        packed[i] = Some(p.clone());
+        owners.push((t, *sp, p));
+    }
     let regions_saved = saved_start..cur;
     let slots_start = cur;
     let regions_slots = take(&mut cur, slot_count * slot_words);
@@ -240,6 +278,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         acc,
         ctx,
         saved,
+        packed,
         regions: Regions {
             params: regions_params,
             grads: regions_grads,

@@ -7,7 +7,7 @@ use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
 use crate::layers::loss::softmax_cross_entropy;
 use crate::layers::par::MAX_THREADS;
-use crate::layers::{Bwd, Fwd};
+use crate::layers::{Bwd, Fwd, PackedMutRef};
 use crate::model::Model;
 use crate::optim::{Optimizer, Schedule};
 use crate::plan::{Plan, plan};
@@ -255,7 +255,8 @@ impl<'a> Trainer<'a> {
                 self.model.shapes[node.inputs[0]],
                 self.model.shapes[node.output],
             );
-            let [x, x2, y, p, st, saved, scratch] = carve(
+            let pk = plan.packed[i].as_ref();
+            let [x, x2, y, p, st, saved, scratch, packed] = carve(
                 w,
                 [
                     plan.tensors[node.inputs[0]].clone(),
@@ -269,6 +270,7 @@ impl<'a> Trainer<'a> {
                     plan.regions.state.clone(),
                     plan.ctx[i].clone(),
                     plan.regions.scratch.clone(),
+                    pk.map_or(0..0, |p| p.words.clone()),
                 ],
             )?;
             let mut f = Fwd {
@@ -288,6 +290,11 @@ impl<'a> Trainer<'a> {
                 saved,
                 scratch,
                 threads: self.cfg.threads,
+                packed: pk.map(|p| PackedMutRef {
+                    words: packed,
+                    format: p.format,
+                    packs: p.packs,
+                }),
             };
             node.layer.forward(&mut f)?;
         }
@@ -304,7 +311,8 @@ impl<'a> Trainer<'a> {
                 self.model.shapes[node.output],
             );
             let held = node.layer.holds_input();
-            let [x, dy, dx, dx2, p, g, saved, scratch] = carve(
+            let pk = plan.packed[i].as_ref();
+            let [x, dy, dx, dx2, p, g, saved, scratch, packed] = carve(
                 w,
                 [
                     if held {
@@ -323,6 +331,7 @@ impl<'a> Trainer<'a> {
                     plan.regions.grads.clone(),
                     plan.ctx[i].clone(),
                     plan.regions.scratch.clone(),
+                    pk.map_or(0..0, |p| p.words.clone()),
                 ],
             )?;
             let mut b = Bwd {
@@ -344,6 +353,7 @@ impl<'a> Trainer<'a> {
                 saved,
                 scratch,
                 threads: self.cfg.threads,
+                packed: pk.map(|p| (&*packed, p.format)),
             };
             node.layer.backward(&mut b)?;
         }

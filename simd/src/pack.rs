@@ -176,6 +176,51 @@ pub fn pack_blocks(
     }
 }
 
+/// Selects and packs in one go: blocks of `block` elements (the last one shorter) each keep
+/// [`crate::select::kept_count`]`(len, keep)` elements, selected just before the block is
+/// packed, so no per-block thresholds are stored. `out.k` must equal
+/// [`crate::select::kept_in_blocks`]`(x.len(), block, keep)`.
+pub fn select_and_pack(x: &[f32], block: usize, keep: f32, out: &mut PackedMut<'_>) -> Result<()> {
+    let total = crate::select::kept_in_blocks(x.len(), block, keep)?;
+    check_len("packed tensor length", out.n, x.len())?;
+    check_len("packed tensor kept count", out.k, total)?;
+    macro_rules! with_sink {
+        ($vals:expr) => {
+            match &mut out.positions {
+                PositionsMut::Bitmap(w) => {
+                    w.fill(0);
+                    select_typed(x, block, keep, $vals, BitmapSink(w))
+                }
+                PositionsMut::Block16 { counts, offsets } => {
+                    counts.fill(0);
+                    select_typed(x, block, keep, $vals, Block16Sink { counts, offsets })
+                }
+                PositionsMut::U32(i) => select_typed(x, block, keep, $vals, U32Sink(i)),
+            }
+        };
+    }
+    match &mut out.values {
+        ValuesMut::F32(v) => with_sink!(v),
+        ValuesMut::Bf16(v) => with_sink!(v),
+        ValuesMut::F16(v) => with_sink!(v),
+    }
+}
+
+fn select_typed<V: Value, P: PosSink>(
+    x: &[f32],
+    block: usize,
+    keep: f32,
+    vals: &mut [V],
+    mut pos: P,
+) -> Result<()> {
+    let mut cursor = 0;
+    for (b, xb) in x.chunks(block).enumerate() {
+        let t = crate::select::topk_threshold(xb, crate::select::kept_count(xb.len(), keep))?;
+        pack_range(xb, b * block, &t, vals, &mut pos, &mut cursor)?;
+    }
+    check_len("kept elements after packing", vals.len(), cursor)
+}
+
 /// Packs the whole of `x` under one tensor-wide threshold.
 pub fn pack(x: &[f32], t: &Threshold, out: &mut PackedMut<'_>) -> Result<()> {
     let blocks = if x.is_empty() {

@@ -4,7 +4,7 @@ mod common;
 use common::{Buf, FORMATS, normals, round_to};
 use dropit_simd::Error;
 use dropit_simd::format::{BLOCK16, Format, Packed, PosForm, ValueType};
-use dropit_simd::pack::{pack, pack_blocks, unpack};
+use dropit_simd::pack::{pack, pack_blocks, select_and_pack, unpack};
 use dropit_simd::reference;
 use dropit_simd::select::{Threshold, kept_count, topk_blocks, topk_threshold};
 use proptest::prelude::*;
@@ -68,6 +68,9 @@ proptest! {
             pack_blocks(&x, block, &t, &mut a.packed_mut()).unwrap();
             reference::pack_blocks(&x, block, &t, &mut b.packed_mut()).unwrap();
             prop_assert_eq!(a.bytes(), b.bytes());
+            let mut c = Buf::new(fmt, x.len(), k);
+            select_and_pack(&x, block, keep, &mut c.packed_mut()).unwrap();
+            prop_assert_eq!(a.bytes(), c.bytes());
         }
     }
 }

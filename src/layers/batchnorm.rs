@@ -7,7 +7,10 @@
 
 use super::par::{each, max_groups, split};
 use super::{Bwd, Fwd, put};
-use crate::arena::{f32s, f32s_mut};
+use dropit_simd::format::Value;
+use half::bf16;
+
+use crate::arena::{f32s, f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
@@ -20,6 +23,8 @@ pub struct BatchNorm2d {
     pub momentum: f32,
     /// Added to the variance.
     pub eps: f32,
+    /// Keep the normalized input for backward as bf16 (half the bytes; grad slightly rounded).
+    pub lean: bool,
 }
 
 impl BatchNorm2d {
@@ -29,6 +34,7 @@ impl BatchNorm2d {
             c,
             momentum: 0.1,
             eps: 1e-5,
+            lean: false,
         }
     }
 
@@ -94,9 +100,8 @@ impl BatchNorm2d {
             Ok(())
         })?;
         combine(parts, c, c, var, m);
-        let saved = f32s_mut(f.saved);
-        let (xhat, rest) = saved.split_at_mut(f.x.len());
-        let inv = &mut rest[..c];
+        let (inv, xhat) = f.saved.split_at_mut(words_for_f32(c));
+        let inv = &mut f32s_mut(inv)[..c];
         let (rmean, rvar) = f.state.split_at_mut(c);
         let mo = self.momentum;
         for i in 0..c {
@@ -109,33 +114,45 @@ impl BatchNorm2d {
             rmean[i] = (1.0 - mo) * rmean[i] + mo * mean[i] as f32;
             rvar[i] = (1.0 - mo) * rvar[i] + mo * unbiased as f32;
         }
-        let (inv, mean): (&[f32], &[f64]) = (inv, mean);
-        let groups =
-            f.y.chunks_mut(chunk)
-                .zip(f.x.chunks(chunk))
-                .zip(xhat.chunks_mut(chunk));
-        each(groups, |((y, x), h)| {
-            for ((yr, xr), hr) in y
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(h.chunks_exact_mut(c))
-            {
-                for i in 0..c {
-                    let v = (xr[i] - mean[i] as f32) * inv[i];
-                    hr[i] = v;
-                    yr[i] = gamma[i] * v + beta[i];
-                }
-            }
-            Ok(())
-        })
+        let (len, inv, mean): (usize, &[f32], &[f64]) = (f.x.len(), inv, mean);
+        let (gb, chunk) = ((gamma, beta), chunk);
+        if self.lean {
+            let h: &mut [bf16] = &mut bytemuck::cast_slice_mut(xhat)[..len];
+            normalize(f.x, f.y, h, chunk, c, mean, inv, gb)
+        } else {
+            normalize(
+                f.x,
+                f.y,
+                &mut f32s_mut(xhat)[..len],
+                chunk,
+                c,
+                mean,
+                inv,
+                gb,
+            )
+        }
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let c = self.c;
+        let (inv, xhat) = b.saved.split_at(words_for_f32(self.c));
+        let inv = &f32s(inv)[..self.c];
         let len = b.dy.len();
-        let m = (len / c) as f32;
-        let saved = f32s(b.saved);
-        let (xhat, inv) = (&saved[..len], &saved[len..len + c]);
+        if self.lean {
+            let h: &[bf16] = &bytemuck::cast_slice(xhat)[..len];
+            self.backward_with(b, h, inv)
+        } else {
+            self.backward_with(b, &f32s(xhat)[..len], inv)
+        }
+    }
+
+    fn backward_with<V: Value + Sync>(
+        &self,
+        b: &mut Bwd<'_>,
+        xhat: &[V],
+        inv: &[f32],
+    ) -> Result<()> {
+        let c = self.c;
+        let m = (b.dy.len() / c) as f32;
         let (per, t) = split(b.n, b.threads);
         let chunk = per * b.x_shape.numel();
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..(t + 1) * 2 * c]);
@@ -151,7 +168,7 @@ impl BatchNorm2d {
                 for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
                     for i in 0..c {
                         db[i] += dr[i] as f64;
-                        dg[i] += (dr[i] * hr[i]) as f64;
+                        dg[i] += (dr[i] * hr[i].to_f32()) as f64;
                     }
                 }
                 Ok(())
@@ -179,13 +196,46 @@ impl BatchNorm2d {
             {
                 for i in 0..c {
                     let k = gamma[i] * inv[i] / m;
-                    let v = k * (m * dr[i] - dbeta[i] as f32 - hr[i] * dgamma[i] as f32);
+                    let v = k * (m * dr[i] - dbeta[i] as f32 - hr[i].to_f32() * dgamma[i] as f32);
                     put(&mut xr[i], v, acc);
                 }
             }
             Ok(())
         })
     }
+}
+
+/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups.
+#[allow(clippy::too_many_arguments)]
+fn normalize<V: Value + Send>(
+    x: &[f32],
+    y: &mut [f32],
+    xhat: &mut [V],
+    chunk: usize,
+    c: usize,
+    mean: &[f64],
+    inv: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
+) -> Result<()> {
+    each(
+        y.chunks_mut(chunk)
+            .zip(x.chunks(chunk))
+            .zip(xhat.chunks_mut(chunk)),
+        |((y, x), h)| {
+            for ((yr, xr), hr) in y
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .zip(h.chunks_exact_mut(c))
+            {
+                for i in 0..c {
+                    let v = (xr[i] - mean[i] as f32) * inv[i];
+                    hr[i] = V::from_f32(v);
+                    yr[i] = gamma[i] * v + beta[i];
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// `acc[i] = Σ_rows f(i, row[i])` over the `c`-wide rows of `x`.

@@ -8,13 +8,14 @@ use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::par::{MAX_THREADS, max_groups, run, split};
-use super::{Bwd, Fwd, gemm, gemm_words};
+use super::par::{MAX_THREADS, each, max_groups, run, split};
+use super::{Bwd, Fwd, gemm, gemm_words, missing, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::{normal, uniform};
 use crate::saved::InputSave;
 use crate::shape::Shape;
+use dropit_simd::spmm;
 
 /// `Conv2d(cin, cout, kernel, stride, padding)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,46 +222,45 @@ impl Conv2d {
         if self.pointwise() {
             let rows = f.n * xs.rows();
             let xm = Mat::new(f.x, rows, self.cin)?;
-            return gemm(
+            gemm(
                 1.0,
                 xm,
                 wm,
                 beta,
                 MatMut::new(f.y, rows, self.cout)?,
                 f.scratch,
-            );
+            )?;
+        } else {
+            let (per, _) = split(f.n, f.threads);
+            let unit = self.unit_words(ys);
+            let groups =
+                f.x.chunks(per * xs.numel())
+                    .zip(f.y.chunks_mut(per * ys.numel()))
+                    .zip(f.scratch.chunks_mut(unit));
+            each(groups, |((x, y), s)| {
+                let (col, pack) = self.split_scratch(ys, s);
+                for (x, y) in x
+                    .chunks_exact(xs.numel())
+                    .zip(y.chunks_exact_mut(ys.numel()))
+                {
+                    self.im2col(x, xs, ys, col);
+                    let cm = Mat::new(col, ys.rows(), self.kdim())?;
+                    gemm(
+                        1.0,
+                        cm,
+                        wm,
+                        beta,
+                        MatMut::new(y, ys.rows(), self.cout)?,
+                        pack,
+                    )?;
+                }
+                Ok(())
+            })?;
         }
-        let (per, t) = split(f.n, f.threads);
-        type Group<'g> = (&'g [f32], &'g mut [f32], &'g mut [u64]);
-        let mut groups: [Option<Group<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
-        let unit = self.unit_words(ys);
-        let parts =
-            f.x.chunks(per * xs.numel())
-                .zip(f.y.chunks_mut(per * ys.numel()))
-                .zip(f.scratch.chunks_mut(unit));
-        for (g, ((x, y), s)) in groups.iter_mut().zip(parts).take(t) {
-            *g = Some((x, y, s));
+        match (self.save.sparse(), f.packed.take()) {
+            (Some(sp), Some(p)) if f.train && p.packs => pack_input(sp, f.x, f.n, xs.numel(), p),
+            _ => Ok(()),
         }
-        run(&mut groups[..t], |g| {
-            let Some((x, y, s)) = g else { return Ok(()) };
-            let (col, pack) = self.split_scratch(ys, s);
-            for (x, y) in x
-                .chunks_exact(xs.numel())
-                .zip(y.chunks_exact_mut(ys.numel()))
-            {
-                self.im2col(x, xs, ys, col);
-                let cm = Mat::new(col, ys.rows(), self.kdim())?;
-                gemm(
-                    1.0,
-                    cm,
-                    wm,
-                    beta,
-                    MatMut::new(y, ys.rows(), self.cout)?,
-                    pack,
-                )?;
-            }
-            Ok(())
-        })
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
@@ -275,18 +275,27 @@ impl Conv2d {
                 }
             }
         }
+        // DropIT: grad_W straight from the packed input, with no im2col.
+        let sparse = self.save.sparse();
+        if let Some(sp) = sparse {
+            let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
+            let pk = packed_input(sp, b.n, xs.numel(), packed)?;
+            spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), b.dy, gw)?;
+        }
         if self.pointwise() {
             let rows = b.n * xs.rows();
             let dy = Mat::new(b.dy, rows, self.cout)?;
-            let xt = Mat::new(b.x, rows, self.cin)?.t();
-            gemm(
-                1.0,
-                xt,
-                dy,
-                1.0,
-                MatMut::new(gw, self.cin, self.cout)?,
-                b.scratch,
-            )?;
+            if sparse.is_none() {
+                let xt = Mat::new(b.x, rows, self.cin)?.t();
+                gemm(
+                    1.0,
+                    xt,
+                    dy,
+                    1.0,
+                    MatMut::new(gw, self.cin, self.cout)?,
+                    b.scratch,
+                )?;
+            }
             if !b.dx.is_empty() {
                 let beta = if b.acc { 1.0 } else { 0.0 };
                 gemm(
@@ -300,10 +309,12 @@ impl Conv2d {
             }
             return Ok(());
         }
+        if sparse.is_some() && b.dx.is_empty() {
+            return Ok(());
+        }
         let (per, t) = split(b.n, b.threads);
         let unit = self.unit_words(ys);
         let (units, partials) = b.scratch.split_at_mut(t * unit);
-        let pw = words_for_f32(wl);
         type Group<'g> = (
             &'g [f32],
             &'g [f32],
@@ -312,30 +323,36 @@ impl Conv2d {
             &'g mut [f32],
         );
         let mut groups: [Option<Group<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
-        // One worker accumulates straight into grad_W; several get private, zeroed partials.
-        let mut gw_slot = Some(gw);
-        let mut dx_rest: &mut [f32] = b.dx;
-        let mut partial_rest = partials;
-        for (g, ((x, dy), s)) in groups
-            .iter_mut()
-            .zip(
-                b.x.chunks(per * xs.numel())
-                    .zip(b.dy.chunks(per * ys.numel()))
-                    .zip(units.chunks_mut(unit)),
-            )
-            .take(t)
-        {
+        // Dense grad_W: one worker accumulates straight into it; several get private, zeroed
+        // partials, summed below in worker order.
+        let dense_gw = sparse.is_none();
+        let (mut gw_slot, gw_sum) = if dense_gw && t == 1 {
+            (Some(gw), None)
+        } else {
+            (None, Some(gw))
+        };
+        let (mut dx_rest, mut partial_rest): (&mut [f32], &mut [u64]) = (b.dx, partials);
+        let x_chunks =
+            b.x.chunks(per * xs.numel())
+                .chain(core::iter::repeat(&[][..]));
+        let parts = x_chunks
+            .zip(b.dy.chunks(per * ys.numel()))
+            .zip(units.chunks_mut(unit));
+        for (g, ((x, dy), s)) in groups.iter_mut().zip(parts).take(t) {
             let take = (per * xs.numel()).min(dx_rest.len());
             let (dx, rest) = core::mem::take(&mut dx_rest).split_at_mut(take);
             dx_rest = rest;
-            let part: &mut [f32] = if t == 1 {
-                gw_slot.take().unwrap_or_default()
-            } else {
-                let (p, rest) = core::mem::take(&mut partial_rest).split_at_mut(pw);
-                partial_rest = rest;
-                let p = &mut f32s_mut(p)[..wl];
-                p.fill(0.0);
-                p
+            let part: &mut [f32] = match gw_slot.take() {
+                Some(gw) => gw,
+                None if dense_gw => {
+                    let (p, rest) =
+                        core::mem::take(&mut partial_rest).split_at_mut(words_for_f32(wl));
+                    partial_rest = rest;
+                    let p = &mut f32s_mut(p)[..wl];
+                    p.fill(0.0);
+                    p
+                }
+                None => &mut [],
             };
             *g = Some((x, dy, dx, s, part));
         }
@@ -345,21 +362,19 @@ impl Conv2d {
                 return Ok(());
             };
             let (col, pack) = self.split_scratch(ys, s);
-            for (i, (x, dy)) in x
-                .chunks_exact(xs.numel())
-                .zip(dy.chunks_exact(ys.numel()))
-                .enumerate()
-            {
+            for (i, dy) in dy.chunks_exact(ys.numel()).enumerate() {
                 let dy = Mat::new(dy, r, self.cout)?;
-                self.im2col(x, xs, ys, col);
-                gemm(
-                    1.0,
-                    Mat::new(col, r, kd)?.t(),
-                    dy,
-                    1.0,
-                    MatMut::new(part, kd, self.cout)?,
-                    pack,
-                )?;
+                if !part.is_empty() {
+                    self.im2col(&x[i * xs.numel()..][..xs.numel()], xs, ys, col);
+                    gemm(
+                        1.0,
+                        Mat::new(col, r, kd)?.t(),
+                        dy,
+                        1.0,
+                        MatMut::new(part, kd, self.cout)?,
+                        pack,
+                    )?;
+                }
                 if !dx.is_empty() {
                     let dx = &mut dx[i * xs.numel()..][..xs.numel()];
                     if !acc {
@@ -371,7 +386,7 @@ impl Conv2d {
             }
             Ok(())
         })?;
-        if let Some(gw) = gw_slot {
+        if let (true, Some(gw)) = (dense_gw && t > 1, gw_sum) {
             for g in groups[..t].iter().flatten() {
                 for (a, p) in gw.iter_mut().zip(g.4.iter()) {
                     *a += p;

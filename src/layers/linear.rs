@@ -8,11 +8,14 @@ use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, gemm, gemm_words};
+use super::{Bwd, Fwd, gemm, gemm_words, missing, pack_input, packed_input};
+use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
 use crate::saved::InputSave;
 use crate::shape::Shape;
+use dropit_simd::pack::unpack;
+use dropit_simd::spmm;
 
 /// `Linear(in, out)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,14 +66,21 @@ impl Linear {
     }
 
     /// Per worker, GEMM packing space for its share of the forward, grad_W and dX products
-    /// (rows are shared out for Y and dX, input features for grad_W).
+    /// (rows are shared out for Y and dX, input features for grad_W); with DropIT's scatter
+    /// path, also the dense input it scatters into.
     pub(crate) fn scratch_words(&self, rows: usize, threads: usize) -> usize {
         let t = max_groups(rows, threads);
         let (i, o) = (self.inp, self.out);
         let (r, ip) = (rows.div_ceil(t), i.div_ceil(t.min(i).max(1)));
-        t * gemm_words(r, i, o)
+        let banded = t * gemm_words(r, i, o)
             .max(gemm_words(ip, rows, o))
-            .max(gemm_words(r, o, i))
+            .max(gemm_words(r, o, i));
+        let scatter = self.save.sparse().is_some_and(|s| !s.direct(false));
+        banded.max(if scatter {
+            words_for_f32(rows * i) + gemm_words(i, rows, o)
+        } else {
+            0
+        })
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√in.
@@ -94,21 +104,25 @@ impl Linear {
         let wm = Mat::new(w, i, o)?;
         let (per, t) = split(rows, f.threads);
         let unit = f.scratch.len() / t;
-        each(
+        let groups =
             f.x.chunks(per * i)
                 .zip(f.y.chunks_mut(per * o))
-                .zip(f.scratch.chunks_mut(unit)),
-            |((x, y), s)| {
-                let r = x.len() / i;
-                gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
-            },
-        )
+                .zip(f.scratch.chunks_mut(unit));
+        each(groups, |((x, y), s)| {
+            let r = x.len() / i;
+            gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
+        })?;
+        match (self.save.sparse(), f.packed.take()) {
+            (Some(sp), Some(p)) if f.train && p.packs => {
+                pack_input(sp, f.x, f.n, f.x_shape.numel(), p)
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let rows = b.n * b.x_shape.rows();
         let (i, o) = (self.inp, self.out);
-        let (w, _) = b.p.split_at(i * o);
         let (gw, gb) = b.g.split_at_mut(i * o);
         if self.bias {
             for row in b.dy.chunks_exact(o) {
@@ -120,40 +134,54 @@ impl Linear {
         let (per, t) = split(rows, b.threads);
         let unit = b.scratch.len() / t;
         let dy = Mat::new(b.dy, rows, o)?;
-        let x = b.x;
-        // grad_Wᵀ[in × out] += Xᵀ · dY, each worker a band of input features (rows of grad_Wᵀ).
-        let ip = i.div_ceil(t.min(i).max(1));
-        each(
-            gw.chunks_mut(ip * o)
-                .enumerate()
-                .zip(b.scratch.chunks_mut(unit)),
-            |((k, g), s)| {
-                let i0 = k * ip;
-                let band = g.len() / o;
-                let xt = Mat::strided(&x[i0..], band, rows, 1, i)?;
-                gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
-            },
-        )?;
+        if let Some(sp) = self.save.sparse() {
+            let packed = b.packed.ok_or_else(|| missing("Linear"))?;
+            let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;
+            if sp.direct(false) {
+                spmm::linear_grad_w(&pk, rows, i, b.dy, o, gw)?;
+            } else {
+                let (dense, pack) = b.scratch.split_at_mut(words_for_f32(rows * i));
+                let dense = &mut f32s_mut(dense)[..rows * i];
+                unpack(&pk, dense)?;
+                let xt = Mat::new(dense, rows, i)?.t();
+                gemm(1.0, xt, dy, 1.0, MatMut::new(gw, i, o)?, pack)?;
+            }
+        } else {
+            // grad_Wᵀ[in × out] += Xᵀ · dY, each worker a band of input features.
+            let (x, ip) = (b.x, i.div_ceil(t.min(i).max(1)));
+            each(
+                gw.chunks_mut(ip * o)
+                    .enumerate()
+                    .zip(b.scratch.chunks_mut(unit)),
+                |((k, g), s)| {
+                    let band = g.len() / o;
+                    let xt = Mat::strided(&x[k * ip..], band, rows, 1, i)?;
+                    gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
+                },
+            )?;
+        }
         if b.dx.is_empty() {
             return Ok(());
         }
         // dX = dY · Wᵀ, each worker a band of rows.
-        let (beta, wt) = (if b.acc { 1.0 } else { 0.0 }, Mat::new(w, i, o)?.t());
-        each(
+        let (beta, wt) = (
+            if b.acc { 1.0 } else { 0.0 },
+            Mat::new(&b.p[..i * o], i, o)?.t(),
+        );
+        let groups =
             b.dx.chunks_mut(per * i)
                 .zip(b.dy.chunks(per * o))
-                .zip(b.scratch.chunks_mut(unit)),
-            |((dx, dy), s)| {
-                let r = dy.len() / o;
-                gemm(
-                    1.0,
-                    Mat::new(dy, r, o)?,
-                    wt,
-                    beta,
-                    MatMut::new(dx, r, i)?,
-                    s,
-                )
-            },
-        )
+                .zip(b.scratch.chunks_mut(unit));
+        each(groups, |((dx, dy), s)| {
+            let r = dy.len() / o;
+            gemm(
+                1.0,
+                Mat::new(dy, r, o)?,
+                wt,
+                beta,
+                MatMut::new(dx, r, i)?,
+                s,
+            )
+        })
     }
 }

@@ -22,11 +22,13 @@ pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use relu::Relu;
 
+use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
+use dropit_simd::pack::select_and_pack;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
-use crate::saved::Saved;
+use crate::saved::{Saved, SparseSave};
 use crate::shape::Shape;
 
 /// What a forward call reads and writes. Tensors hold `n` samples, NHWC.
@@ -45,6 +47,16 @@ pub(crate) struct Fwd<'a> {
     pub saved: &'a mut [u64],
     pub scratch: &'a mut [u64],
     pub threads: usize,
+    /// The layer's packed input region (DropIT), where it keeps one.
+    pub packed: Option<PackedMutRef<'a>>,
+}
+
+/// A layer's packed-input region in forward.
+pub(crate) struct PackedMutRef<'a> {
+    pub words: &'a mut [u64],
+    pub format: Format,
+    /// Pack it here (false: an earlier reader of the same tensor already did).
+    pub packs: bool,
 }
 
 /// What a backward call reads and writes.
@@ -69,6 +81,8 @@ pub(crate) struct Bwd<'a> {
     pub saved: &'a [u64],
     pub scratch: &'a mut [u64],
     pub threads: usize,
+    /// The layer's packed input (DropIT), where it keeps one.
+    pub packed: Option<(&'a [u64], Format)>,
 }
 
 /// `c = alpha · a · b + beta · c` with the GEMM's packing buffers in `scratch`.
@@ -93,6 +107,44 @@ pub(crate) fn gemm(
 /// Words of scratch a GEMM of `m × k` by `k × n` needs.
 pub(crate) fn gemm_words(m: usize, k: usize, n: usize) -> usize {
     crate::arena::words_for_f32(scratch_len(m, k, n))
+}
+
+/// Packs a layer's input `x` (`n` samples of `numel`) under its DropIT settings.
+pub(crate) fn pack_input(
+    sp: &SparseSave,
+    x: &[f32],
+    n: usize,
+    numel: usize,
+    p: PackedMutRef<'_>,
+) -> Result<()> {
+    let (len, k) = (n * numel, sp.kept(n, numel));
+    let bytes = &mut bytemuck::cast_slice_mut(p.words)[..p.format.bytes(len, k)];
+    let mut out = PackedMut::from_bytes(p.format, len, k, bytes)?;
+    Ok(select_and_pack(x, sp.block(n, numel), sp.keep, &mut out)?)
+}
+
+/// Views a layer's packed input (`n` samples of `numel`).
+pub(crate) fn packed_input<'a>(
+    sp: &SparseSave,
+    n: usize,
+    numel: usize,
+    (w, f): (&'a [u64], Format),
+) -> Result<Packed<'a>> {
+    let (len, k) = (n * numel, sp.kept(n, numel));
+    Ok(Packed::from_bytes(
+        f,
+        len,
+        k,
+        &bytemuck::cast_slice(w)[..f.bytes(len, k)],
+    )?)
+}
+
+/// The error for a DropIT layer planned without its packed region (a planner bug).
+pub(crate) fn missing(kind: &str) -> crate::error::Error {
+    crate::error::Error::Config {
+        what: alloc::format!("{kind} with DropIT"),
+        detail: "no packed-input region was planned".into(),
+    }
 }
 
 /// Writes or accumulates `v` into `d` depending on `acc`.
@@ -192,6 +244,15 @@ impl Layer {
         }
     }
 
+    /// The layer's DropIT settings, if it keeps its input packed.
+    pub(crate) fn sparse_save(&self) -> Option<&crate::saved::SparseSave> {
+        match self {
+            Layer::Linear(l) => l.save.sparse(),
+            Layer::Conv2d(c) => c.save.sparse(),
+            _ => None,
+        }
+    }
+
     /// What the layer saves for backward beyond a held input, for `n` samples of shape `x`.
     pub(crate) fn saved(&self, n: usize, x: Shape, y: Shape) -> Saved {
         match self {
@@ -202,7 +263,9 @@ impl Layer {
                 elems: n * y.numel(),
             },
             Layer::BatchNorm2d(b) => Saved::Norm {
-                floats: n * x.numel() + b.c,
+                elems: n * x.numel(),
+                channels: b.c,
+                lean: b.lean,
             },
             _ => Saved::Nothing,
         }

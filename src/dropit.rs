@@ -1,0 +1,150 @@
+//! The DropIT policy: which Linear/Conv layers keep a sparse copy of their input, and how.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use dropit_simd::format::ValueType;
+
+use crate::error::{Result, config_err};
+use crate::layers::Layer;
+use crate::model::Model;
+use crate::saved::{GradPath, InputSave, Positions, Scope, SparseSave};
+
+/// A layer, by name or by node index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerRef {
+    /// The node's name (`layer2.0.conv1`).
+    Name(String),
+    /// The node's index in execution order.
+    Index(usize),
+}
+
+/// DropIT settings for a model: γ (the fraction dropped) for every Linear and Conv2d layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropIt {
+    /// γ for every Linear/Conv2d layer without an override; 0 keeps the layer dense.
+    pub gamma: f32,
+    /// Per-layer γ; an override also applies to an excluded layer.
+    pub overrides: Vec<(LayerRef, f32)>,
+    /// Keep the first Linear/Conv2d layer dense (as the paper does).
+    pub exclude_first: bool,
+    /// Keep the last Linear/Conv2d layer (the head) dense (as the paper does).
+    pub exclude_head: bool,
+    /// Selection scope.
+    pub scope: Scope,
+    /// Value type of kept elements.
+    pub values: ValueType,
+    /// Position form.
+    pub positions: Positions,
+    /// How grad_W is computed.
+    pub path: GradPath,
+    /// Also store the other saved tensors lean: batch norm's normalized input as bf16.
+    pub lean: bool,
+}
+
+impl DropIt {
+    /// γ on every Linear/Conv2d layer but the first and the head; tensor-wide top-k, f32
+    /// values, the smallest position form, grad_W path chosen per layer.
+    pub fn new(gamma: f32) -> Self {
+        DropIt {
+            gamma,
+            overrides: Vec::new(),
+            exclude_first: true,
+            exclude_head: true,
+            scope: Scope::Tensor,
+            values: ValueType::F32,
+            positions: Positions::Auto,
+            path: GradPath::Auto,
+            lean: false,
+        }
+    }
+
+    /// No DropIT at all (every layer dense).
+    pub fn dense() -> Self {
+        Self::new(0.0)
+    }
+
+    /// With the lean option.
+    pub fn lean(mut self, lean: bool) -> Self {
+        self.lean = lean;
+        self
+    }
+
+    /// With another value type.
+    pub fn values(mut self, values: ValueType) -> Self {
+        self.values = values;
+        self
+    }
+
+    /// γ for one layer.
+    pub fn with_override(mut self, layer: LayerRef, gamma: f32) -> Self {
+        self.overrides.push((layer, gamma));
+        self
+    }
+
+    fn check_gamma(what: &str, g: f32) -> Result<()> {
+        if (0.0..1.0).contains(&g) {
+            Ok(())
+        } else {
+            config_err(what, alloc::format!("γ = {g} is not in [0, 1)"))
+        }
+    }
+
+    /// Sets every Linear/Conv2d layer's input save and every BatchNorm2d's lean flag.
+    pub fn apply(&self, model: &mut Model) -> Result<()> {
+        Self::check_gamma("DropIT default", self.gamma)?;
+        if let Scope::Block(0) = self.scope {
+            return config_err("DropIT scope", "a block of 0 elements");
+        }
+        let weighted: Vec<usize> = (0..model.nodes.len())
+            .filter(|&i| matches!(model.nodes[i].layer, Layer::Linear(_) | Layer::Conv2d(_)))
+            .collect();
+        let mut gammas: Vec<Option<f32>> = model.nodes.iter().map(|_| None).collect();
+        for &i in &weighted {
+            let excluded = (self.exclude_first && Some(&i) == weighted.first())
+                || (self.exclude_head && Some(&i) == weighted.last());
+            gammas[i] = Some(if excluded { 0.0 } else { self.gamma });
+        }
+        for (r, g) in &self.overrides {
+            let i = match r {
+                LayerRef::Name(n) => model.find(n),
+                LayerRef::Index(i) => Some(*i).filter(|i| *i < model.nodes.len()),
+            };
+            let Some(i) = i.filter(|i| gammas[*i].is_some()) else {
+                return config_err(
+                    "DropIT override",
+                    alloc::format!("{r:?} is not a Linear or Conv2d layer of the model"),
+                );
+            };
+            Self::check_gamma(&model.nodes[i].name, *g)?;
+            gammas[i] = Some(*g);
+        }
+        for (node, g) in model.nodes.iter_mut().zip(gammas) {
+            let save = match g {
+                Some(g) if g > 0.0 => InputSave::Sparse(SparseSave {
+                    keep: 1.0 - g,
+                    scope: self.scope,
+                    values: self.values,
+                    positions: self.positions,
+                    path: self.path,
+                }),
+                _ => InputSave::Dense,
+            };
+            match &mut node.layer {
+                Layer::Linear(l) => l.save = save,
+                Layer::Conv2d(c) => c.save = save,
+                Layer::BatchNorm2d(b) => b.lean = self.lean,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// This model under a DropIT policy.
+    pub fn with_dropit(mut self, d: &DropIt) -> Result<Model> {
+        d.apply(&mut self)?;
+        Ok(self)
+    }
+}
