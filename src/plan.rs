@@ -39,6 +39,10 @@ pub(crate) struct Plan {
     pub grads: Vec<Range<usize>>,
     /// Per node and input: accumulate into the input's gradient (another reader wrote it first).
     pub acc: Vec<[bool; 2]>,
+    /// Per node: forward writes its output over its first input.
+    pub inplace: Vec<bool>,
+    /// Per node: backward writes its first input's gradient over its output's.
+    pub inplace_bwd: Vec<bool>,
     /// Per node: its own saved context.
     pub ctx: Vec<Range<usize>>,
     /// Per node: what that context is.
@@ -149,23 +153,40 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         })
         .collect();
 
-    // Forward slots.
+    // Forward slots. ReLU and Add write over an input that dies with them (in place).
     let mut fwd = Slots { used: Vec::new() };
     let mut slot_of = vec![usize::MAX; nt];
+    let mut inplace = vec![false; nodes.len()];
     if !held[0] {
         slot_of[0] = fwd.take(None);
     }
+    let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
     for (i, n) in nodes.iter().enumerate() {
-        if !held[n.output] {
+        let t0 = n.inputs[0];
+        let ins = reads(n);
+        inplace[i] = n.layer.in_place()
+            && t0 != 0
+            && !held[t0]
+            && !held[n.output]
+            && last_use[t0] == Some(i)
+            && ins.iter().filter(|&&t| t == t0).count() == 1;
+        if inplace[i] {
+            slot_of[n.output] = slot_of[t0];
+        } else if !held[n.output] {
             slot_of[n.output] = fwd.take(None);
         }
-        for &t in n.inputs.iter().take(n.layer.arity()) {
-            if last_use[t] == Some(i) && !held[t] && slot_of[t] != usize::MAX {
+        for &t in &ins {
+            if last_use[t] == Some(i)
+                && !held[t]
+                && slot_of[t] != usize::MAX
+                && !(inplace[i] && t == t0)
+            {
                 fwd.give(slot_of[t]);
             }
         }
     }
-    // Backward slots: the loss turns the logits into their gradient in place.
+    // Backward slots: the loss turns the logits into their gradient in place; an in-place
+    // layer whose input gradient starts here writes it over its output gradient.
     let logits_slot = slot_of[model.logits];
     let mut bwd = Slots {
         used: vec![false; fwd.used.len()],
@@ -174,10 +195,19 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let mut grad_slot = vec![usize::MAX; nt];
     grad_slot[model.logits] = logits_slot;
     let mut acc = vec![[false; 2]; nodes.len()];
+    let mut inplace_bwd = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate().rev() {
         let dy = grad_slot[n.output];
-        for (j, &t) in n.inputs.iter().take(n.layer.arity()).enumerate() {
-            if t == 0 {
+        let t0 = n.inputs[0];
+        inplace_bwd[i] = n.layer.in_place()
+            && t0 != 0
+            && grad_slot[t0] == usize::MAX
+            && reads(n).iter().filter(|&&t| t == t0).count() == 1;
+        if inplace_bwd[i] {
+            grad_slot[t0] = dy;
+        }
+        for (j, &t) in reads(n).iter().enumerate() {
+            if t == 0 || (j == 0 && inplace_bwd[i]) {
                 continue;
             }
             if grad_slot[t] == usize::MAX {
@@ -186,7 +216,9 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
                 acc[i][j] = true;
             }
         }
-        bwd.give(dy);
+        if !inplace_bwd[i] {
+            bwd.give(dy);
+        }
     }
     let slot_count = bwd.used.len().max(fwd.used.len());
     let slot_words = (0..nt)
@@ -276,6 +308,8 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         held,
         grads,
         acc,
+        inplace,
+        inplace_bwd,
         ctx,
         saved,
         packed,

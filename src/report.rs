@@ -4,6 +4,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::arena::words_for_f32;
 use crate::layers::Layer;
 use crate::model::Model;
 use crate::plan::Plan;
@@ -80,9 +81,26 @@ impl MemoryReport {
                         counted[t] = true;
                     }
                 }
-                dense_bytes += match node.layer {
+                if let Some(p) = &plan.packed[i] {
+                    dense_bytes += n * xs.numel() * 4;
+                    what = if p.packs {
+                        saved_bytes += bytes(&p.words);
+                        let keep = node.layer.sparse_save().map_or(1.0, |s| s.keep);
+                        alloc::format!(
+                            "γ{:.2} {:?}+{:?}",
+                            1.0 - keep,
+                            p.format.values,
+                            p.format.positions
+                        )
+                    } else {
+                        "packed (shared)".into()
+                    };
+                }
+                dense_bytes += match &node.layer {
                     Layer::Relu(_) | Layer::MaxPool2d(_) => n * ys.numel() * 4,
-                    Layer::BatchNorm2d(_) => saved_bytes,
+                    Layer::BatchNorm2d(b) => {
+                        (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
+                    }
                     _ => 0,
                 };
                 LayerMemory {
@@ -121,14 +139,14 @@ impl fmt::Display for MemoryReport {
         writeln!(f, "memory plan, batch {}", self.batch)?;
         writeln!(
             f,
-            "{:<22} {:<20} {:<15} {:<15} {:>12} {:>12}",
+            "{:<22} {:<20} {:<15} {:<22} {:>12} {:>12}",
             "layer", "kind", "output", "saved", "saved B", "dense B"
         )?;
         for l in &self.layers {
             let out = alloc::format!("{}", l.output);
             writeln!(
                 f,
-                "{:<22} {:<20} {:<15} {:<15} {:>12} {:>12}",
+                "{:<22} {:<20} {:<15} {:<22} {:>12} {:>12}",
                 l.name, l.kind, out, l.saved, l.saved_bytes, l.dense_bytes
             )?;
         }

@@ -256,10 +256,15 @@ impl<'a> Trainer<'a> {
                 self.model.shapes[node.output],
             );
             let pk = plan.packed[i].as_ref();
+            let inplace = plan.inplace[i];
             let [x, x2, y, p, st, saved, scratch, packed] = carve(
                 w,
                 [
-                    plan.tensors[node.inputs[0]].clone(),
+                    if inplace {
+                        0..0
+                    } else {
+                        plan.tensors[node.inputs[0]].clone()
+                    },
                     if two {
                         plan.tensors[node.inputs[1]].clone()
                     } else {
@@ -278,7 +283,11 @@ impl<'a> Trainer<'a> {
                 x_shape: xs,
                 y_shape: ys,
                 train,
-                x: &f32s(x)[..n * xs.numel()],
+                x: if inplace {
+                    &[]
+                } else {
+                    &f32s(x)[..n * xs.numel()]
+                },
                 x2: if two {
                     &f32s(x2)[..n * xs.numel()]
                 } else {
@@ -290,6 +299,7 @@ impl<'a> Trainer<'a> {
                 saved,
                 scratch,
                 threads: self.cfg.threads,
+                inplace,
                 packed: pk.map(|p| PackedMutRef {
                     words: packed,
                     format: p.format,
@@ -312,6 +322,7 @@ impl<'a> Trainer<'a> {
             );
             let held = node.layer.holds_input();
             let pk = plan.packed[i].as_ref();
+            let inplace = plan.inplace_bwd[i];
             let [x, dy, dx, dx2, p, g, saved, scratch, packed] = carve(
                 w,
                 [
@@ -320,7 +331,11 @@ impl<'a> Trainer<'a> {
                     } else {
                         0..0
                     },
-                    plan.grads[node.output].clone(),
+                    if inplace {
+                        0..0
+                    } else {
+                        plan.grads[node.output].clone()
+                    },
                     plan.grads[node.inputs[0]].clone(),
                     if two {
                         plan.grads[node.inputs[1]].clone()
@@ -343,7 +358,11 @@ impl<'a> Trainer<'a> {
                 } else {
                     &[]
                 },
-                dy: &f32s(dy)[..n * ys.numel()],
+                dy: if inplace {
+                    &[]
+                } else {
+                    &f32s(dy)[..n * ys.numel()]
+                },
                 dx: prefix(dx, n * xs.numel()),
                 dx2: prefix(dx2, n * xs.numel()),
                 acc: plan.acc[i][0],
@@ -353,6 +372,7 @@ impl<'a> Trainer<'a> {
                 saved,
                 scratch,
                 threads: self.cfg.threads,
+                inplace,
                 packed: pk.map(|p| (&*packed, p.format)),
             };
             node.layer.backward(&mut b)?;

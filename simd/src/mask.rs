@@ -75,6 +75,27 @@ pub fn apply_mask(dy: &[f32], bits: &[u64], dx: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// `d[i] = 0` where bit `i` is clear (ReLU backward in place).
+pub fn mask_in_place(d: &mut [f32], bits: &[u64]) -> Result<()> {
+    check_len("mask words", mask_words(d.len()), bits.len())?;
+    for (&w, d) in bits.iter().zip(d.chunks_mut(64)) {
+        let len = d.len();
+        let mut dc = d.chunks_exact_mut(8);
+        for (j, d8) in (&mut dc).enumerate() {
+            let keep: f32x8 = bytemuck::cast(lanes(w >> (8 * j)));
+            let r = load8(d8) & keep;
+            d8.copy_from_slice(&r.to_array());
+        }
+        let done = len - dc.into_remainder().len();
+        for (j, v) in d[done..].iter_mut().enumerate() {
+            if (w >> (done + j)) & 1 == 0 {
+                *v = 0.0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Number of set bits: how many elements a mask keeps.
 pub fn count_ones(bits: &[u64]) -> usize {
     bits.iter().map(|w| w.count_ones() as usize).sum()

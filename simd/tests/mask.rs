@@ -1,7 +1,9 @@
 //! Bit masks against their scalar twins.
 mod common;
 
-use dropit_simd::mask::{apply_mask, count_ones, mask_words, positive_mask, relu_forward};
+use dropit_simd::mask::{
+    apply_mask, count_ones, mask_in_place, mask_words, positive_mask, relu_forward,
+};
 use dropit_simd::reference;
 use proptest::prelude::*;
 
@@ -27,6 +29,9 @@ proptest! {
         apply_mask(&dy[..n], &a, &mut da).unwrap();
         reference::apply_mask(&dy[..n], &b, &mut db).unwrap();
         prop_assert_eq!(&da, &db);
+        let mut inplace = dy[..n].to_vec();
+        mask_in_place(&mut inplace, &a).unwrap();
+        prop_assert_eq!(&inplace, &db);
 
         let mut y = x.clone();
         let mut c = vec![0u64; mask_words(n)];

@@ -20,11 +20,18 @@ impl Add {
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
+        let (a, inplace) = (f.x, f.inplace);
+        let firsts = a.chunks(c).chain(core::iter::repeat(&[][..]));
         each(
-            f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(f.x2.chunks(c)),
+            f.y.chunks_mut(c).zip(firsts).zip(f.x2.chunks(c)),
             |((y, a), b)| {
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = a + b;
+                if inplace {
+                    y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                } else {
+                    y.iter_mut()
+                        .zip(a)
+                        .zip(b)
+                        .for_each(|((y, a), b)| *y = a + b);
                 }
                 Ok(())
             },
@@ -32,15 +39,22 @@ impl Add {
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let c = elem_chunk(b.dy.len(), b.threads);
-        for (dx, acc) in [(&mut *b.dx, b.acc), (&mut *b.dx2, b.acc2)] {
-            each(dx.chunks_mut(c).zip(b.dy.chunks(c)), |(dx, dy)| {
-                for (d, &g) in dx.iter_mut().zip(dy) {
-                    put(d, g, acc);
-                }
-                Ok(())
-            })?;
+        if b.inplace {
+            // dx already is dy: only the second input's gradient is written.
+            return copy_grad(b.dx, b.dx2, b.acc2, b.threads);
+        }
+        copy_grad(b.dy, b.dx, b.acc, b.threads)?;
+        copy_grad(b.dy, b.dx2, b.acc2, b.threads)
+    }
+}
+
+/// `dx = dy` (or `+=`), by worker groups.
+fn copy_grad(dy: &[f32], dx: &mut [f32], acc: bool, threads: usize) -> Result<()> {
+    let c = elem_chunk(dy.len(), threads);
+    each(dx.chunks_mut(c).zip(dy.chunks(c)), |(dx, dy)| {
+        for (d, &g) in dx.iter_mut().zip(dy) {
+            put(d, g, acc);
         }
         Ok(())
-    }
+    })
 }

@@ -47,6 +47,8 @@ pub(crate) struct Fwd<'a> {
     pub saved: &'a mut [u64],
     pub scratch: &'a mut [u64],
     pub threads: usize,
+    /// `y` already holds the input (`x` is empty): work in place.
+    pub inplace: bool,
     /// The layer's packed input region (DropIT), where it keeps one.
     pub packed: Option<PackedMutRef<'a>>,
 }
@@ -81,6 +83,8 @@ pub(crate) struct Bwd<'a> {
     pub saved: &'a [u64],
     pub scratch: &'a mut [u64],
     pub threads: usize,
+    /// `dx` already holds the output gradient (`dy` is empty): work in place.
+    pub inplace: bool,
     /// The layer's packed input (DropIT), where it keeps one.
     pub packed: Option<(&'a [u64], Format)>,
 }
@@ -210,6 +214,12 @@ impl Layer {
             Layer::Flatten(_) => "Flatten",
             Layer::Add(_) => "Add",
         }
+    }
+
+    /// Whether the layer can write its output over its (first) input, and its input gradient
+    /// over its output gradient.
+    pub(crate) fn in_place(&self) -> bool {
+        matches!(self, Layer::Relu(_) | Layer::Add(_))
     }
 
     /// Inputs the layer takes (1, or 2 for [`Add`]).

@@ -1,6 +1,6 @@
 //! ReLU. Saves one bit per element — whether the output is positive — never the output itself.
 
-use dropit_simd::mask::{apply_mask, mask_words, relu_forward};
+use dropit_simd::mask::{apply_mask, mask_in_place, mask_words, relu_forward};
 
 use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd};
@@ -24,20 +24,27 @@ impl Relu {
         // In evaluation the mask is written too (its space is planned anyway) and never read.
         let c = elem_chunk(f.y.len(), f.threads);
         let bits = &mut f.saved[..mask_words(f.y.len())];
+        let (x, inplace) = (f.x, f.inplace);
+        let xs = x.chunks(c).chain(core::iter::repeat(&[][..]));
         each(
-            f.x.chunks(c)
-                .zip(f.y.chunks_mut(c))
-                .zip(bits.chunks_mut(c / 64)),
-            |((x, y), b)| {
-                y.copy_from_slice(x);
+            f.y.chunks_mut(c).zip(xs).zip(bits.chunks_mut(c / 64)),
+            |((y, x), b)| {
+                if !inplace {
+                    y.copy_from_slice(x);
+                }
                 Ok(relu_forward(y, b)?)
             },
         )
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let c = elem_chunk(b.dy.len(), b.threads);
-        let bits = &b.saved[..mask_words(b.dy.len())];
+        let c = elem_chunk(b.dx.len(), b.threads);
+        let bits = &b.saved[..mask_words(b.dx.len())];
+        if b.inplace {
+            return each(b.dx.chunks_mut(c).zip(bits.chunks(c / 64)), |(d, bits)| {
+                Ok(mask_in_place(d, bits)?)
+            });
+        }
         let acc = b.acc;
         each(
             b.dy.chunks(c)
