@@ -71,28 +71,32 @@ impl BatchNorm2d {
         let chunk = per * f.x_shape.numel();
         if !f.train {
             let (rmean, rvar) = f.state.split_at(c);
-            return each(f.y.chunks_mut(chunk).zip(f.x.chunks(chunk)), |(y, x)| {
-                for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let xs = f.x.chunks(chunk).chain(core::iter::repeat(&[][..]));
+            return each(f.y.chunks_mut(chunk).zip(xs), |(y, x)| {
+                for (r, yr) in y.chunks_exact_mut(c).enumerate() {
                     for i in 0..c {
+                        let xv = if x.is_empty() { yr[i] } else { x[r * c + i] };
                         let inv = 1.0 / libm::sqrtf(rvar[i] + self.eps);
-                        yr[i] = gamma[i] * (xr[i] - rmean[i]) * inv + beta[i];
+                        yr[i] = gamma[i] * (xv - rmean[i]) * inv + beta[i];
                     }
                 }
                 Ok(())
             });
         }
-        let m = (f.x.len() / c) as f64;
+        // In place, the input is in `y`.
+        let src: &[f32] = if f.inplace { f.y } else { f.x };
+        let m = (src.len() / c) as f64;
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c]);
         let (parts, stats) = scratch.split_at_mut(t * 2 * c);
         let (mean, var) = stats.split_at_mut(c);
         // Mean, then variance about it: partial sums per worker, combined in worker order.
-        each(f.x.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
+        each(src.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
             row_sums(x, c, &mut s[..c], |_, v| v as f64);
             Ok(())
         })?;
         combine(parts, c, 0, mean, m);
         let mean_r: &[f64] = mean;
-        each(f.x.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
+        each(src.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
             row_sums(x, c, &mut s[c..], |i, v| {
                 let d = v as f64 - mean_r[i];
                 d * d
@@ -114,7 +118,7 @@ impl BatchNorm2d {
             rmean[i] = (1.0 - mo) * rmean[i] + mo * mean[i] as f32;
             rvar[i] = (1.0 - mo) * rvar[i] + mo * unbiased as f32;
         }
-        let (len, inv, mean): (usize, &[f32], &[f64]) = (f.x.len(), inv, mean);
+        let (len, inv, mean): (usize, &[f32], &[f64]) = (f.y.len(), inv, mean);
         let (gb, chunk) = ((gamma, beta), chunk);
         if self.lean {
             let h: &mut [bf16] = &mut bytemuck::cast_slice_mut(xhat)[..len];
@@ -136,7 +140,7 @@ impl BatchNorm2d {
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (inv, xhat) = b.saved.split_at(words_for_f32(self.c));
         let inv = &f32s(inv)[..self.c];
-        let len = b.dy.len();
+        let len = b.n * b.y_shape.numel();
         if self.lean {
             let h: &[bf16] = &bytemuck::cast_slice(xhat)[..len];
             self.backward_with(b, h, inv)
@@ -152,13 +156,16 @@ impl BatchNorm2d {
         inv: &[f32],
     ) -> Result<()> {
         let c = self.c;
-        let m = (b.dy.len() / c) as f32;
+        let m = (xhat.len() / c) as f32;
         let (per, t) = split(b.n, b.threads);
         let chunk = per * b.x_shape.numel();
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..(t + 1) * 2 * c]);
         let (parts, sums) = scratch.split_at_mut(t * 2 * c);
+        // In place, dY is in `dx`.
+        let dy_all: &[f32] = if b.inplace { b.dx } else { b.dy };
         each(
-            b.dy.chunks(chunk)
+            dy_all
+                .chunks(chunk)
                 .zip(xhat.chunks(chunk))
                 .zip(parts.chunks_mut(2 * c)),
             |((dy, h), s)| {
@@ -184,28 +191,26 @@ impl BatchNorm2d {
         }
         let (gamma, acc) = (&b.p[..c], b.acc);
         let (dbeta, dgamma): (&[f64], &[f64]) = (dbeta, dgamma);
-        let groups =
-            b.dx.chunks_mut(chunk)
-                .zip(b.dy.chunks(chunk))
-                .zip(xhat.chunks(chunk));
-        each(groups, |((dx, dy), h)| {
-            for ((xr, dr), hr) in dx
-                .chunks_exact_mut(c)
-                .zip(dy.chunks_exact(c))
-                .zip(h.chunks_exact(c))
-            {
-                for i in 0..c {
-                    let k = gamma[i] * inv[i] / m;
-                    let v = k * (m * dr[i] - dbeta[i] as f32 - hr[i].to_f32() * dgamma[i] as f32);
-                    put(&mut xr[i], v, acc);
+        let dys = b.dy.chunks(chunk).chain(core::iter::repeat(&[][..]));
+        each(
+            b.dx.chunks_mut(chunk).zip(dys).zip(xhat.chunks(chunk)),
+            |((dx, dy), h)| {
+                for (r, (xr, hr)) in dx.chunks_exact_mut(c).zip(h.chunks_exact(c)).enumerate() {
+                    for i in 0..c {
+                        let d = if dy.is_empty() { xr[i] } else { dy[r * c + i] };
+                        let k = gamma[i] * inv[i] / m;
+                        let v = k * (m * d - dbeta[i] as f32 - hr[i].to_f32() * dgamma[i] as f32);
+                        put(&mut xr[i], v, acc);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
     }
 }
 
-/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups.
+/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups;
+/// an empty `x` means the input is in `y` (in place).
 #[allow(clippy::too_many_arguments)]
 fn normalize<V: Value + Send>(
     x: &[f32],
@@ -217,18 +222,14 @@ fn normalize<V: Value + Send>(
     inv: &[f32],
     (gamma, beta): (&[f32], &[f32]),
 ) -> Result<()> {
+    let xs = x.chunks(chunk).chain(core::iter::repeat(&[][..]));
     each(
-        y.chunks_mut(chunk)
-            .zip(x.chunks(chunk))
-            .zip(xhat.chunks_mut(chunk)),
+        y.chunks_mut(chunk).zip(xs).zip(xhat.chunks_mut(chunk)),
         |((y, x), h)| {
-            for ((yr, xr), hr) in y
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(h.chunks_exact_mut(c))
-            {
+            for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
                 for i in 0..c {
-                    let v = (xr[i] - mean[i] as f32) * inv[i];
+                    let xv = if x.is_empty() { yr[i] } else { x[r * c + i] };
+                    let v = (xv - mean[i] as f32) * inv[i];
                     hr[i] = V::from_f32(v);
                     yr[i] = gamma[i] * v + beta[i];
                 }

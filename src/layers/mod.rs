@@ -219,7 +219,7 @@ impl Layer {
     /// Whether the layer can write its output over its (first) input, and its input gradient
     /// over its output gradient.
     pub(crate) fn in_place(&self) -> bool {
-        matches!(self, Layer::Relu(_) | Layer::Add(_))
+        matches!(self, Layer::Relu(_) | Layer::Add(_) | Layer::BatchNorm2d(_))
     }
 
     /// Inputs the layer takes (1, or 2 for [`Add`]).
