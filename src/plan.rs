@@ -6,9 +6,9 @@
 //! - **saved**: each layer's own context (ReLU masks, max-pool codes, BN's x̂) and every tensor a
 //!   backward reads as it is (the input of a Linear/Conv kept dense). A tensor read by several
 //!   layers is held once.
-//! - **slots**: equal-sized buffers for the tensors nobody holds, reused by liveness: forward
-//!   outputs live from their producer to their last reader; in backward, a gradient lives from
-//!   its first contribution to its producer's backward. Both phases share the same slots.
+//! - **activations**: one pool for the tensors nobody holds, reused by liveness (first fit):
+//!   forward outputs live from their producer to their last reader; in backward, a gradient
+//!   lives from its first contribution to its producer's backward. Both phases share the pool.
 //! - **scratch**: the largest single need of any layer (conv's per-sample im2col), shared.
 
 use alloc::vec;
@@ -51,8 +51,6 @@ pub(crate) struct Plan {
     pub packed: Vec<Option<PackedInput>>,
     pub regions: Regions,
     pub total_words: usize,
-    pub slot_words: usize,
-    pub slot_count: usize,
 }
 
 /// Where a layer's packed (DropIT) input lives.
@@ -76,28 +74,33 @@ pub(crate) struct Regions {
     pub scratch: Range<usize>,
 }
 
-/// Hands out slot ids, lowest free first.
-struct Slots {
-    used: Vec<bool>,
+/// Intervals of the activation pool, handed out first fit by offset.
+#[derive(Default)]
+struct Pool {
+    live: Vec<Range<usize>>,
+    top: usize,
 }
 
-impl Slots {
-    fn take(&mut self, not: Option<usize>) -> usize {
-        let free = self
-            .used
-            .iter()
-            .enumerate()
-            .position(|(i, &u)| !u && Some(i) != not);
-        let i = free.unwrap_or_else(|| {
-            self.used.push(false);
-            self.used.len() - 1
-        });
-        self.used[i] = true;
-        i
+impl Pool {
+    fn alloc(&mut self, len: usize) -> Range<usize> {
+        self.live.sort_by_key(|r| r.start);
+        let mut start = 0;
+        for r in &self.live {
+            if r.start >= start + len {
+                break;
+            }
+            start = start.max(r.end);
+        }
+        let r = start..start + len;
+        self.top = self.top.max(r.end);
+        self.live.push(r.clone());
+        r
     }
 
-    fn give(&mut self, i: usize) {
-        self.used[i] = false;
+    fn free(&mut self, r: &Range<usize>) {
+        if let Some(i) = self.live.iter().position(|l| l == r) {
+            self.live.swap_remove(i);
+        }
     }
 }
 
@@ -153,80 +156,70 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         })
         .collect();
 
-    // Forward slots. ReLU and Add write over an input that dies with them (in place).
-    let mut fwd = Slots { used: Vec::new() };
-    let mut slot_of = vec![usize::MAX; nt];
+    // Activations: intervals of one pool, first fit, by liveness. ReLU, BN and Add write over an
+    // input that dies with them (in place).
+    let size = |t: usize| words_for_f32(numel(t));
+    let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
+    let once = |n: &crate::model::Node, t: usize| reads(n).iter().filter(|&&u| u == t).count() == 1;
+    let mut fwd = Pool::default();
+    let mut act = vec![0..0; nt];
     let mut inplace = vec![false; nodes.len()];
     if !held[0] {
-        slot_of[0] = fwd.take(None);
+        act[0] = fwd.alloc(size(0));
     }
-    let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
     for (i, n) in nodes.iter().enumerate() {
         let t0 = n.inputs[0];
-        let ins = reads(n);
-        inplace[i] = n.layer.in_place()
+        inplace[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
+            && !n.layer.holds_input()
             && t0 != 0
             && !held[t0]
             && !held[n.output]
             && last_use[t0] == Some(i)
-            && ins.iter().filter(|&&t| t == t0).count() == 1;
+            && once(n, t0);
         if inplace[i] {
-            slot_of[n.output] = slot_of[t0];
+            act[n.output] = act[t0].clone();
         } else if !held[n.output] {
-            slot_of[n.output] = fwd.take(None);
+            act[n.output] = fwd.alloc(size(n.output));
         }
-        for &t in &ins {
-            if last_use[t] == Some(i)
-                && !held[t]
-                && slot_of[t] != usize::MAX
-                && !(inplace[i] && t == t0)
-            {
-                fwd.give(slot_of[t]);
+        for &t in &reads(n) {
+            if last_use[t] == Some(i) && !held[t] && !(inplace[i] && t == t0) {
+                fwd.free(&act[t]);
             }
         }
     }
-    // Backward slots: the loss turns the logits into their gradient in place; an in-place
-    // layer whose input gradient starts here writes it over its output gradient.
-    let logits_slot = slot_of[model.logits];
-    let mut bwd = Slots {
-        used: vec![false; fwd.used.len()],
-    };
-    bwd.used[logits_slot] = true;
-    let mut grad_slot = vec![usize::MAX; nt];
-    grad_slot[model.logits] = logits_slot;
+    // Gradients: the loss turns the logits into their gradient in place; an in-place layer
+    // whose input gradient starts with it writes that over its output gradient.
+    let mut bwd = Pool::default();
+    bwd.live.push(act[model.logits].clone());
+    bwd.top = act[model.logits].end;
+    let mut gact: Vec<Option<Range<usize>>> = vec![None; nt];
+    gact[model.logits] = Some(act[model.logits].clone());
     let mut acc = vec![[false; 2]; nodes.len()];
     let mut inplace_bwd = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate().rev() {
-        let dy = grad_slot[n.output];
+        let dy = gact[n.output].clone().unwrap_or(0..0);
         let t0 = n.inputs[0];
-        inplace_bwd[i] = n.layer.in_place()
+        inplace_bwd[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
             && t0 != 0
-            && grad_slot[t0] == usize::MAX
-            && reads(n).iter().filter(|&&t| t == t0).count() == 1;
+            && gact[t0].is_none()
+            && once(n, t0);
         if inplace_bwd[i] {
-            grad_slot[t0] = dy;
+            gact[t0] = Some(dy.clone());
         }
         for (j, &t) in reads(n).iter().enumerate() {
             if t == 0 || (j == 0 && inplace_bwd[i]) {
                 continue;
             }
-            if grad_slot[t] == usize::MAX {
-                grad_slot[t] = bwd.take(Some(dy));
-            } else {
-                acc[i][j] = true;
+            match gact[t] {
+                None => gact[t] = Some(bwd.alloc(size(t))),
+                Some(_) => acc[i][j] = true,
             }
         }
         if !inplace_bwd[i] {
-            bwd.give(dy);
+            bwd.free(&dy);
         }
     }
-    let slot_count = bwd.used.len().max(fwd.used.len());
-    let slot_words = (0..nt)
-        // Forward: every tensor not held; backward: the gradient of every tensor but the input.
-        .filter(|&t| !held[t] || t != 0)
-        .map(|t| words_for_f32(numel(t)))
-        .max()
-        .unwrap_or(0);
+    let pool_words = fwd.top.max(bwd.top);
 
     // Own contexts and scratch.
     let saved: Vec<Saved> = nodes
@@ -287,17 +280,15 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         owners.push((t, *sp, p));
     }
     let regions_saved = saved_start..cur;
-    let slots_start = cur;
-    let regions_slots = take(&mut cur, slot_count * slot_words);
-    let slot = |s: usize, t: usize| {
-        let start = slots_start + s * slot_words;
-        start..start + words_for_f32(numel(t))
-    };
+    let pool = cur;
+    let regions_slots = take(&mut cur, pool_words);
+    let shift = |r: &Range<usize>| pool + r.start..pool + r.end;
     for t in (0..nt).filter(|&t| !held[t]) {
-        tensors[t] = slot(slot_of[t], t);
+        tensors[t] = shift(&act[t]);
     }
-    let grads = (0..nt)
-        .map(|t| if t == 0 { 0..0 } else { slot(grad_slot[t], t) })
+    let grads = gact
+        .iter()
+        .map(|g| g.as_ref().map_or(0..0, shift))
         .collect();
     let regions_scratch = take(&mut cur, scratch_words);
     Ok(Plan {
@@ -323,7 +314,5 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
             scratch: regions_scratch,
         },
         total_words: cur,
-        slot_words,
-        slot_count,
     })
 }

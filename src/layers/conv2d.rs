@@ -207,60 +207,74 @@ impl Conv2d {
         }
     }
 
+    /// Whether the output can overwrite the input sample by sample (forward) and the input
+    /// gradient the output gradient (backward): same size per sample, not the whole-batch GEMM.
+    pub(crate) fn in_place(&self, x: Shape, y: Shape) -> bool {
+        x.numel() == y.numel() && !self.pointwise()
+    }
+
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys) = (f.x_shape, f.y_shape);
+        // In place, the input is in `y`: pack it (DropIT) before it is overwritten.
+        let src: &[f32] = if f.inplace { f.y } else { f.x };
+        match (self.save.sparse(), f.packed.take()) {
+            (Some(sp), Some(p)) if f.train && p.packs => pack_input(sp, src, f.n, xs.numel(), p)?,
+            _ => {}
+        }
         let (w, bias) = f.p.split_at(self.weight_len());
-        let beta = if self.bias {
-            for row in f.y.chunks_exact_mut(self.cout) {
-                row.copy_from_slice(bias);
-            }
-            1.0
-        } else {
-            0.0
-        };
+        let beta = if self.bias { 1.0 } else { 0.0 };
         let wm = Mat::new(w, self.kdim(), self.cout)?;
         if self.pointwise() {
             let rows = f.n * xs.rows();
+            if self.bias {
+                f.y.chunks_exact_mut(self.cout)
+                    .for_each(|r| r.copy_from_slice(bias));
+            }
             let xm = Mat::new(f.x, rows, self.cin)?;
-            gemm(
+            return gemm(
                 1.0,
                 xm,
                 wm,
                 beta,
                 MatMut::new(f.y, rows, self.cout)?,
                 f.scratch,
-            )?;
-        } else {
-            let (per, _) = split(f.n, f.threads);
-            let unit = self.unit_words(ys);
-            let groups =
-                f.x.chunks(per * xs.numel())
-                    .zip(f.y.chunks_mut(per * ys.numel()))
-                    .zip(f.scratch.chunks_mut(unit));
-            each(groups, |((x, y), s)| {
-                let (col, pack) = self.split_scratch(ys, s);
-                for (x, y) in x
-                    .chunks_exact(xs.numel())
-                    .zip(y.chunks_exact_mut(ys.numel()))
-                {
-                    self.im2col(x, xs, ys, col);
-                    let cm = Mat::new(col, ys.rows(), self.kdim())?;
-                    gemm(
-                        1.0,
-                        cm,
-                        wm,
-                        beta,
-                        MatMut::new(y, ys.rows(), self.cout)?,
-                        pack,
-                    )?;
+            );
+        }
+        let (per, _) = split(f.n, f.threads);
+        let unit = self.unit_words(ys);
+        let xs_iter =
+            f.x.chunks(per * xs.numel())
+                .chain(core::iter::repeat(&[][..]));
+        let groups =
+            f.y.chunks_mut(per * ys.numel())
+                .zip(xs_iter)
+                .zip(f.scratch.chunks_mut(unit));
+        each(groups, |((y, x), s)| {
+            let (col, pack) = self.split_scratch(ys, s);
+            for (i, y) in y.chunks_exact_mut(ys.numel()).enumerate() {
+                // im2col copies the sample first, so `y` may hold the input (in place).
+                let xi = if x.is_empty() {
+                    &*y
+                } else {
+                    &x[i * xs.numel()..][..xs.numel()]
+                };
+                self.im2col(xi, xs, ys, col);
+                if self.bias {
+                    y.chunks_exact_mut(self.cout)
+                        .for_each(|r| r.copy_from_slice(bias));
                 }
-                Ok(())
-            })?;
-        }
-        match (self.save.sparse(), f.packed.take()) {
-            (Some(sp), Some(p)) if f.train && p.packs => pack_input(sp, f.x, f.n, xs.numel(), p),
-            _ => Ok(()),
-        }
+                let cm = Mat::new(col, ys.rows(), self.kdim())?;
+                gemm(
+                    1.0,
+                    cm,
+                    wm,
+                    beta,
+                    MatMut::new(y, ys.rows(), self.cout)?,
+                    pack,
+                )?;
+            }
+            Ok(())
+        })
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
@@ -268,8 +282,10 @@ impl Conv2d {
         let wl = self.weight_len();
         let w = Mat::new(&b.p[..wl], self.kdim(), self.cout)?;
         let (gw, gb) = b.g.split_at_mut(wl);
+        // In place, dY is in `dx` (still whole here: the loop below overwrites it sample by sample).
+        let dy_all: &[f32] = if b.inplace { b.dx } else { b.dy };
         if self.bias {
-            for row in b.dy.chunks_exact(self.cout) {
+            for row in dy_all.chunks_exact(self.cout) {
                 for (g, d) in gb.iter_mut().zip(row) {
                     *g += d;
                 }
@@ -280,7 +296,7 @@ impl Conv2d {
         if let Some(sp) = sparse {
             let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;
-            spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), b.dy, gw)?;
+            spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), dy_all, gw)?;
         }
         if self.pointwise() {
             let rows = b.n * xs.rows();
@@ -335,9 +351,10 @@ impl Conv2d {
         let x_chunks =
             b.x.chunks(per * xs.numel())
                 .chain(core::iter::repeat(&[][..]));
-        let parts = x_chunks
-            .zip(b.dy.chunks(per * ys.numel()))
-            .zip(units.chunks_mut(unit));
+        let dy_chunks =
+            b.dy.chunks(per * ys.numel())
+                .chain(core::iter::repeat(&[][..]));
+        let parts = x_chunks.zip(dy_chunks).zip(units.chunks_mut(unit));
         for (g, ((x, dy), s)) in groups.iter_mut().zip(parts).take(t) {
             let take = (per * xs.numel()).min(dx_rest.len());
             let (dx, rest) = core::mem::take(&mut dx_rest).split_at_mut(take);
@@ -362,26 +379,51 @@ impl Conv2d {
                 return Ok(());
             };
             let (col, pack) = self.split_scratch(ys, s);
-            for (i, dy) in dy.chunks_exact(ys.numel()).enumerate() {
-                let dy = Mat::new(dy, r, self.cout)?;
+            let (xn, yn) = (xs.numel(), ys.numel());
+            // In place, dY is in `dx`; each sample's dY is used up before its dX is written.
+            let inplace = dy.is_empty();
+            let count = if inplace {
+                dx.len() / xn
+            } else {
+                dy.len() / yn
+            };
+            for i in 0..count {
                 if !part.is_empty() {
-                    self.im2col(&x[i * xs.numel()..][..xs.numel()], xs, ys, col);
+                    let dyi = Mat::new(
+                        if inplace {
+                            &dx[i * xn..][..yn]
+                        } else {
+                            &dy[i * yn..][..yn]
+                        },
+                        r,
+                        self.cout,
+                    )?;
+                    self.im2col(&x[i * xn..][..xn], xs, ys, col);
                     gemm(
                         1.0,
                         Mat::new(col, r, kd)?.t(),
-                        dy,
+                        dyi,
                         1.0,
                         MatMut::new(part, kd, self.cout)?,
                         pack,
                     )?;
                 }
                 if !dx.is_empty() {
-                    let dx = &mut dx[i * xs.numel()..][..xs.numel()];
+                    let dyi = Mat::new(
+                        if inplace {
+                            &dx[i * xn..][..yn]
+                        } else {
+                            &dy[i * yn..][..yn]
+                        },
+                        r,
+                        self.cout,
+                    )?;
+                    gemm(1.0, dyi, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
+                    let dxi = &mut dx[i * xn..][..xn];
                     if !acc {
-                        dx.fill(0.0);
+                        dxi.fill(0.0);
                     }
-                    gemm(1.0, dy, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
-                    self.col2im(col, xs, ys, dx);
+                    self.col2im(col, xs, ys, dxi);
                 }
             }
             Ok(())

@@ -217,9 +217,13 @@ impl Layer {
     }
 
     /// Whether the layer can write its output over its (first) input, and its input gradient
-    /// over its output gradient.
-    pub(crate) fn in_place(&self) -> bool {
-        matches!(self, Layer::Relu(_) | Layer::Add(_) | Layer::BatchNorm2d(_))
+    /// over its output gradient, for these shapes.
+    pub(crate) fn in_place(&self, x: Shape, y: Shape) -> bool {
+        match self {
+            Layer::Relu(_) | Layer::Add(_) | Layer::BatchNorm2d(_) => true,
+            Layer::Conv2d(c) => c.in_place(x, y),
+            _ => false,
+        }
     }
 
     /// Inputs the layer takes (1, or 2 for [`Add`]).
