@@ -259,6 +259,12 @@ impl Model {
         self.shapes[self.nodes[node].output]
     }
 
+    /// (input, output) shapes of one sample at a node.
+    pub fn shapes_of(&self, node: usize) -> (Shape, Shape) {
+        let n = &self.nodes[node];
+        (self.shapes[n.inputs[0]], self.shapes[n.output])
+    }
+
     /// Trained parameters in all.
     pub fn param_count(&self) -> usize {
         self.nodes.iter().map(|n| n.layer.param_count()).sum()
