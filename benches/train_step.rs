@@ -1,11 +1,12 @@
-//! Training-step time of the DESIGN's workloads (mlp at batch 128, cnn at batch 64), one and two
-//! worker threads, on fixed synthetic batches (time does not depend on the values).
+//! Training-step time of the DESIGN's workloads (mlp at batch 128, cnn at batch 64), dense and
+//! DropIT γ=0.9 (plain and lean), one and two worker threads, on fixed synthetic batches (time
+//! hardly depends on the values), side by side in one run so they compare as ratios.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use dropit::{Model, Trainer, TrainerConfig};
+use dropit::{DropIt, Model, Trainer, TrainerConfig};
 
 fn batch(n: usize) -> (Vec<f32>, Vec<u32>) {
     let mut s = 0x2545_F491_4F6C_DD1Du64;
@@ -31,13 +32,20 @@ fn bench(c: &mut Criterion) {
     ] {
         let (x, y) = batch(n);
         for threads in [1, 2] {
-            let mut cfg = TrainerConfig::sgd_recipe(n, 1_000_000);
-            cfg.threads = threads;
-            let mut t = Trainer::new(model.clone(), cfg).unwrap();
-            g.bench_function(
-                BenchmarkId::new(name, format!("dense/threads{threads}")),
-                |b| b.iter(|| black_box(t.step(&x, &y).unwrap())),
-            );
+            for (variant, policy) in [
+                ("dense", DropIt::dense()),
+                ("gamma0.9", DropIt::new(0.9)),
+                ("gamma0.9_lean", DropIt::new(0.9).lean(true)),
+            ] {
+                let mut cfg = TrainerConfig::sgd_recipe(n, 1_000_000);
+                cfg.threads = threads;
+                let m = model.clone().with_dropit(&policy).unwrap();
+                let mut t = Trainer::new(m, cfg).unwrap();
+                g.bench_function(
+                    BenchmarkId::new(name, format!("{variant}/threads{threads}")),
+                    |b| b.iter(|| black_box(t.step(&x, &y).unwrap())),
+                );
+            }
         }
     }
     g.finish();

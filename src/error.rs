@@ -47,6 +47,12 @@ pub enum Error {
         /// Bytes given.
         given: usize,
     },
+    /// No plan on the DropIT grid fits the RAM budget.
+    #[error("RAM budget: the smallest plan needs {needed} bytes")]
+    BudgetTooSmall {
+        /// Bytes of the smallest plan (arena plus bookkeeping).
+        needed: usize,
+    },
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),

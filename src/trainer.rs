@@ -2,7 +2,10 @@
 
 use alloc::vec;
 
+use dropit_simd::format::ValueType;
+
 use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
+use crate::dropit::DropIt;
 use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
 use crate::layers::loss::softmax_cross_entropy;
@@ -82,6 +85,48 @@ pub struct Trainer<'a> {
 }
 
 impl Trainer<'static> {
+    /// Bytes a trainer holds beyond its arena (the plan's tables, the model's names, worker
+    /// handles), at most: the measured peak of training is the arena plus at most this.
+    pub const BOOKKEEPING_MAX: usize = 64 * 1024;
+
+    /// γ values tried by [`Trainer::with_budget`], least dropping first.
+    pub const BUDGET_GAMMAS: [f32; 7] = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
+
+    /// Fits training in `budget` bytes: tries γ from [`Trainer::BUDGET_GAMMAS`] in order, and
+    /// for each γ the formats from exact to lean (f32 kept values; bf16 kept values; bf16 kept
+    /// values and lean batch norm), on top of `base`'s other settings, and builds the first plan
+    /// whose arena plus [`Trainer::BOOKKEEPING_MAX`] fits. Returns the trainer and the policy
+    /// chosen, or [`Error::BudgetTooSmall`] with the smallest plan's size.
+    pub fn with_budget(
+        model: Model,
+        cfg: TrainerConfig,
+        base: &DropIt,
+        budget: usize,
+    ) -> Result<(Self, DropIt)> {
+        let mut needed = usize::MAX;
+        for gamma in Self::BUDGET_GAMMAS {
+            for (values, lean) in [
+                (ValueType::F32, false),
+                (ValueType::Bf16, false),
+                (ValueType::Bf16, true),
+            ] {
+                let policy = DropIt {
+                    gamma,
+                    values,
+                    lean,
+                    ..base.clone()
+                };
+                let candidate = model.clone().with_dropit(&policy)?;
+                let bytes = Self::plan_bytes(&candidate, &cfg)? + Self::BOOKKEEPING_MAX;
+                if bytes <= budget {
+                    return Ok((Self::new(candidate, cfg)?, policy));
+                }
+                needed = needed.min(bytes);
+            }
+        }
+        Err(Error::BudgetTooSmall { needed })
+    }
+
     /// Plans `model` and allocates its arena (the only allocation of its working memory).
     pub fn new(model: Model, cfg: TrainerConfig) -> Result<Self> {
         let plan = Self::checked_plan(&model, &cfg)?;

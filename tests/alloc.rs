@@ -11,7 +11,7 @@ static ALLOC: PeakAlloc = PeakAlloc::new();
 
 /// Bytes a trainer may hold beyond its arena: the plan's per-node tables and the model's names
 /// (documented on `Trainer::new`).
-const BOOKKEEPING: usize = 64 * 1024;
+const BOOKKEEPING: usize = Trainer::BOOKKEEPING_MAX;
 
 fn check(model: Model, batch: usize, threads: usize) {
     let per = model.input_shape().numel();

@@ -1,0 +1,74 @@
+//! Peak memory of DropIT against dense, measured by the tracking allocator (exact bytes), and
+//! the RAM budget. One test in this binary, so no other test allocates while it measures.
+mod common;
+
+use common::{config, data, labels};
+use dropit::memory::PeakAlloc;
+use dropit::{DropIt, Error, Model, Trainer};
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc::new();
+
+/// Peak bytes of building a trainer and taking two steps, above what was allocated before.
+fn peak_of(build: impl FnOnce() -> Trainer<'static>, x: &[f32], y: &[u32]) -> (usize, usize) {
+    let before = ALLOC.current();
+    ALLOC.reset_peak();
+    let mut t = build();
+    t.step(x, y).unwrap();
+    t.step(x, y).unwrap();
+    (ALLOC.peak() - before, t.arena_bytes())
+}
+
+#[test]
+fn dropit_peaks_and_budget() {
+    let n = 64;
+    let x = data(n * 784, 1);
+    let y = labels(n, 10, 2);
+    let model = Model::cnn().unwrap();
+    let run = |d: DropIt| {
+        let m = model.clone().with_dropit(&d).unwrap();
+        peak_of(|| Trainer::new(m, config(n)).unwrap(), &x, &y)
+    };
+    let (dense, _) = run(DropIt::dense());
+    let (sparse, _) = run(DropIt::new(0.9));
+    let (lean, _) = run(DropIt::new(0.9).lean(true));
+    let (r, rl) = (sparse as f64 / dense as f64, lean as f64 / dense as f64);
+    println!(
+        "cnn batch 64 peak: dense {dense} B, γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3})"
+    );
+    assert!(r <= 0.75, "γ=0.9 peak ratio {r}");
+    assert!(rl <= 0.50, "γ=0.9 lean peak ratio {rl}");
+
+    // A budget between the lean and the plain γ=0.9 plans: a plan is chosen and its measured
+    // peak fits.
+    let budget = (sparse + lean) / 2;
+    let mut chosen = None;
+    let (peak, arena) = peak_of(
+        || {
+            let (t, policy) =
+                Trainer::with_budget(model.clone(), config(n), &DropIt::new(0.0), budget).unwrap();
+            chosen = Some(policy);
+            t
+        },
+        &x,
+        &y,
+    );
+    let policy = chosen.unwrap();
+    assert!(
+        peak <= budget,
+        "peak {peak} over the budget {budget} ({policy:?})"
+    );
+    assert!(arena + Trainer::BOOKKEEPING_MAX <= budget);
+    assert!(policy.gamma >= 0.5, "{policy:?}");
+    // The dense plan fits a generous budget untouched.
+    let (_, p) =
+        Trainer::with_budget(model.clone(), config(n), &DropIt::new(0.0), 4 * dense).unwrap();
+    assert_eq!((p.gamma, p.lean), (0.0, false));
+    // Too small: the error says what the smallest plan needs.
+    match Trainer::with_budget(model.clone(), config(n), &DropIt::new(0.0), 1 << 20) {
+        Err(Error::BudgetTooSmall { needed }) => {
+            assert!(needed > 1 << 20 && needed < lean, "{needed}")
+        }
+        other => panic!("expected BudgetTooSmall, got {:?}", other.map(|(_, p)| p)),
+    }
+}
