@@ -53,6 +53,14 @@ pub enum Error {
         /// Bytes of the smallest plan (arena plus bookkeeping).
         needed: usize,
     },
+    /// A dataset file that cannot be read as what it claims to be.
+    #[error("{file}: {detail}")]
+    Data {
+        /// The file.
+        file: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),

@@ -26,6 +26,8 @@ extern crate alloc;
 extern crate std;
 
 mod arena;
+#[cfg(feature = "std")]
+pub mod data;
 mod dropit;
 mod error;
 mod init;

@@ -433,11 +433,25 @@ impl<'a> Trainer<'a> {
     /// Forward and backward without an update: returns the loss and leaves the gradients in
     /// [`Trainer::grads`]. Batch-norm layers use batch statistics, as in a step.
     pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
-        self.on_workers(|t| t.loss_and_grads_here(x, labels))
+        self.with_workers(|t| t.loss_and_grads_here(x, labels))
     }
 
-    /// Runs `f` inside the trainer's worker pool (or right here with one thread).
-    fn on_workers<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+    /// Runs `f` on one of the trainer's workers (or right here with one thread).
+    ///
+    /// With `threads > 1`, each [`Trainer::step`] called from outside hands one job to the
+    /// worker pool, and rayon's job queue allocates a small block every 63 such hand-overs; a
+    /// training loop run inside `with_workers` hands over nothing and allocates nothing.
+    ///
+    /// ```
+    /// # use dropit::{Model, Trainer, TrainerConfig};
+    /// let mut cfg = TrainerConfig::sgd_recipe(4, 100);
+    /// cfg.threads = 2;
+    /// let mut t = Trainer::new(Model::mlp()?, cfg)?;
+    /// let (x, y) = (vec![0.1f32; 4 * 784], [1u32, 2, 3, 4]);
+    /// t.with_workers(|t| (0..3).try_for_each(|_| t.step(&x, &y).map(drop)))?;
+    /// # Ok::<(), dropit::Error>(())
+    /// ```
+    pub fn with_workers<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         #[cfg(feature = "parallel")]
         if let Some(pool) = self.pool.take() {
             let r = pool.install(|| f(self));
@@ -500,7 +514,7 @@ impl<'a> Trainer<'a> {
 
     /// Loss and accuracy on a batch, with running statistics and nothing saved for backward.
     pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
-        self.on_workers(|t| t.evaluate_here(x, labels))
+        self.with_workers(|t| t.evaluate_here(x, labels))
     }
 
     fn evaluate_here(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {

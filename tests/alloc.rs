@@ -53,9 +53,29 @@ fn check(model: Model, batch: usize, threads: usize) {
     );
 }
 
+/// A long loop with workers, run on the workers: no allocation at all.
+fn long_loop_on_workers() {
+    let n = 8;
+    let (x, y) = (data(n * 784, 3), labels(n, 10, 4));
+    let mut cfg = config(n);
+    cfg.threads = 2;
+    let mut t = Trainer::new(Model::mlp().unwrap(), cfg).unwrap();
+    // Let the workers of pools dropped earlier finish exiting (they free as they go).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = ALLOC.allocations();
+    t.with_workers(|t| {
+        for _ in 0..200 {
+            t.step(&x, &y).unwrap();
+        }
+    });
+    assert_eq!(ALLOC.allocations() - before, 0);
+}
+
 #[test]
 fn steps_allocate_nothing_and_peak_is_the_plan() {
     check(Model::mlp().unwrap(), 32, 1);
     check(Model::cnn().unwrap(), 8, 1);
     check(Model::cnn().unwrap(), 8, 2);
+    // Last: a dropped pool's threads may still be winding down (and freeing) for a while.
+    long_loop_on_workers();
 }
