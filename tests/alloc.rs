@@ -71,8 +71,25 @@ fn long_loop_on_workers() {
     assert_eq!(ALLOC.allocations() - before, 0);
 }
 
+/// After its first batch, the batcher allocates nothing, epoch after epoch.
+fn batcher_reuses_buffers() {
+    let dir = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/fashion-mnist-subset"
+    ));
+    let (_, test) = dropit::data::fashion_mnist(&dir).unwrap();
+    let mut b = dropit::data::Batcher::new(&test, 64, &[0.286], &[0.353], 3).unwrap();
+    b.next_batch(&test);
+    let before = ALLOC.allocations();
+    for _ in 0..3 * b.batches_per_epoch() {
+        b.next_batch(&test);
+    }
+    assert_eq!(ALLOC.allocations() - before, 0, "the batcher allocated");
+}
+
 #[test]
 fn steps_allocate_nothing_and_peak_is_the_plan() {
+    batcher_reuses_buffers();
     check(Model::mlp().unwrap(), 32, 1);
     check(Model::cnn().unwrap(), 8, 1);
     check(Model::cnn().unwrap(), 8, 2);

@@ -12,7 +12,7 @@ const RECORD: usize = 1 + 3 * PIXELS;
 
 /// Parses one CIFAR-10 binary batch file.
 pub fn read_cifar10(bytes: &[u8]) -> Result<Dataset, String> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(std::format!(
             "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated or not CIFAR-10 binary)",
             bytes.len()
