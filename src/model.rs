@@ -37,6 +37,7 @@ pub struct Model {
     pub(crate) shapes: Vec<Shape>,
     pub(crate) logits: usize,
     pub(crate) classes: usize,
+    pub(crate) frozen: usize,
 }
 
 /// Builds a [`Model`] layer by layer.
@@ -201,6 +202,7 @@ impl ModelBuilder {
             shapes: self.shapes,
             logits: logits.0,
             classes: s.c,
+            frozen: 0,
         })
     }
 }
@@ -263,6 +265,27 @@ impl Model {
     pub fn shapes_of(&self, node: usize) -> (Shape, Shape) {
         let n = &self.nodes[node];
         (self.shapes[n.inputs[0]], self.shapes[n.output])
+    }
+
+    /// Freezes the first `nodes` nodes for fine-tuning: they run forward only (batch norm on its
+    /// running statistics), keep nothing for backward, and have no gradients or optimizer state.
+    pub fn freeze(mut self, nodes: usize) -> Result<Model> {
+        if nodes >= self.nodes.len() {
+            return config_err(
+                "freeze",
+                format!(
+                    "{nodes} of {} nodes leaves nothing to train",
+                    self.nodes.len()
+                ),
+            );
+        }
+        self.frozen = nodes;
+        Ok(self)
+    }
+
+    /// Nodes frozen by [`Model::freeze`].
+    pub fn frozen(&self) -> usize {
+        self.frozen
     }
 
     /// Trained parameters in all.

@@ -27,6 +27,11 @@ use crate::saved::{Saved, SparseSave};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan {
     pub batch: usize,
+    /// Leading nodes that run forward only (fine-tuning).
+    pub frozen: usize,
+    /// First trained parameter (floats into the parameter region); gradients and optimizer
+    /// state cover the parameters from here on.
+    pub train_start: usize,
     /// Per node: its parameters as a float range inside the parameter region.
     pub params: Vec<Range<usize>>,
     /// Per node: its running statistics as a float range inside the state region.
@@ -123,10 +128,12 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     // Readers of each tensor; the logits are read by the loss, after every node.
     let mut last_use = vec![None; nt];
     let mut held = vec![false; nt];
+    // Frozen nodes (a fine-tuning prefix) run forward only: they keep nothing for backward.
+    let frozen = model.frozen;
     for (i, n) in nodes.iter().enumerate() {
         for &t in n.inputs.iter().take(n.layer.arity()) {
             last_use[t] = Some(i);
-            held[t] |= n.layer.holds_input();
+            held[t] |= i >= frozen && n.layer.holds_input();
         }
     }
     last_use[model.logits] = Some(nodes.len());
@@ -196,18 +203,20 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     gact[model.logits] = Some(act[model.logits].clone());
     let mut acc = vec![[false; 2]; nodes.len()];
     let mut inplace_bwd = vec![false; nodes.len()];
-    for (i, n) in nodes.iter().enumerate().rev() {
+    for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
         let dy = gact[n.output].clone().unwrap_or(0..0);
         let t0 = n.inputs[0];
+        // No gradient for the model input, nor for what frozen nodes made.
+        let wants = |t: usize| t != 0 && t - 1 >= frozen;
         inplace_bwd[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
-            && t0 != 0
+            && wants(t0)
             && gact[t0].is_none()
             && once(n, t0);
         if inplace_bwd[i] {
             gact[t0] = Some(dy.clone());
         }
         for (j, &t) in reads(n).iter().enumerate() {
-            if t == 0 || (j == 0 && inplace_bwd[i]) {
+            if !wants(t) || (j == 0 && inplace_bwd[i]) {
                 continue;
             }
             match gact[t] {
@@ -224,9 +233,12 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     // Own contexts and scratch.
     let saved: Vec<Saved> = nodes
         .iter()
-        .map(|n| {
-            n.layer
-                .saved(batch, model.shapes[n.inputs[0]], model.shapes[n.output])
+        .enumerate()
+        .map(|(i, n)| match i < frozen {
+            true => Saved::Nothing,
+            false => n
+                .layer
+                .saved(batch, model.shapes[n.inputs[0]], model.shapes[n.output]),
         })
         .collect();
     let scratch_words = nodes
@@ -244,10 +256,12 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
 
     // Lay the regions out.
     let mut cur = 0;
-    let pw = words_for_f32(pf);
-    let regions_params = take(&mut cur, pw);
-    let regions_grads = take(&mut cur, pw);
-    let regions_opt = take(&mut cur, opt_slots * pw);
+    // Gradients and optimizer state only for the trained suffix of the parameters.
+    let train_start = params.get(frozen).map_or(pf, |r| r.start);
+    let tw = words_for_f32(pf - train_start);
+    let regions_params = take(&mut cur, words_for_f32(pf));
+    let regions_grads = take(&mut cur, tw);
+    let regions_opt = take(&mut cur, opt_slots * tw);
     let regions_state = take(&mut cur, words_for_f32(sf));
     let saved_start = cur;
     let mut tensors = vec![0..0; nt];
@@ -258,7 +272,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     // Packed inputs: one per (tensor, settings), shared by every reader with those settings.
     let mut packed: Vec<Option<PackedInput>> = vec![None; nodes.len()];
     let mut owners: Vec<(usize, SparseSave, PackedInput)> = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
+    for (i, n) in nodes.iter().enumerate().skip(frozen) {
         let Some(sp) = n.layer.sparse_save() else {
             continue;
         };
@@ -293,6 +307,8 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let regions_scratch = take(&mut cur, scratch_words);
     Ok(Plan {
         batch,
+        frozen,
+        train_start,
         params,
         state,
         tensors,

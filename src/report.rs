@@ -69,7 +69,7 @@ impl MemoryReport {
                 let mut saved_bytes = bytes(&plan.ctx[i]);
                 let mut dense_bytes = 0;
                 let mut what = String::from(plan.saved[i].describe());
-                if node.layer.holds_input() {
+                if node.layer.holds_input() && i >= plan.frozen {
                     dense_bytes += n * xs.numel() * 4;
                     what = if counted[t] {
                         "input (shared)".into()

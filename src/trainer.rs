@@ -245,10 +245,12 @@ impl<'a> Trainer<'a> {
         &mut f32s_mut(&mut self.arena.words()[r])[..end]
     }
 
-    /// Gradients of the last step, laid out as [`Trainer::params`].
+    /// Gradients of the last step, laid out as [`Trainer::params`] from the first trained
+    /// parameter on (all of them unless the model has frozen nodes).
     pub fn grads(&self) -> &[f32] {
         let r = &self.plan.regions.grads;
-        &f32s(&self.arena.words_ref()[r.clone()])[..self.plan.params.last().map_or(0, |p| p.end)]
+        let end = self.plan.params.last().map_or(0, |p| p.end);
+        &f32s(&self.arena.words_ref()[r.clone()])[..end - self.plan.train_start]
     }
 
     /// Where node `node`'s parameters lie in [`Trainer::params`].
@@ -327,7 +329,7 @@ impl<'a> Trainer<'a> {
                 n,
                 x_shape: xs,
                 y_shape: ys,
-                train,
+                train: train && i >= plan.frozen,
                 x: if inplace {
                     &[]
                 } else {
@@ -359,7 +361,14 @@ impl<'a> Trainer<'a> {
     fn backward(&mut self, n: usize) -> Result<()> {
         let plan = &self.plan;
         let w = self.arena.words();
-        for (i, node) in self.model.nodes.iter().enumerate().rev() {
+        for (i, node) in self
+            .model
+            .nodes
+            .iter()
+            .enumerate()
+            .rev()
+            .take(self.model.nodes.len() - plan.frozen)
+        {
             let two = node.layer.arity() == 2;
             let (xs, ys) = (
                 self.model.shapes[node.inputs[0]],
@@ -413,7 +422,8 @@ impl<'a> Trainer<'a> {
                 acc: plan.acc[i][0],
                 acc2: plan.acc[i][1],
                 p: &f32s(p)[plan.params[i].clone()],
-                g: &mut f32s_mut(g)[plan.params[i].clone()],
+                g: &mut f32s_mut(g)[plan.params[i].start - plan.train_start
+                    ..plan.params[i].end - plan.train_start],
                 saved,
                 scratch,
                 threads: self.cfg.threads,
@@ -499,16 +509,14 @@ impl<'a> Trainer<'a> {
             self.arena.words(),
             [r.params.clone(), r.grads.clone(), r.opt.clone()],
         )?;
-        let np = self.plan.params.last().map_or(0, |p| p.end);
-        let slots = self.cfg.optimizer.state_slots();
-        let s = &mut f32s_mut(s)[..slots * np];
-        self.cfg.optimizer.update(
-            stats.lr,
-            self.step,
-            &mut f32s_mut(p)[..np],
-            &f32s(g)[..np],
-            s,
+        let (np, ts) = (
+            self.plan.params.last().map_or(0, |p| p.end),
+            self.plan.train_start,
         );
+        let slots = self.cfg.optimizer.state_slots();
+        let s = &mut f32s_mut(s)[..slots * (np - ts)];
+        let (p, g) = (&mut f32s_mut(p)[ts..np], &f32s(g)[..np - ts]);
+        self.cfg.optimizer.update(stats.lr, self.step, p, g, s);
         Ok(stats)
     }
 

@@ -197,3 +197,38 @@ fn two_workers_reproducible_and_close_to_one() {
         assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
     }
 }
+
+#[test]
+fn frozen_prefix_trains_only_the_rest_and_saves_nothing() {
+    let model = Model::resnet8(Shape::new(8, 8, 1), 4).unwrap();
+    let k = model.find("layer2.0.conv1").unwrap();
+    let frozen = model.clone().freeze(k).unwrap();
+    let (x, y) = quadrant_task(8, 8, 3);
+    let mut t = Trainer::new(frozen.clone(), config(8)).unwrap();
+    let before = t.params().to_vec();
+    for _ in 0..3 {
+        t.step(&x, &y).unwrap();
+    }
+    let ts = t.param_range(k).start;
+    assert_eq!(&t.params()[..ts], &before[..ts], "frozen parameters stay");
+    assert_ne!(&t.params()[ts..], &before[ts..], "the rest trains");
+    let report = t.memory_report();
+    assert!(
+        report.layers[..k].iter().all(|l| l.saved_bytes == 0),
+        "frozen layers keep nothing"
+    );
+    let full = Trainer::new(model, config(8)).unwrap().memory_report();
+    assert!(report.grads < full.grads && report.saved < full.saved && report.total < full.total);
+    assert!(Model::mlp().unwrap().freeze(6).is_err());
+    // The trained part's gradients are right (batch norm of the frozen part on running stats).
+    common::gradcheck(
+        Model::resnet8(Shape::new(12, 12, 1), 10)
+            .unwrap()
+            .freeze(k)
+            .unwrap(),
+        3,
+        0.0,
+        3,
+        11,
+    );
+}

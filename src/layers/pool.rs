@@ -98,26 +98,36 @@ impl MaxPool2d {
         let codes: &mut [u8] = bytemuck::cast_slice_mut(&mut *f.saved);
         let (per, _) = split(f.n, f.threads);
         let (xn, yn) = (per * xs.numel(), per * ys.numel());
-        let groups =
-            f.x.chunks(xn)
-                .zip(f.y.chunks_mut(yn))
-                .zip(codes.chunks_mut(yn));
+        // A frozen layer keeps no codes.
+        let codes = codes
+            .chunks_mut(yn)
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        let groups = f.x.chunks(xn).zip(f.y.chunks_mut(yn)).zip(codes);
         each(groups, |((x, y), code)| {
             let samples = x
                 .chunks_exact(xs.numel())
                 .zip(y.chunks_exact_mut(ys.numel()));
-            for ((x, y), code) in samples.zip(code.chunks_exact_mut(ys.numel())) {
-                self.forward_sample(x, y, code, xs, ys, c);
+            match code {
+                Some(code) => {
+                    for ((x, y), code) in samples.zip(code.chunks_exact_mut(ys.numel())) {
+                        self.forward_sample(x, y, |o, ch, c| code[o + ch] = c, xs, ys, c);
+                    }
+                }
+                None => {
+                    samples.for_each(|(x, y)| self.forward_sample(x, y, |_, _, _| {}, xs, ys, c))
+                }
             }
             Ok(())
         })
     }
 
+    /// Max-pools one sample; `code(o, ch, k)` records which window element `k` won.
     fn forward_sample(
         &self,
         x: &[f32],
         y: &mut [f32],
-        code: &mut [u8],
+        mut code: impl FnMut(usize, usize, u8),
         xs: Shape,
         ys: Shape,
         c: usize,
@@ -126,14 +136,14 @@ impl MaxPool2d {
             for ow in 0..ys.w {
                 let o = (oh * ys.w + ow) * c;
                 y[o..o + c].fill(f32::NEG_INFINITY);
-                code[o..o + c].fill(0);
+                (0..c).for_each(|ch| code(o, ch, 0));
                 window(xs, self.k, self.stride, self.pad, oh, ow, |pix, a, b| {
                     let src = &x[pix * c..][..c];
                     for ch in 0..c {
                         // Greater, or NaN: a NaN input is passed on, not hidden.
                         if !matches!(src[ch].partial_cmp(&y[o + ch]), Some(Less | Equal)) {
                             y[o + ch] = src[ch];
-                            code[o + ch] = (a * self.k + b) as u8;
+                            code(o, ch, (a * self.k + b) as u8);
                         }
                     }
                 });

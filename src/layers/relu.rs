@@ -21,11 +21,22 @@ impl Relu {
     }
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
-        // In evaluation the mask is written too (its space is planned anyway) and never read.
         let c = elem_chunk(f.y.len(), f.threads);
-        let bits = &mut f.saved[..mask_words(f.y.len())];
         let (x, inplace) = (f.x, f.inplace);
         let xs = x.chunks(c).chain(core::iter::repeat(&[][..]));
+        if f.saved.is_empty() {
+            // Nothing planned to keep (a frozen layer): max(x, 0) alone.
+            return each(f.y.chunks_mut(c).zip(xs), |(y, x)| {
+                if !inplace {
+                    y.copy_from_slice(x);
+                }
+                y.iter_mut()
+                    .for_each(|v| *v = if *v > 0.0 || v.is_nan() { *v } else { 0.0 });
+                Ok(())
+            });
+        }
+        // In evaluation the mask is written too (its space is planned anyway) and never read.
+        let bits = &mut f.saved[..mask_words(f.y.len())];
         each(
             f.y.chunks_mut(c).zip(xs).zip(bits.chunks_mut(c / 64)),
             |((y, x), b)| {

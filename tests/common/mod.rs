@@ -48,8 +48,11 @@ pub fn gradcheck(model: Model, n: usize, smoothing: f32, per_node: usize, seed: 
     let y = labels(n, classes, seed + 1);
     t.loss_and_grads(&x, &y).unwrap();
     let grads = t.grads().to_vec();
+    // Frozen nodes have no gradients; the others' start at the first trained parameter.
+    let frozen = t.model().frozen();
+    let ts = t.param_range(frozen).start;
     let mut worst = (0.0f32, String::new());
-    for node in 0..t.model().nodes().len() {
+    for node in frozen..t.model().nodes().len() {
         let r = t.param_range(node);
         let step = (r.len() / per_node).max(1);
         for i in r.clone().step_by(step).take(per_node) {
@@ -66,7 +69,7 @@ pub fn gradcheck(model: Model, n: usize, smoothing: f32, per_node: usize, seed: 
             });
             fds.sort_by(f32::total_cmp);
             let fd = fds[1];
-            let g = grads[i];
+            let g = grads[i - ts];
             let err = (fd - g).abs() / (2e-3 + 0.03 * g.abs().max(fd.abs()));
             if err > worst.0 {
                 worst = (
