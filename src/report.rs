@@ -96,12 +96,16 @@ impl MemoryReport {
                         "packed (shared)".into()
                     };
                 }
-                dense_bytes += match &node.layer {
-                    Layer::Relu(_) | Layer::MaxPool2d(_) => n * ys.numel() * 4,
-                    Layer::BatchNorm2d(b) => {
-                        (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
+                dense_bytes += if i < plan.frozen {
+                    0
+                } else {
+                    match &node.layer {
+                        Layer::Relu(_) | Layer::MaxPool2d(_) => n * ys.numel() * 4,
+                        Layer::BatchNorm2d(b) => {
+                            (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
+                        }
+                        _ => 0,
                     }
-                    _ => 0,
                 };
                 LayerMemory {
                     name: node.name.clone(),

@@ -253,6 +253,35 @@ impl<'a> Trainer<'a> {
         &f32s(&self.arena.words_ref()[r.clone()])[..end - self.plan.train_start]
     }
 
+    /// Copies the parameters and running statistics of a trainer of the same architecture (to
+    /// fine-tune a model trained elsewhere, say, in a trainer of another arena or batch size).
+    pub fn copy_weights_from(&mut self, other: &Trainer<'_>) -> Result<()> {
+        let (p, s) = (&self.plan, &other.plan);
+        let counts = |pl: &Plan| {
+            (
+                pl.params.last().map_or(0, |r| r.end),
+                pl.state.last().map_or(0, |r| r.end),
+            )
+        };
+        if p.params != s.params || p.state != s.state {
+            return shape_err(
+                "copy_weights_from",
+                format_args!("(parameters, running statistics) {:?}", counts(p)),
+                format_args!("{:?} laid out differently", counts(s)),
+            );
+        }
+        let (np, ns) = counts(p);
+        let (src, dst) = (other.arena.words_ref(), &mut *self.arena.words());
+        let pairs = [
+            (&p.regions.params, &s.regions.params, np),
+            (&p.regions.state, &s.regions.state, ns),
+        ];
+        for (d, from, n) in pairs {
+            f32s_mut(&mut dst[d.clone()])[..n].copy_from_slice(&f32s(&src[from.clone()])[..n]);
+        }
+        Ok(())
+    }
+
     /// Where node `node`'s parameters lie in [`Trainer::params`].
     pub fn param_range(&self, node: usize) -> core::ops::Range<usize> {
         self.plan.params[node].clone()

@@ -232,3 +232,33 @@ fn frozen_prefix_trains_only_the_rest_and_saves_nothing() {
         11,
     );
 }
+
+#[test]
+fn weights_copy_between_arenas_and_batch_sizes() {
+    let (x, y) = quadrant_task(4, 8, 5);
+    let mut a = Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 4).unwrap(), config(4)).unwrap();
+    for _ in 0..3 {
+        a.step(&x, &y).unwrap();
+    }
+    let mut cfg = config(2);
+    cfg.seed = 99;
+    let model = Model::resnet8(Shape::new(8, 8, 1), 4)
+        .unwrap()
+        .freeze(3)
+        .unwrap();
+    let mut buf = vec![0u8; Trainer::plan_bytes(&model, &cfg).unwrap() + 8];
+    let mut b = Trainer::with_arena(model, cfg, &mut buf).unwrap();
+    b.copy_weights_from(&a).unwrap();
+    assert_eq!(a.params(), b.params());
+    // Same weights and running statistics: the same evaluation.
+    assert_eq!(
+        a.evaluate(&x[..128], &y[..2]).unwrap(),
+        b.evaluate(&x[..128], &y[..2]).unwrap()
+    );
+    let mut other =
+        Trainer::new(Model::resnet8(Shape::new(8, 8, 1), 5).unwrap(), config(2)).unwrap();
+    assert!(matches!(
+        other.copy_weights_from(&a),
+        Err(dropit::Error::Shape { .. })
+    ));
+}
