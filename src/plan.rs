@@ -207,7 +207,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         let dy = gact[n.output].clone().unwrap_or(0..0);
         let t0 = n.inputs[0];
         // No gradient for the model input, nor for what frozen nodes made.
-        let wants = |t: usize| t != 0 && t - 1 >= frozen;
+        let wants = |t: usize| t > frozen;
         inplace_bwd[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
             && wants(t0)
             && gact[t0].is_none()
