@@ -3,11 +3,13 @@
 #   targets/check.sh aarch64-unknown-linux-gnu       # cross-build, run the workspace tests under qemu
 #   targets/check.sh armv7-unknown-linux-gnueabihf   # the same for 32-bit ARM
 #   targets/check.sh thumbv7em-none-eabihf           # build the kernels and the no_std trainer
+#   add --quick to run under qemu only the kernel tests and the trainer's fast suites (CI).
 # Installs what is missing (the rustup target; Debian's cross linker, libc and qemu-user). A
 # target that cannot be installed is reported in one line starting with SKIP, exit status 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${1:?usage: targets/check.sh TARGET}"
+target="${1:?usage: targets/check.sh TARGET [--quick]}"
+quick="${2:-}"
 
 skip() { echo "SKIP $target: $*"; exit 0; }
 
@@ -40,15 +42,23 @@ esac
 config="targets/$target.toml"
 # Emulated: fewer proptest cases keep the run short; every test still runs.
 export PROPTEST_CASES="${PROPTEST_CASES:-16}"
-cargo test --workspace --release --config "$config" --target "$target"
-echo "OK $target: workspace tests pass under qemu"
+xc=(--release --config "$config" --target "$target")
+if [ "$quick" = "--quick" ]; then
+  cargo test "${xc[@]}" -p dropit-simd
+  cargo test "${xc[@]}" -p dropit --lib --test trainer --test data
+  echo "OK $target: kernel tests and the trainer's fast suites pass under qemu"
+else
+  cargo test "${xc[@]}" --workspace --no-fail-fast
+  echo "OK $target: workspace tests pass under qemu"
+fi
+cargo run -q "${xc[@]}" --example tiny_finetune | tail -n 1
 
 # The same short fixed-seed run natively and on the target: the final loss must agree to four
 # significant digits (the kernels round alike; only FMA and summation order may differ).
 run=(--example train -- --model mlp --steps 30 --threads 1 --gamma 0.9 --seed 1 --json)
 loss() { sed -n 's/.*"final_loss":\([-0-9.eE+]*\).*/\1/p'; }
 native=$(cargo run -q --release "${run[@]}" | loss)
-emulated=$(cargo run -q --release --config "$config" --target "$target" "${run[@]}" | loss)
+emulated=$(cargo run -q "${xc[@]}" "${run[@]}" | loss)
 a=$(printf '%.4g' "$native"); b=$(printf '%.4g' "$emulated")
 echo "final loss after 30 steps: native $native, $target $emulated"
 [ "$a" = "$b" ] || { echo "FAIL $target: final loss $b differs from native $a in 4 significant digits"; exit 1; }
