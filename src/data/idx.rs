@@ -14,7 +14,7 @@ pub struct Idx {
 }
 
 /// Largest IDX payload accepted (guards against a corrupt header asking for terabytes).
-const MAX_ELEMENTS: usize = 1 << 34;
+const MAX_ELEMENTS: u64 = 1 << 34;
 
 /// Parses an IDX file of unsigned bytes (type 0x08); gzip input (magic 1f 8b) is inflated
 /// first. The payload must be exactly as long as the header says.
@@ -67,7 +67,7 @@ pub fn read_idx(bytes: &[u8]) -> Result<Idx, String> {
     let len = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&l| l <= MAX_ELEMENTS)
+        .filter(|&l| l as u64 <= MAX_ELEMENTS)
         .ok_or_else(|| std::format!("dimensions {dims:?} are too large"))?;
     let body = &raw[head..];
     if body.len() != len {
