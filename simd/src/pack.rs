@@ -118,18 +118,49 @@ fn pack_range<V: Value, P: PosSink>(
     Ok(())
 }
 
+/// Packs `x` block by block, each block under the threshold `thr(block index, block)` gives.
 fn pack_typed<V: Value, P: PosSink>(
     x: &[f32],
     block: usize,
-    thresholds: &[Threshold],
+    thr: &mut impl FnMut(usize, &[f32]) -> Result<Threshold>,
     vals: &mut [V],
     mut pos: P,
 ) -> Result<()> {
     let mut cursor = 0;
-    for (b, (xb, t)) in x.chunks(block).zip(thresholds).enumerate() {
-        pack_range(xb, b * block, t, vals, &mut pos, &mut cursor)?;
+    for (b, xb) in x.chunks(block).enumerate() {
+        let t = thr(b, xb)?;
+        pack_range(xb, b * block, &t, vals, &mut pos, &mut cursor)?;
     }
     check_len("kept elements after packing", vals.len(), cursor)
+}
+
+/// Clears `out`'s positions and packs `x` into it (see [`pack_typed`]), for every format.
+fn pack_with(
+    x: &[f32],
+    block: usize,
+    out: &mut PackedMut<'_>,
+    mut thr: impl FnMut(usize, &[f32]) -> Result<Threshold>,
+) -> Result<()> {
+    macro_rules! with_sink {
+        ($vals:expr) => {
+            match &mut out.positions {
+                PositionsMut::Bitmap(w) => {
+                    w.fill(0);
+                    pack_typed(x, block, &mut thr, $vals, BitmapSink(w))
+                }
+                PositionsMut::Block16 { counts, offsets } => {
+                    counts.fill(0);
+                    pack_typed(x, block, &mut thr, $vals, Block16Sink { counts, offsets })
+                }
+                PositionsMut::U32(i) => pack_typed(x, block, &mut thr, $vals, U32Sink(i)),
+            }
+        };
+    }
+    match &mut out.values {
+        ValuesMut::F32(v) => with_sink!(v),
+        ValuesMut::Bf16(v) => with_sink!(v),
+        ValuesMut::F16(v) => with_sink!(v),
+    }
 }
 
 /// Packs `x` in selection blocks of `block` elements (the last one shorter), block `b` kept by
@@ -154,26 +185,7 @@ pub fn pack_blocks(
     )?;
     let total: usize = thresholds.iter().map(Threshold::kept).sum();
     check_len("packed tensor kept count", out.k, total)?;
-    macro_rules! with_sink {
-        ($vals:expr) => {
-            match &mut out.positions {
-                PositionsMut::Bitmap(w) => {
-                    w.fill(0);
-                    pack_typed(x, block, thresholds, $vals, BitmapSink(w))
-                }
-                PositionsMut::Block16 { counts, offsets } => {
-                    counts.fill(0);
-                    pack_typed(x, block, thresholds, $vals, Block16Sink { counts, offsets })
-                }
-                PositionsMut::U32(i) => pack_typed(x, block, thresholds, $vals, U32Sink(i)),
-            }
-        };
-    }
-    match &mut out.values {
-        ValuesMut::F32(v) => with_sink!(v),
-        ValuesMut::Bf16(v) => with_sink!(v),
-        ValuesMut::F16(v) => with_sink!(v),
-    }
+    pack_with(x, block, out, |b, _| Ok(thresholds[b]))
 }
 
 /// Selects and packs in one go: blocks of `block` elements (the last one shorter) each keep
@@ -184,41 +196,9 @@ pub fn select_and_pack(x: &[f32], block: usize, keep: f32, out: &mut PackedMut<'
     let total = crate::select::kept_in_blocks(x.len(), block, keep)?;
     check_len("packed tensor length", out.n, x.len())?;
     check_len("packed tensor kept count", out.k, total)?;
-    macro_rules! with_sink {
-        ($vals:expr) => {
-            match &mut out.positions {
-                PositionsMut::Bitmap(w) => {
-                    w.fill(0);
-                    select_typed(x, block, keep, $vals, BitmapSink(w))
-                }
-                PositionsMut::Block16 { counts, offsets } => {
-                    counts.fill(0);
-                    select_typed(x, block, keep, $vals, Block16Sink { counts, offsets })
-                }
-                PositionsMut::U32(i) => select_typed(x, block, keep, $vals, U32Sink(i)),
-            }
-        };
-    }
-    match &mut out.values {
-        ValuesMut::F32(v) => with_sink!(v),
-        ValuesMut::Bf16(v) => with_sink!(v),
-        ValuesMut::F16(v) => with_sink!(v),
-    }
-}
-
-fn select_typed<V: Value, P: PosSink>(
-    x: &[f32],
-    block: usize,
-    keep: f32,
-    vals: &mut [V],
-    mut pos: P,
-) -> Result<()> {
-    let mut cursor = 0;
-    for (b, xb) in x.chunks(block).enumerate() {
-        let t = crate::select::topk_threshold(xb, crate::select::kept_count(xb.len(), keep))?;
-        pack_range(xb, b * block, &t, vals, &mut pos, &mut cursor)?;
-    }
-    check_len("kept elements after packing", vals.len(), cursor)
+    pack_with(x, block, out, |_, xb| {
+        crate::select::topk_threshold(xb, crate::select::kept_count(xb.len(), keep))
+    })
 }
 
 /// Packs the whole of `x` under one tensor-wide threshold.

@@ -388,16 +388,13 @@ impl Conv2d {
                 dy.len() / yn
             };
             for i in 0..count {
+                let dyi: &[f32] = if inplace {
+                    &dx[i * xn..][..yn]
+                } else {
+                    &dy[i * yn..][..yn]
+                };
+                let dyi = Mat::new(dyi, r, self.cout)?;
                 if !part.is_empty() {
-                    let dyi = Mat::new(
-                        if inplace {
-                            &dx[i * xn..][..yn]
-                        } else {
-                            &dy[i * yn..][..yn]
-                        },
-                        r,
-                        self.cout,
-                    )?;
                     self.im2col(&x[i * xn..][..xn], xs, ys, col);
                     gemm(
                         1.0,
@@ -409,15 +406,6 @@ impl Conv2d {
                     )?;
                 }
                 if !dx.is_empty() {
-                    let dyi = Mat::new(
-                        if inplace {
-                            &dx[i * xn..][..yn]
-                        } else {
-                            &dy[i * yn..][..yn]
-                        },
-                        r,
-                        self.cout,
-                    )?;
                     gemm(1.0, dyi, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
                     let dxi = &mut dx[i * xn..][..xn];
                     if !acc {
