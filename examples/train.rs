@@ -185,11 +185,7 @@ fn train_one(
             let (n0, t0) = (ALLOC.allocations(), Instant::now());
             let s = t.step(x, y)?;
             let dt = t0.elapsed().as_secs_f64();
-            let d = ALLOC.allocations() - n0;
-            if d > 0 && std::env::var_os("DROPIT_DEBUG_ALLOCS").is_some() {
-                eprintln!("step {} allocated {d}", times.len());
-            }
-            allocs += d;
+            allocs += ALLOC.allocations() - n0;
             times.push(dt * 1e3);
             last = s.loss;
             bar.set_message(format!(

@@ -41,10 +41,10 @@ fn check(model: Model, batch: usize, threads: usize) {
     per_step.push(ALLOC.allocations() - a);
     let during = ALLOC.allocations() - built;
     let peak = ALLOC.peak() - before;
-    let name = t.model().nodes().len();
+    let nodes = t.model().nodes().len();
     assert_eq!(
         during, 0,
-        "{name}-node model, {threads} threads: steps and evaluation allocated {during} times (per step {per_step:?})"
+        "{nodes}-node model, {threads} threads: steps and evaluation allocated {during} times (per step {per_step:?})"
     );
     assert!(peak >= arena, "peak {peak} below the arena {arena}");
     assert!(
