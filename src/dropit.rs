@@ -38,7 +38,8 @@ pub struct DropIt {
     pub positions: Positions,
     /// How grad_W is computed.
     pub path: GradPath,
-    /// Also store the other saved tensors lean: batch norm's normalized input as bf16.
+    /// Also store the other saved tensors lean, as bf16: batch and layer norm's normalized
+    /// inputs, GELU's input.
     pub lean: bool,
 }
 
@@ -134,6 +135,8 @@ impl DropIt {
                 Layer::Linear(l) => l.save = save,
                 Layer::Conv2d(c) => c.save = save,
                 Layer::BatchNorm2d(b) => b.lean = self.lean,
+                Layer::LayerNorm(l) => l.lean = self.lean,
+                Layer::Gelu(g) => g.lean = self.lean,
                 _ => {}
             }
         }

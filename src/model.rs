@@ -9,7 +9,8 @@ use alloc::vec::Vec;
 
 use crate::error::{Result, config_err, shape_err};
 use crate::layers::{
-    Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu,
+    Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Gelu, GlobalAvgPool, Layer, LayerNorm, Linear,
+    MaxPool2d, Relu,
 };
 use crate::shape::Shape;
 
@@ -162,6 +163,17 @@ impl ModelBuilder {
     /// Mean over H and W.
     pub fn global_avgpool(&mut self, name: &str, x: T) -> Result<T> {
         self.layer(name, Layer::GlobalAvgPool(GlobalAvgPool), x)
+    }
+
+    /// `LayerNorm` over the channels of `x`.
+    pub fn layernorm(&mut self, name: &str, x: T) -> Result<T> {
+        let c = self.check(name, x)?.c;
+        self.layer(name, Layer::LayerNorm(LayerNorm::new(c)), x)
+    }
+
+    /// `GELU` (exact, erf form).
+    pub fn gelu(&mut self, name: &str, x: T) -> Result<T> {
+        self.layer(name, Layer::Gelu(Gelu::default()), x)
     }
 
     /// `[h, w, c]` → `[1, 1, h·w·c]`.

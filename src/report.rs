@@ -101,6 +101,10 @@ impl MemoryReport {
                 } else {
                     match &node.layer {
                         Layer::Relu(_) | Layer::MaxPool2d(_) => n * ys.numel() * 4,
+                        Layer::Gelu(_) => n * xs.numel() * 4,
+                        Layer::LayerNorm(_) => {
+                            (words_for_f32(n * xs.numel()) + words_for_f32(n * xs.rows())) * 8
+                        }
                         Layer::BatchNorm2d(b) => {
                             (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
                         }

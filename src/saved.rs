@@ -143,7 +143,15 @@ pub enum Saved {
         /// Elements covered.
         elems: usize,
     },
-    /// A normalized input and per-channel statistics (batch norm); the input as bf16 when lean.
+    /// The layer's input itself (GELU), as bf16 when lean.
+    Input {
+        /// Elements.
+        elems: usize,
+        /// Stored as bf16.
+        lean: bool,
+    },
+    /// A normalized input and one f32 statistic per channel (batch norm) or per row (layer
+    /// norm); the normalized input as bf16 when lean.
     Norm {
         /// Elements of the normalized input.
         elems: usize,
@@ -161,6 +169,13 @@ impl Saved {
             Saved::Nothing => 0,
             Saved::Mask { elems } => mask_words(elems),
             Saved::Codes { elems } => words_for_bytes(elems),
+            Saved::Input { elems, lean } => {
+                if lean {
+                    words_for_bytes(2 * elems)
+                } else {
+                    words_for_f32(elems)
+                }
+            }
             Saved::Norm {
                 elems,
                 channels,
@@ -187,6 +202,8 @@ impl Saved {
             Saved::Nothing => "-",
             Saved::Mask { .. } => "1-bit mask",
             Saved::Codes { .. } => "argmax u8",
+            Saved::Input { lean: false, .. } => "input f32",
+            Saved::Input { lean: true, .. } => "input bf16",
             Saved::Norm { lean: false, .. } => "normalized f32",
             Saved::Norm { lean: true, .. } => "normalized bf16",
         }

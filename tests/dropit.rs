@@ -298,3 +298,33 @@ fn policy_errors_name_the_problem() {
     assert!(matches!(save("fc"), InputSave::Sparse(s) if (s.keep - 0.5).abs() < 1e-6));
     assert!(matches!(save("layer1.0.conv1"), InputSave::Sparse(s) if (s.keep - 0.1).abs() < 1e-6));
 }
+
+#[test]
+fn lean_stores_layernorm_and_gelu_inputs_in_bf16() {
+    let build = || {
+        let mut b = ModelBuilder::new(Shape::new(1, 10, 16));
+        let x = b.linear("in", b.input(), 16).unwrap();
+        let x = b.layernorm("ln", x).unwrap();
+        let x = b.linear("fc1", x, 32).unwrap();
+        let x = b.gelu("gelu", x).unwrap();
+        let x = b.linear("fc2", x, 16).unwrap();
+        let x = b.flatten("flat", x).unwrap();
+        let x = b.linear("head", x, 4).unwrap();
+        b.build(x).unwrap()
+    };
+    let bytes = |lean: bool| {
+        let m = build().with_dropit(&DropIt::new(0.9).lean(lean)).unwrap();
+        let mut t = Trainer::new(m, config(8)).unwrap();
+        let (x, y) = (data(8 * 160, 1), labels(8, 4, 2));
+        assert!(t.step(&x, &y).unwrap().loss.is_finite());
+        let r = t.memory_report();
+        let row = |n: &str| r.layers.iter().find(|l| l.name == n).unwrap().saved_bytes;
+        (row("ln"), row("gelu"))
+    };
+    let ((ln, gelu), (ln_lean, gelu_lean)) = (bytes(false), bytes(true));
+    assert_eq!((ln, gelu), (8 * 10 * 16 * 4 + 8 * 10 * 4, 8 * 10 * 32 * 4));
+    assert_eq!(
+        (ln_lean, gelu_lean),
+        (8 * 10 * 16 * 2 + 8 * 10 * 4, 8 * 10 * 32 * 2)
+    );
+}

@@ -104,3 +104,41 @@ proptest! {
         gradcheck(b.build(x).unwrap(), 2, 0.0, 15, seed);
     }
 }
+
+/// Tokens `[1, 5, 6]` → Linear → (layer under test) → Linear → flatten → head.
+fn tokens(f: impl FnOnce(&mut ModelBuilder, dropit::T) -> dropit::T) -> Model {
+    let mut b = ModelBuilder::new(Shape::new(1, 5, 6));
+    let x = b.linear("in", b.input(), 8).unwrap();
+    let x = f(&mut b, x);
+    let x = b.linear("out", x, 3).unwrap();
+    let x = b.flatten("flat", x).unwrap();
+    let x = b.linear("head", x, 4).unwrap();
+    b.build(x).unwrap()
+}
+
+#[test]
+fn layernorm_and_gelu() {
+    gradcheck(tokens(|b, x| b.layernorm("ln", x).unwrap()), 3, 0.0, 20, 31);
+    gradcheck(tokens(|b, x| b.gelu("gelu", x).unwrap()), 3, 0.0, 20, 32);
+    let tanh = tokens(|b, x| {
+        b.layer(
+            "gelu",
+            Layer::Gelu(dropit::layers::Gelu {
+                tanh: true,
+                lean: false,
+            }),
+            x,
+        )
+        .unwrap()
+    });
+    gradcheck(tanh, 3, 0.0, 20, 33);
+    // Pre-norm block shape: LN → Linear → GELU → Linear, plus the residual.
+    let block = tokens(|b, x| {
+        let h = b.layernorm("ln", x).unwrap();
+        let h = b.linear("fc1", h, 16).unwrap();
+        let h = b.gelu("gelu", h).unwrap();
+        let h = b.linear("fc2", h, 8).unwrap();
+        b.add("res", x, h).unwrap()
+    });
+    gradcheck(block, 3, 0.0, 12, 34);
+}

@@ -262,3 +262,22 @@ fn weights_copy_between_arenas_and_batch_sizes() {
         Err(dropit::Error::Shape { .. })
     ));
 }
+
+#[test]
+fn gelu_matches_pytorch_values() {
+    // torch.nn.functional.gelu at a few points (exact and tanh forms).
+    let mut b = ModelBuilder::new(Shape::new(1, 1, 4));
+    let x = b.gelu("g", b.input()).unwrap();
+    let x = b.linear("head", x, 2).unwrap();
+    let m = b.build(x).unwrap();
+    let mut t = Trainer::new(m, config(1)).unwrap();
+    // Identity-like head: read the GELU outputs through the logits' difference.
+    let r = t.param_range(1);
+    let p = t.params_mut();
+    p[r.clone()].fill(0.0);
+    p[r.start] = 1.0; // w[0][0]: logit 0 = gelu(x0)
+    let e = t.evaluate(&[1.0, 0.0, 0.0, 0.0], &[0]).unwrap();
+    // loss = −log softmax([gelu(1), 0])[0]; gelu(1) = 0.8413447
+    let want = -(0.841_344_7f32.exp() / (0.841_344_7f32.exp() + 1.0)).ln();
+    assert!((e.loss - want).abs() < 1e-5, "{} vs {want}", e.loss);
+}

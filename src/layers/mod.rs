@@ -8,6 +8,8 @@ mod add;
 mod batchnorm;
 mod conv2d;
 mod flatten;
+mod gelu;
+mod layernorm;
 mod linear;
 pub(crate) mod loss;
 pub(crate) mod par;
@@ -18,6 +20,8 @@ pub use add::Add;
 pub use batchnorm::BatchNorm2d;
 pub use conv2d::Conv2d;
 pub use flatten::Flatten;
+pub use gelu::Gelu;
+pub use layernorm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use relu::Relu;
@@ -182,6 +186,10 @@ pub enum Layer {
     Flatten(Flatten),
     /// Elementwise sum of two tensors (residual connections).
     Add(Add),
+    /// Layer normalization over the channel dimension.
+    LayerNorm(LayerNorm),
+    /// GELU activation.
+    Gelu(Gelu),
 }
 
 macro_rules! each {
@@ -196,6 +204,8 @@ macro_rules! each {
             Layer::GlobalAvgPool($l) => $e,
             Layer::Flatten($l) => $e,
             Layer::Add($l) => $e,
+            Layer::LayerNorm($l) => $e,
+            Layer::Gelu($l) => $e,
         }
     };
 }
@@ -213,6 +223,8 @@ impl Layer {
             Layer::GlobalAvgPool(_) => "AdaptiveAvgPool2d(1)",
             Layer::Flatten(_) => "Flatten",
             Layer::Add(_) => "Add",
+            Layer::LayerNorm(_) => "LayerNorm",
+            Layer::Gelu(_) => "GELU",
         }
     }
 
@@ -281,6 +293,15 @@ impl Layer {
                 channels: b.c,
                 lean: b.lean,
             },
+            Layer::LayerNorm(l) => Saved::Norm {
+                elems: n * x.numel(),
+                channels: n * x.rows(),
+                lean: l.lean,
+            },
+            Layer::Gelu(g) => Saved::Input {
+                elems: n * x.numel(),
+                lean: g.lean,
+            },
             _ => Saved::Nothing,
         }
     }
@@ -291,6 +312,7 @@ impl Layer {
             Layer::Linear(l) => l.scratch_words(n * x.rows(), threads),
             Layer::Conv2d(c) => c.scratch_words(n, x, y, threads),
             Layer::BatchNorm2d(b) => b.scratch_words(n, threads),
+            Layer::LayerNorm(l) => l.scratch_words(n * x.rows(), threads),
             _ => 0,
         }
     }
@@ -301,6 +323,7 @@ impl Layer {
             Layer::Linear(l) => l.init(p, rng),
             Layer::Conv2d(c) => c.init(p, rng),
             Layer::BatchNorm2d(b) => b.init(p, state),
+            Layer::LayerNorm(l) => l.init(p),
             _ => {}
         }
     }
