@@ -13,6 +13,7 @@
 //! kernels. Closing that gap is a micro-kernel away; allocating nothing in a step is not
 //! negotiable.)
 
+use crate::isa::{Isa, isa};
 use crate::{Error, Result};
 
 /// Rows of the micro-tile.
@@ -173,26 +174,11 @@ pub fn sgemm(
     }
     match isa() {
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 and FMA.
-        Isa::Avx2 => unsafe { gemm_avx2(alpha, a, b, beta, c, scratch) },
+        // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { gemm_avx2(alpha, a, b, beta, c, scratch) },
         Isa::Base => blocked::<Plain>(alpha, a, b, beta, c, scratch),
     }
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-enum Isa {
-    Base,
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    Avx2,
-}
-
-fn isa() -> Isa {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return Isa::Avx2;
-    }
-    Isa::Base
 }
 
 /// Multiply-add as the target does it best.
@@ -343,7 +329,7 @@ mod tests {
     /// The AVX2+FMA build agrees with the baseline build (within FMA's rounding).
     #[test]
     fn avx2_build_matches_baseline() {
-        if !matches!(isa(), Isa::Avx2) {
+        if !matches!(isa(), Isa::Avx2Fma) {
             return;
         }
         let (m, k, n) = (37, 300, 45);

@@ -31,6 +31,7 @@ extern crate std;
 mod error;
 pub mod format;
 pub mod gemm;
+mod isa;
 pub mod mask;
 pub mod pack;
 pub mod reference;

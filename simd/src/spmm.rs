@@ -9,6 +9,7 @@
 //! multiplies and adds in the same order, so results are bitwise the same on every machine.
 
 use crate::format::Packed;
+use crate::isa::{Isa, isa};
 use crate::pack::for_each_kept;
 use crate::{Error, Result, check_len};
 
@@ -22,22 +23,6 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
     }
-}
-
-/// Which build of the hot loops to run.
-#[derive(Clone, Copy)]
-enum Isa {
-    Base,
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    Avx2,
-}
-
-fn isa() -> Isa {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if std::is_x86_feature_detected!("avx2") {
-        return Isa::Avx2;
-    }
-    Isa::Base
 }
 
 /// Decodes the kept elements of `p` in batches of [`BATCH`] and hands each to `apply`.
@@ -96,8 +81,8 @@ pub fn linear_grad_w(
         match isa {
             Isa::Base => linear_apply(d, g, val, dy, out, gwt),
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
-            Isa::Avx2 => unsafe { linear_apply_avx2(d, g, val, dy, out, gwt) },
+            // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
+            Isa::Avx2Fma => unsafe { linear_apply_avx2(d, g, val, dy, out, gwt) },
         }
     })
 }
@@ -231,8 +216,8 @@ pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -
     batched(x, |idx, val| match isa {
         Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw, &mut cur),
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        // SAFETY: `isa()` returned Avx2 only after the CPU reported AVX2 support.
-        Isa::Avx2 => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw, &mut cur) },
+        // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
+        Isa::Avx2Fma => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw, &mut cur) },
     })
 }
 
