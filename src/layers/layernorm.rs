@@ -168,7 +168,11 @@ impl LayerNorm {
 fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
     (mean as f32, (1.0 / libm::sqrt(var + eps as f64)) as f32)
 }
 
