@@ -1,7 +1,7 @@
 //! The memory planner: every buffer's size and place, decided once, before anything is allocated.
 //!
 //! Layout of the arena (8-byte words), region by region:
-//! parameters | gradients | optimizer state | running statistics | saved | slots | scratch.
+//! parameters | gradients | optimizer state | running statistics | saved | activations | scratch.
 //!
 //! - **saved**: each layer's own context (ReLU masks, max-pool codes, BN's x̂) and every tensor a
 //!   backward reads as it is (the input of a Linear/Conv kept dense). A tensor read by several
