@@ -12,10 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = match name.as_str() {
         "mlp" => Model::mlp()?,
         "cnn" => Model::cnn()?,
-        other => return Err(format!("unknown model {other:?} (mlp | cnn)").into()),
+        "vit" => Model::vit()?,
+        other => return Err(format!("unknown model {other:?} (mlp | cnn | vit)").into()),
+    };
+    let cfg = match name.as_str() {
+        "vit" => TrainerConfig::adamw_recipe(batch, 1),
+        _ => TrainerConfig::sgd_recipe(batch, 1),
     };
     let model = model.with_dropit(&DropIt::new(gamma).lean(lean))?;
-    let t = Trainer::new(model, TrainerConfig::sgd_recipe(batch, 1))?;
+    let t = Trainer::new(model, cfg)?;
     println!("{}", t.memory_report());
     Ok(())
 }

@@ -22,15 +22,15 @@ const STD: f32 = 0.3530;
 const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 const USAGE: &str =
-    "usage: train [--model mlp|cnn] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
+    "usage: train [--model mlp|cnn|vit] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
              [--batch N] [--data [DIR]] [--budget BYTES] [--threads N] [--seed N] [--json]
 
-  --model    workload of DESIGN §10 (default cnn; vit arrives with the transformer layers)
+  --model    workload of DESIGN §10 (default cnn)
   --gamma    DropIT drop ratios to run one after the other (default 0,0.9; 0 = dense)
-  --lean     batch norm keeps its normalized input in bf16
+  --lean     the other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v)
   --epochs   passes over the training set (default 1)
   --steps    stop after this many steps (default: no cap)
-  --batch    batch size (default 128 for mlp, 64 for cnn)
+  --batch    batch size (default 128 for mlp, 64 for cnn and vit)
   --data     Fashion-MNIST directory; without DIR, the Debian package's; absent, the bundled subset
   --budget   fit each run in this many bytes (picks γ and formats; --gamma is then ignored)
   --threads  worker threads (default: all cores)
@@ -106,11 +106,8 @@ fn parse() -> Result<Args, String> {
         }
     }
     match a.model.as_str() {
-        "mlp" | "cnn" => {}
-        "vit" => {
-            return Err("--model vit: the transformer layers are not built yet (mlp | cnn)".into());
-        }
-        m => return Err(format!("--model {m:?}: expected mlp or cnn")),
+        "mlp" | "cnn" | "vit" => {}
+        m => return Err(format!("--model {m:?}: expected mlp, cnn or vit")),
     }
     if a.epochs == 0 || a.batch == Some(0) || a.threads == 0 || a.steps == Some(0) {
         return Err("--epochs, --steps, --batch and --threads must be at least 1".into());
@@ -145,17 +142,20 @@ fn train_one(
     test: &Dataset,
     gamma: f32,
 ) -> Result<Run, Box<dyn std::error::Error>> {
-    let model = if a.model == "mlp" {
-        Model::mlp()?
-    } else {
-        Model::cnn()?
+    let model = match a.model.as_str() {
+        "mlp" => Model::mlp()?,
+        "vit" => Model::vit()?,
+        _ => Model::cnn()?,
     };
     let batch = a.batch.unwrap_or(if a.model == "mlp" { 128 } else { 64 });
     let mut batcher = Batcher::new(train, batch, &[MEAN], &[STD], a.seed)?;
     let total = a.steps.map_or(a.epochs * batcher.batches_per_epoch(), |s| {
         s.min(a.epochs * batcher.batches_per_epoch())
     });
-    let mut cfg = TrainerConfig::sgd_recipe(batch, total as u64);
+    let mut cfg = match a.model.as_str() {
+        "vit" => TrainerConfig::adamw_recipe(batch, total as u64),
+        _ => TrainerConfig::sgd_recipe(batch, total as u64),
+    };
     cfg.threads = a.threads;
     cfg.seed = a.seed;
     let before = ALLOC.current();

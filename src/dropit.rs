@@ -39,7 +39,7 @@ pub struct DropIt {
     /// How grad_W is computed.
     pub path: GradPath,
     /// Also store the other saved tensors lean, as bf16: batch and layer norm's normalized
-    /// inputs, GELU's input.
+    /// inputs, GELU's input, attention's q, k and v.
     pub lean: bool,
 }
 
@@ -91,7 +91,8 @@ impl DropIt {
         }
     }
 
-    /// Sets every Linear/Conv2d layer's input save and every BatchNorm2d's lean flag.
+    /// Sets every Linear/Conv2d layer's input save and the lean flag of every other layer that
+    /// has one.
     pub fn apply(&self, model: &mut Model) -> Result<()> {
         Self::check_gamma("DropIT default", self.gamma)?;
         if let Scope::Block(0) = self.scope {
@@ -137,6 +138,7 @@ impl DropIt {
                 Layer::BatchNorm2d(b) => b.lean = self.lean,
                 Layer::LayerNorm(l) => l.lean = self.lean,
                 Layer::Gelu(g) => g.lean = self.lean,
+                Layer::Attention(a) => a.lean = self.lean,
                 _ => {}
             }
         }

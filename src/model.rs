@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 
 use crate::error::{Result, config_err, shape_err};
 use crate::layers::{
-    Add, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Gelu, GlobalAvgPool, Layer, LayerNorm, Linear,
-    MaxPool2d, Relu,
+    Add, Attention, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Gelu, GlobalAvgPool, Layer,
+    LayerNorm, Linear, MaxPool2d, PosEmbed, Relu, TokenSelect,
 };
 use crate::shape::Shape;
 
@@ -176,6 +176,78 @@ impl ModelBuilder {
         self.layer(name, Layer::Gelu(Gelu::default()), x)
     }
 
+    /// `Dropout(p)` (the identity in evaluation).
+    pub fn dropout(&mut self, name: &str, x: T, p: f32) -> Result<T> {
+        self.layer(name, Layer::Dropout(Dropout { p }), x)
+    }
+
+    /// Patch embedding: a `patch × patch` convolution with stride `patch` and a bias, to `dim`
+    /// channels — one `dim`-wide embedding per patch.
+    pub fn patch_embed(&mut self, name: &str, x: T, dim: usize, patch: usize) -> Result<T> {
+        let cin = self.check(name, x)?.c;
+        let conv = Conv2d::new(cin, dim, patch, patch, 0).with_bias();
+        self.layer(name, Layer::Conv2d(conv), x)
+    }
+
+    /// Patches `[h, w, D]` → tokens `[1, h·w + 1, D]`: a learned cls token first, learned
+    /// positions added.
+    pub fn pos_embed(&mut self, name: &str, x: T) -> Result<T> {
+        let s = self.check(name, x)?;
+        self.layer(name, Layer::PosEmbed(PosEmbed::new(s.c, s.rows())), x)
+    }
+
+    /// Token `index` of `x` as `[1, 1, D]` (0: the cls token).
+    pub fn select_token(&mut self, name: &str, x: T, index: usize) -> Result<T> {
+        self.layer(name, Layer::TokenSelect(TokenSelect { index }), x)
+    }
+
+    /// Multi-head self-attention with `heads` heads on tokens `x` of width D, as timm writes
+    /// it: `{name}.qkv` Linear(D, 3D) → `{name}.sdpa` (scaled dot-product attention) →
+    /// `{name}.proj` Linear(D, D).
+    pub fn attention(&mut self, name: &str, x: T, heads: usize) -> Result<T> {
+        let d = self.check(name, x)?.c;
+        let qkv = self.linear(&format!("{name}.qkv"), x, 3 * d)?;
+        let a = self.layer(
+            &format!("{name}.sdpa"),
+            Layer::Attention(Attention::new(d, heads)),
+            qkv,
+        )?;
+        self.linear(&format!("{name}.proj"), a, d)
+    }
+
+    /// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))` with
+    /// mlp = Linear(D, `mlp`)–GELU–Linear(`mlp`, D); dropout `drop` after the attention's
+    /// projection and after each Linear of the MLP (0: none).
+    pub fn transformer_block(
+        &mut self,
+        name: &str,
+        x: T,
+        heads: usize,
+        mlp: usize,
+        drop: f32,
+    ) -> Result<T> {
+        let d = self.check(name, x)?.c;
+        let h = self.layernorm(&format!("{name}.norm1"), x)?;
+        let h = self.attention(&format!("{name}.attn"), h, heads)?;
+        let h = self.maybe_dropout(&format!("{name}.attn.drop"), h, drop)?;
+        let x = self.add(&format!("{name}.add1"), x, h)?;
+        let h = self.layernorm(&format!("{name}.norm2"), x)?;
+        let h = self.linear(&format!("{name}.mlp.fc1"), h, mlp)?;
+        let h = self.gelu(&format!("{name}.mlp.act"), h)?;
+        let h = self.maybe_dropout(&format!("{name}.mlp.drop1"), h, drop)?;
+        let h = self.linear(&format!("{name}.mlp.fc2"), h, d)?;
+        let h = self.maybe_dropout(&format!("{name}.mlp.drop2"), h, drop)?;
+        self.add(&format!("{name}.add2"), x, h)
+    }
+
+    fn maybe_dropout(&mut self, name: &str, x: T, p: f32) -> Result<T> {
+        if p == 0.0 {
+            Ok(x)
+        } else {
+            self.dropout(name, x, p)
+        }
+    }
+
     /// `[h, w, c]` → `[1, 1, h·w·c]`.
     pub fn flatten(&mut self, name: &str, x: T) -> Result<T> {
         self.layer(name, Layer::Flatten(Flatten), x)
@@ -253,6 +325,36 @@ impl Model {
         Self::resnet8(Shape::new(28, 28, 1), 10)
     }
 
+    /// The DESIGN's `vit` for Fashion-MNIST: patch embedding Conv(1→96, k4, s4) → 49 tokens +
+    /// cls token + learned positions; 4 pre-norm blocks (3 heads, MLP 384); final LayerNorm;
+    /// head Linear(96, 10) on the cls token.
+    pub fn vit() -> Result<Model> {
+        Self::vision_transformer(&VitConfig::default())
+    }
+
+    /// A ViT of any size. The final LayerNorm is applied to the cls token alone: it normalizes
+    /// each token on its own, so this equals normalizing all tokens and then selecting.
+    pub fn vision_transformer(c: &VitConfig) -> Result<Model> {
+        if c.patch == 0 || !c.input.h.is_multiple_of(c.patch) || !c.input.w.is_multiple_of(c.patch)
+        {
+            return shape_err(
+                "patch_embed.proj",
+                format_args!("image sides multiples of the patch ({})", c.patch),
+                c.input,
+            );
+        }
+        let mut b = ModelBuilder::new(c.input);
+        let x = b.patch_embed("patch_embed.proj", b.input(), c.dim, c.patch)?;
+        let mut x = b.pos_embed("pos_embed", x)?;
+        for i in 0..c.depth {
+            x = b.transformer_block(&format!("blocks.{i}"), x, c.heads, c.mlp, c.dropout)?;
+        }
+        let x = b.select_token("cls", x, 0)?;
+        let x = b.layernorm("norm", x)?;
+        let x = b.linear("head", x, c.classes)?;
+        b.build(x)
+    }
+
     /// The nodes in execution order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -313,5 +415,41 @@ impl Model {
     /// Mutable access to a layer (to change its save policy before planning).
     pub fn layer_mut(&mut self, node: usize) -> Option<&mut Layer> {
         self.nodes.get_mut(node).map(|n| &mut n.layer)
+    }
+}
+
+/// The size of a [`Model::vision_transformer`]; the default is the DESIGN's `vit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VitConfig {
+    /// Input image shape.
+    pub input: Shape,
+    /// Classes.
+    pub classes: usize,
+    /// Patch side (the image sides must be multiples).
+    pub patch: usize,
+    /// Width D.
+    pub dim: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads (D must be a multiple).
+    pub heads: usize,
+    /// Hidden width of each block's MLP.
+    pub mlp: usize,
+    /// Dropout after the attention and in the MLP (0: none).
+    pub dropout: f32,
+}
+
+impl Default for VitConfig {
+    fn default() -> Self {
+        VitConfig {
+            input: Shape::new(28, 28, 1),
+            classes: 10,
+            patch: 4,
+            dim: 96,
+            depth: 4,
+            heads: 3,
+            mlp: 384,
+            dropout: 0.0,
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::arena::words_for_f32;
 use crate::layers::Layer;
 use crate::model::Model;
 use crate::plan::Plan;
+use crate::saved::Saved;
 use crate::shape::Shape;
 
 /// One layer's line.
@@ -80,6 +81,9 @@ impl MemoryReport {
                         saved_bytes += bytes(&plan.tensors[t]);
                         counted[t] = true;
                     }
+                    if plan.saved[i] != Saved::Nothing {
+                        what = alloc::format!("{what} + {}", plan.saved[i].describe());
+                    }
                 }
                 if let Some(p) = &plan.packed[i] {
                     dense_bytes += n * xs.numel() * 4;
@@ -108,6 +112,12 @@ impl MemoryReport {
                         Layer::BatchNorm2d(b) => {
                             (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
                         }
+                        // PyTorch keeps q, k, v (the input) and the probabilities.
+                        Layer::Attention(a) => {
+                            let held = if a.lean { n * xs.numel() * 4 } else { 0 };
+                            held + a.lse_rows(n, xs.rows()) * xs.rows() * 4
+                        }
+                        Layer::Dropout(_) => n * ys.numel() * 4,
                         _ => 0,
                     }
                 };

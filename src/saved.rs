@@ -150,6 +150,14 @@ pub enum Saved {
         /// Stored as bf16.
         lean: bool,
     },
+    /// Attention's log-sum-exp per score row (f32), and q|k|v as bf16 when lean (else the
+    /// input is held and `qkv` is 0).
+    Attention {
+        /// Score rows (samples × heads × tokens).
+        rows: usize,
+        /// Elements of the bf16 q|k|v copy.
+        qkv: usize,
+    },
     /// A normalized input and one f32 statistic per channel (batch norm) or per row (layer
     /// norm); the normalized input as bf16 when lean.
     Norm {
@@ -176,6 +184,7 @@ impl Saved {
                     words_for_f32(elems)
                 }
             }
+            Saved::Attention { rows, qkv } => words_for_f32(rows) + words_for_bytes(2 * qkv),
             Saved::Norm {
                 elems,
                 channels,
@@ -204,6 +213,8 @@ impl Saved {
             Saved::Codes { .. } => "argmax u8",
             Saved::Input { lean: false, .. } => "input f32",
             Saved::Input { lean: true, .. } => "input bf16",
+            Saved::Attention { qkv: 0, .. } => "log-sum-exp f32",
+            Saved::Attention { .. } => "qkv bf16 + lse",
             Saved::Norm { lean: false, .. } => "normalized f32",
             Saved::Norm { lean: true, .. } => "normalized bf16",
         }

@@ -48,6 +48,18 @@ impl TrainerConfig {
     }
 }
 
+impl TrainerConfig {
+    /// The DESIGN's transformer recipe: AdamW, lr 1e-3, weight decay 0.05, cosine over
+    /// `total_steps`.
+    pub fn adamw_recipe(batch: usize, total_steps: u64) -> Self {
+        TrainerConfig {
+            optimizer: Optimizer::adamw(0.05),
+            schedule: Schedule::cosine(1e-3, total_steps),
+            ..Self::sgd_recipe(batch, total_steps)
+        }
+    }
+}
+
 /// What one training step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -376,6 +388,7 @@ impl<'a> Trainer<'a> {
                 scratch,
                 threads: self.cfg.threads,
                 inplace,
+                seed: step_seed(self.cfg.seed, self.step, i),
                 packed: pk.map(|p| PackedMutRef {
                     words: packed,
                     format: p.format,
@@ -577,4 +590,12 @@ fn prefix(w: &mut [u64], len: usize) -> &mut [f32] {
     let f = f32s_mut(w);
     let l = len.min(f.len());
     &mut f[..l]
+}
+
+/// The randomness of node `node` in step `step` (dropout masks): distinct per node and step,
+/// and the same when a step is repeated.
+fn step_seed(seed: u64, step: u64, node: usize) -> u64 {
+    let mut r =
+        rng(seed ^ step.rotate_left(32) ^ (node as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+    rand_xoshiro::rand_core::Rng::next_u64(&mut r)
 }

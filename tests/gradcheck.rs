@@ -142,3 +142,65 @@ fn layernorm_and_gelu() {
     });
     gradcheck(block, 3, 0.0, 12, 34);
 }
+
+#[test]
+fn attention() {
+    // qkv Linear(8, 24) → 2-head attention → proj: the qkv weights see attention's dx.
+    gradcheck(
+        tokens(|b, x| b.attention("attn", x, 2).unwrap()),
+        3,
+        0.0,
+        24,
+        35,
+    );
+    // Four heads of two channels.
+    let four = tokens(|b, x| {
+        let qkv = b.linear("qkv", x, 24).unwrap();
+        let a = dropit::layers::Attention::new(8, 4);
+        b.layer("sdpa", Layer::Attention(a), qkv).unwrap()
+    });
+    gradcheck(four, 2, 0.0, 24, 36);
+}
+
+#[test]
+fn tokens_dropout_and_select() {
+    // Patches → cls + positions → select a token: the cls and position parameters get
+    // gradients only through the selected tokens, via the Linear in between.
+    for index in [0, 3] {
+        let mut b = ModelBuilder::new(Shape::new(2, 2, 3));
+        let x = b.patch_embed("patch", b.input(), 6, 1).unwrap();
+        let x = b.pos_embed("pos", x).unwrap();
+        let x = b.linear("mix", x, 6).unwrap();
+        let x = b.select_token("sel", x, index).unwrap();
+        let x = b.linear("head", x, 3).unwrap();
+        gradcheck(b.build(x).unwrap(), 3, 0.0, 30, 37 + index as u64);
+    }
+    let drop = tokens(|b, x| {
+        let x = b.gelu("gelu", x).unwrap();
+        b.dropout("drop", x, 0.3).unwrap()
+    });
+    gradcheck(drop, 3, 0.0, 20, 40);
+    // Followed by a layer that holds nothing, GELU and dropout run in place.
+    let inplace = tokens(|b, x| {
+        let x = b.gelu("gelu", x).unwrap();
+        let x = b.dropout("drop", x, 0.5).unwrap();
+        b.layernorm("ln", x).unwrap()
+    });
+    gradcheck(inplace, 3, 0.0, 20, 42);
+}
+
+#[test]
+fn vit_probe() {
+    // A small ViT (2 blocks, 2 heads, dropout on): a few parameters of every layer.
+    let cfg = dropit::VitConfig {
+        input: Shape::new(8, 8, 1),
+        classes: 5,
+        patch: 4,
+        dim: 8,
+        depth: 2,
+        heads: 2,
+        mlp: 16,
+        dropout: 0.1,
+    };
+    gradcheck(Model::vision_transformer(&cfg).unwrap(), 3, 0.0, 4, 41);
+}

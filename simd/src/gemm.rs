@@ -108,13 +108,38 @@ impl<'a> Mat<'a> {
 impl<'a> MatMut<'a> {
     /// A row-major `rows × cols` matrix.
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
-        fits("output matrix view", data.len(), rows, cols, cols, 1)?;
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// A matrix with explicit strides (a column band of a wider matrix, say). Distinct
+    /// elements may not share a place: rows must not interleave with columns.
+    pub fn strided(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    ) -> Result<Self> {
+        fits("output matrix view", data.len(), rows, cols, rs, cs)?;
+        let disjoint = match (rows > 1, cols > 1) {
+            (false, false) => true,
+            (true, false) => rs >= 1,
+            (false, true) => cs >= 1,
+            (true, true) => rs >= 1 && cs >= 1 && (rs >= cs * cols || cs >= rs * rows),
+        };
+        if !disjoint {
+            return Err(Error::Length {
+                what: "output matrix view: overlapping strides",
+                expected: rows * cols,
+                given: 0,
+            });
+        }
         Ok(MatMut {
             data,
             rows,
             cols,
-            rs: cols,
-            cs: 1,
+            rs,
+            cs,
         })
     }
 }

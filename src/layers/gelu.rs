@@ -54,37 +54,43 @@ impl Gelu {
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
         let len = f.y.len();
-        let keep = !f.saved.is_empty();
-        if keep && self.lean {
+        // In place, `y` holds the input and `x` is empty.
+        let xs = f.x.chunks(c).chain(core::iter::repeat(&[][..]));
+        if f.saved.is_empty() {
+            return each(f.y.chunks_mut(c).zip(xs), |(y, x)| {
+                self.fwd::<f32>(y, x, &mut [])
+            });
+        }
+        if self.lean {
             let s: &mut [bf16] = &mut bytemuck::cast_slice_mut(&mut *f.saved)[..len];
             each(
-                f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(s.chunks_mut(c)),
-                |((y, x), s)| self.fwd(y, x, s),
-            )
-        } else if keep {
-            let s: &mut [f32] = &mut bytemuck::cast_slice_mut(&mut *f.saved)[..len];
-            each(
-                f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(s.chunks_mut(c)),
+                f.y.chunks_mut(c).zip(xs).zip(s.chunks_mut(c)),
                 |((y, x), s)| self.fwd(y, x, s),
             )
         } else {
-            each(f.y.chunks_mut(c).zip(f.x.chunks(c)), |(y, x)| {
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.eval(x).0);
-                Ok(())
-            })
+            let s: &mut [f32] = &mut bytemuck::cast_slice_mut(&mut *f.saved)[..len];
+            each(
+                f.y.chunks_mut(c).zip(xs).zip(s.chunks_mut(c)),
+                |((y, x), s)| self.fwd(y, x, s),
+            )
         }
     }
 
+    /// `y = gelu(x)` (of `y` itself when `x` is empty), keeping the input in `saved` unless it
+    /// is empty.
     fn fwd<V: Value>(&self, y: &mut [f32], x: &[f32], saved: &mut [V]) -> Result<()> {
-        for ((y, &x), s) in y.iter_mut().zip(x).zip(saved) {
-            *y = self.eval(x).0;
-            *s = V::from_f32(x);
+        for (j, y) in y.iter_mut().enumerate() {
+            let v = if x.is_empty() { *y } else { x[j] };
+            if let Some(s) = saved.get_mut(j) {
+                *s = V::from_f32(v);
+            }
+            *y = self.eval(v).0;
         }
         Ok(())
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let len = b.dy.len();
+        let len = b.dx.len();
         if self.lean {
             let s: &[bf16] = &bytemuck::cast_slice(b.saved)[..len];
             self.bwd(b, s)
@@ -95,12 +101,15 @@ impl Gelu {
     }
 
     fn bwd<V: Value + Sync>(&self, b: &mut Bwd<'_>, saved: &[V]) -> Result<()> {
-        let c = elem_chunk(b.dy.len(), b.threads);
-        let acc = b.acc;
+        let c = elem_chunk(b.dx.len(), b.threads);
+        // In place, `dx` holds dy and `dy` is empty.
+        let (acc, inplace) = (b.acc && !b.inplace, b.inplace);
+        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
         each(
-            b.dx.chunks_mut(c).zip(b.dy.chunks(c)).zip(saved.chunks(c)),
+            b.dx.chunks_mut(c).zip(dys).zip(saved.chunks(c)),
             |((dx, dy), s)| {
-                for ((d, &g), x) in dx.iter_mut().zip(dy).zip(s) {
+                for (j, (d, x)) in dx.iter_mut().zip(s).enumerate() {
+                    let g = if inplace { *d } else { dy[j] };
                     put(d, g * self.eval(x.to_f32()).1, acc);
                 }
                 Ok(())

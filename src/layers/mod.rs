@@ -5,8 +5,10 @@
 //! and the shared scratch — through [`Fwd`] and [`Bwd`].
 
 mod add;
+mod attention;
 mod batchnorm;
 mod conv2d;
+mod dropout;
 mod flatten;
 mod gelu;
 mod layernorm;
@@ -15,16 +17,20 @@ pub(crate) mod loss;
 pub(crate) mod par;
 mod pool;
 mod relu;
+mod tokens;
 
 pub use add::Add;
+pub use attention::Attention;
 pub use batchnorm::BatchNorm2d;
 pub use conv2d::Conv2d;
+pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use gelu::Gelu;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use relu::Relu;
+pub use tokens::{PosEmbed, TokenSelect};
 
 use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
@@ -53,6 +59,8 @@ pub(crate) struct Fwd<'a> {
     pub threads: usize,
     /// `y` already holds the input (`x` is empty): work in place.
     pub inplace: bool,
+    /// Randomness of this step and node (dropout).
+    pub seed: u64,
     /// The layer's packed input region (DropIT), where it keeps one.
     pub packed: Option<PackedMutRef<'a>>,
 }
@@ -190,6 +198,14 @@ pub enum Layer {
     LayerNorm(LayerNorm),
     /// GELU activation.
     Gelu(Gelu),
+    /// Multi-head self-attention on a fused q|k|v input.
+    Attention(Attention),
+    /// Learned cls token and positions: patches → tokens.
+    PosEmbed(PosEmbed),
+    /// One token of a sequence.
+    TokenSelect(TokenSelect),
+    /// Dropout.
+    Dropout(Dropout),
 }
 
 macro_rules! each {
@@ -206,6 +222,10 @@ macro_rules! each {
             Layer::Add($l) => $e,
             Layer::LayerNorm($l) => $e,
             Layer::Gelu($l) => $e,
+            Layer::Attention($l) => $e,
+            Layer::PosEmbed($l) => $e,
+            Layer::TokenSelect($l) => $e,
+            Layer::Dropout($l) => $e,
         }
     };
 }
@@ -225,6 +245,10 @@ impl Layer {
             Layer::Add(_) => "Add",
             Layer::LayerNorm(_) => "LayerNorm",
             Layer::Gelu(_) => "GELU",
+            Layer::Attention(_) => "MultiheadAttention",
+            Layer::PosEmbed(_) => "PosEmbed",
+            Layer::TokenSelect(_) => "TokenSelect",
+            Layer::Dropout(_) => "Dropout",
         }
     }
 
@@ -232,7 +256,11 @@ impl Layer {
     /// over its output gradient, for these shapes.
     pub(crate) fn in_place(&self, x: Shape, y: Shape) -> bool {
         match self {
-            Layer::Relu(_) | Layer::Add(_) | Layer::BatchNorm2d(_) => true,
+            Layer::Relu(_)
+            | Layer::Add(_)
+            | Layer::BatchNorm2d(_)
+            | Layer::Gelu(_)
+            | Layer::Dropout(_) => true,
             Layer::Conv2d(c) => c.in_place(x, y),
             _ => false,
         }
@@ -266,6 +294,8 @@ impl Layer {
         match self {
             Layer::Linear(l) => l.save.holds_input(),
             Layer::Conv2d(c) => c.save.holds_input(),
+            // q, k and v themselves, unless a bf16 copy is kept instead.
+            Layer::Attention(a) => !a.lean,
             _ => false,
         }
     }
@@ -302,6 +332,13 @@ impl Layer {
                 elems: n * x.numel(),
                 lean: g.lean,
             },
+            Layer::Attention(a) => Saved::Attention {
+                rows: a.lse_rows(n, x.rows()),
+                qkv: if a.lean { n * x.numel() } else { 0 },
+            },
+            Layer::Dropout(_) => Saved::Mask {
+                elems: n * y.numel(),
+            },
             _ => Saved::Nothing,
         }
     }
@@ -313,6 +350,7 @@ impl Layer {
             Layer::Conv2d(c) => c.scratch_words(n, x, y, threads),
             Layer::BatchNorm2d(b) => b.scratch_words(n, threads),
             Layer::LayerNorm(l) => l.scratch_words(n * x.rows(), threads),
+            Layer::Attention(a) => a.scratch_words(n, x, threads),
             _ => 0,
         }
     }
@@ -324,6 +362,7 @@ impl Layer {
             Layer::Conv2d(c) => c.init(p, rng),
             Layer::BatchNorm2d(b) => b.init(p, state),
             Layer::LayerNorm(l) => l.init(p),
+            Layer::PosEmbed(e) => e.init(p, rng),
             _ => {}
         }
     }

@@ -1,0 +1,104 @@
+//! Dropout. Saves one bit per element — kept or dropped — never a float mask.
+//!
+//! The mask is a hash of (seed, element index), the seed drawn from the trainer's seed, the step
+//! and the node: the same for any number of workers, and the same when a step is repeated
+//! (`loss_and_grads` twice gives the same mask, so finite differences see one function).
+
+use dropit_simd::mask::mask_words;
+
+use super::par::{each, elem_chunk};
+use super::{Bwd, Fwd, put};
+use crate::error::{Result, config_err};
+use crate::shape::Shape;
+
+/// `Dropout(p)`: in training, zeroes each element with probability `p` and scales the rest by
+/// `1 / (1 − p)`; in evaluation, the identity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// Probability of dropping an element, in `[0, 1)`.
+    pub p: f32,
+}
+
+impl Dropout {
+    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if !(0.0..1.0).contains(&self.p) {
+            return config_err(
+                name,
+                alloc::format!("dropout p = {} is not in [0, 1)", self.p),
+            );
+        }
+        Ok(x)
+    }
+
+    pub(crate) fn param_count(&self) -> usize {
+        0
+    }
+
+    /// Whether element `i` is kept under `seed`.
+    #[inline]
+    fn kept(&self, seed: u64, i: usize) -> bool {
+        let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // splitmix64's finaliser: every input bit reaches every output bit.
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32) / (1u64 << 24) as f32 >= self.p
+    }
+
+    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let c = elem_chunk(f.y.len(), f.threads);
+        let (x, inplace) = (f.x, f.inplace);
+        let xs = x.chunks(c).chain(core::iter::repeat(&[][..]));
+        if !f.train || f.saved.is_empty() {
+            if !inplace {
+                f.y.copy_from_slice(x);
+            }
+            return Ok(());
+        }
+        let (seed, scale) = (f.seed, 1.0 / (1.0 - self.p));
+        let bits = &mut f.saved[..mask_words(f.y.len())];
+        let work =
+            f.y.chunks_mut(c)
+                .zip(xs)
+                .zip(bits.chunks_mut(c / 64))
+                .enumerate();
+        each(work, |(g, ((y, x), bits))| {
+            if !inplace {
+                y.copy_from_slice(x);
+            }
+            bits.fill(0);
+            for (j, v) in y.iter_mut().enumerate() {
+                if self.kept(seed, g * c + j) {
+                    bits[j / 64] |= 1 << (j % 64);
+                    *v *= scale;
+                } else {
+                    *v = 0.0;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let len = b.dx.len();
+        let c = elem_chunk(len, b.threads);
+        let bits = &b.saved[..mask_words(len)];
+        let (scale, acc, inplace) = (1.0 / (1.0 - self.p), b.acc, b.inplace);
+        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
+        each(
+            b.dx.chunks_mut(c).zip(dys).zip(bits.chunks(c / 64)),
+            |((dx, dy), bits)| {
+                for (j, d) in dx.iter_mut().enumerate() {
+                    let g = if inplace { *d } else { dy[j] };
+                    let m = if (bits[j / 64] >> (j % 64)) & 1 == 1 {
+                        scale
+                    } else {
+                        0.0
+                    };
+                    put(d, g * m, acc && !inplace);
+                }
+                Ok(())
+            },
+        )
+    }
+}
