@@ -79,33 +79,57 @@ pub(crate) struct Regions {
     pub scratch: Range<usize>,
 }
 
-/// Intervals of the activation pool, handed out first fit by offset.
+/// Buffers of the activation pool, each a size and a span of time — forward steps 0..=N, then
+/// backward steps N..=2N — placed once every span is known.
 #[derive(Default)]
 struct Pool {
-    live: Vec<Range<usize>>,
-    top: usize,
+    /// (words, first step, last step).
+    bufs: Vec<(usize, usize, usize)>,
 }
 
 impl Pool {
-    fn alloc(&mut self, len: usize) -> Range<usize> {
-        self.live.sort_by_key(|r| r.start);
-        let mut start = 0;
-        for r in &self.live {
-            if r.start >= start + len {
-                break;
-            }
-            start = start.max(r.end);
-        }
-        let r = start..start + len;
-        self.top = self.top.max(r.end);
-        self.live.push(r.clone());
-        r
+    /// A new buffer of `words`, first used at step `at`.
+    fn alloc(&mut self, words: usize, at: usize) -> usize {
+        self.bufs.push((words, at, at));
+        self.bufs.len() - 1
     }
 
-    fn free(&mut self, r: &Range<usize>) {
-        if let Some(i) = self.live.iter().position(|l| l == r) {
-            self.live.swap_remove(i);
+    /// Buffer `b` is used at step `at`.
+    fn touch(&mut self, b: usize, at: usize) {
+        let (_, first, last) = &mut self.bufs[b];
+        *first = (*first).min(at);
+        *last = (*last).max(at);
+    }
+
+    /// Places the buffers, largest first, each at the lowest offset free for its whole span
+    /// ("greedy by size": a tensor that outlives its neighbours cannot strand a hole below
+    /// it, as it can when buffers are handed out in time order). Returns each buffer's range
+    /// and the pool's size.
+    fn place(&self) -> (Vec<Range<usize>>, usize) {
+        let mut order: Vec<usize> = (0..self.bufs.len()).collect();
+        order.sort_by_key(|&b| (core::cmp::Reverse(self.bufs[b].0), self.bufs[b].1));
+        let mut at: Vec<Option<Range<usize>>> = vec![None; self.bufs.len()];
+        let mut top = 0;
+        for b in order {
+            let (words, first, last) = self.bufs[b];
+            let mut busy: Vec<Range<usize>> = (0..self.bufs.len())
+                .filter_map(|o| {
+                    let (_, f, l) = self.bufs[o];
+                    at[o].clone().filter(|_| f <= last && first <= l)
+                })
+                .collect();
+            busy.sort_by_key(|r| r.start);
+            let mut start = 0;
+            for r in &busy {
+                if r.start >= start + words {
+                    break;
+                }
+                start = start.max(r.end);
+            }
+            top = top.max(start + words);
+            at[b] = Some(start..start + words);
         }
+        (at.into_iter().map(Option::unwrap_or_default).collect(), top)
     }
 }
 
@@ -168,11 +192,11 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let size = |t: usize| words_for_f32(numel(t));
     let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
     let once = |n: &crate::model::Node, t: usize| reads(n).iter().filter(|&&u| u == t).count() == 1;
-    let mut fwd = Pool::default();
-    let mut act = vec![0..0; nt];
+    let mut pool = Pool::default();
+    let mut act = vec![usize::MAX; nt];
     let mut inplace = vec![false; nodes.len()];
     if !held[0] {
-        act[0] = fwd.alloc(size(0));
+        act[0] = pool.alloc(size(0), 0);
     }
     for (i, n) in nodes.iter().enumerate() {
         let t0 = n.inputs[0];
@@ -184,51 +208,56 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
             && last_use[t0] == Some(i)
             && once(n, t0);
         if inplace[i] {
-            act[n.output] = act[t0].clone();
+            act[n.output] = act[t0];
         } else if !held[n.output] {
-            act[n.output] = fwd.alloc(size(n.output));
+            act[n.output] = pool.alloc(size(n.output), i);
         }
         for &t in &reads(n) {
-            if last_use[t] == Some(i) && !held[t] && !(inplace[i] && t == t0) {
-                fwd.free(&act[t]);
+            if !held[t] {
+                pool.touch(act[t], i);
             }
         }
     }
-    // Gradients: the loss turns the logits into their gradient in place; an in-place layer
-    // whose input gradient starts with it writes that over its output gradient.
-    let mut bwd = Pool::default();
-    bwd.live.push(act[model.logits].clone());
-    bwd.top = act[model.logits].end;
-    let mut gact: Vec<Option<Range<usize>>> = vec![None; nt];
-    gact[model.logits] = Some(act[model.logits].clone());
+    // Gradients, in backward time (node i runs at step 2N − i): the loss turns the logits into
+    // their gradient in place at step N; an in-place layer whose input gradient starts with it
+    // writes that over its output gradient.
+    let steps = nodes.len();
+    let back = |i: usize| 2 * steps - i;
+    pool.touch(act[model.logits], steps);
+    let mut gact: Vec<Option<usize>> = vec![None; nt];
+    gact[model.logits] = Some(act[model.logits]);
     let mut acc = vec![[false; 2]; nodes.len()];
     let mut inplace_bwd = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
-        let dy = gact[n.output].clone().unwrap_or(0..0);
+        let dy = gact[n.output];
+        if let Some(dy) = dy {
+            pool.touch(dy, back(i));
+        }
         let t0 = n.inputs[0];
         // No gradient for the model input, nor for what frozen nodes made.
         let wants = |t: usize| t > frozen;
         inplace_bwd[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
             && wants(t0)
             && gact[t0].is_none()
+            && dy.is_some()
             && once(n, t0);
         if inplace_bwd[i] {
-            gact[t0] = Some(dy.clone());
+            gact[t0] = dy;
         }
         for (j, &t) in reads(n).iter().enumerate() {
             if !wants(t) || (j == 0 && inplace_bwd[i]) {
                 continue;
             }
             match gact[t] {
-                None => gact[t] = Some(bwd.alloc(size(t))),
-                Some(_) => acc[i][j] = true,
+                None => gact[t] = Some(pool.alloc(size(t), back(i))),
+                Some(g) => {
+                    acc[i][j] = true;
+                    pool.touch(g, back(i));
+                }
             }
         }
-        if !inplace_bwd[i] {
-            bwd.free(&dy);
-        }
     }
-    let pool_words = fwd.top.max(bwd.top);
+    let (placed, pool_words) = pool.place();
 
     // Own contexts and scratch.
     let saved: Vec<Saved> = nodes
@@ -298,11 +327,11 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let regions_slots = take(&mut cur, pool_words);
     let shift = |r: &Range<usize>| pool + r.start..pool + r.end;
     for t in (0..nt).filter(|&t| !held[t]) {
-        tensors[t] = shift(&act[t]);
+        tensors[t] = shift(&placed[act[t]]);
     }
     let grads = gact
         .iter()
-        .map(|g| g.as_ref().map_or(0..0, shift))
+        .map(|g| g.map_or(0..0, |b| shift(&placed[b])))
         .collect();
     let regions_scratch = take(&mut cur, scratch_words);
     Ok(Plan {

@@ -121,12 +121,14 @@ impl<'a> MatMut<'a> {
         cs: usize,
     ) -> Result<Self> {
         fits("output matrix view", data.len(), rows, cols, rs, cs)?;
-        let disjoint = match (rows > 1, cols > 1) {
-            (false, false) => true,
-            (true, false) => rs >= 1,
-            (false, true) => cs >= 1,
-            (true, true) => rs >= 1 && cs >= 1 && (rs >= cs * cols || cs >= rs * rows),
-        };
+        let disjoint = rows == 0
+            || cols == 0
+            || match (rows > 1, cols > 1) {
+                (false, false) => true,
+                (true, false) => rs >= 1,
+                (false, true) => cs >= 1,
+                (true, true) => rs >= 1 && cs >= 1 && (rs >= cs * cols || cs >= rs * rows),
+            };
         if !disjoint {
             return Err(Error::Length {
                 what: "output matrix view: overlapping strides",

@@ -30,6 +30,43 @@ proptest! {
 }
 
 #[test]
+fn strided_output_writes_its_band_only() {
+    // C is a 5×3 column band (columns 2..5) of a 5×7 matrix: the rest stays as it was.
+    let (m, k, n, width) = (5, 4, 3, 7);
+    let (a, b) = (normals(m * k, 4), normals(k * n, 5));
+    let mut wide = normals(m * width, 6);
+    let before = wide.clone();
+    let mut scratch = vec![0.0; scratch_len(m, k, n)];
+    let c = MatMut::strided(&mut wide[2..], m, n, width, 1).unwrap();
+    sgemm(
+        1.0,
+        Mat::new(&a, m, k).unwrap(),
+        Mat::new(&b, k, n).unwrap(),
+        1.0,
+        c,
+        &mut scratch,
+    )
+    .unwrap();
+    for i in 0..m {
+        for j in 0..width {
+            let old = before[i * width + j];
+            let want = if (2..5).contains(&j) {
+                old + (0..k).map(|p| a[i * k + p] * b[p * n + j - 2]).sum::<f32>()
+            } else {
+                old
+            };
+            assert!((wide[i * width + j] - want).abs() < 1e-5, "({i}, {j})");
+        }
+    }
+    // Views whose elements would share a place are refused; empty ones are fine.
+    let mut d = [0.0f32; 16];
+    assert!(MatMut::strided(&mut d, 3, 3, 2, 1).is_err(), "rows overlap");
+    assert!(MatMut::strided(&mut d, 2, 2, 0, 1).is_err(), "rows alias");
+    assert!(MatMut::strided(&mut d, 3, 3, 1, 3).is_ok(), "column-major");
+    assert!(MatMut::strided(&mut d, 0, 4, 0, 0).is_ok(), "empty");
+}
+
+#[test]
 fn bad_views_and_shapes_are_errors() {
     let d = [0.0f32; 6];
     assert!(matches!(Mat::new(&d, 2, 4), Err(Error::Length { .. })));
