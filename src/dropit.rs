@@ -38,8 +38,8 @@ pub struct DropIt {
     pub positions: Positions,
     /// How grad_W is computed.
     pub path: GradPath,
-    /// Also store the other saved tensors lean, as bf16: batch and layer norm's normalized
-    /// inputs, GELU's input, attention's q, k and v.
+    /// Also store the other saved tensors lean: batch and layer norm's normalized inputs and
+    /// attention's q, k and v as bf16, GELU's derivative as a one-byte code.
     pub lean: bool,
 }
 
@@ -65,9 +65,13 @@ impl DropIt {
         Self::new(0.0)
     }
 
-    /// With the lean option.
+    /// With the lean option; turning it on also keeps DropIT's values as bf16 (the kept
+    /// values only feed grad_W, where bf16's rounding is small beside the dropping itself).
     pub fn lean(mut self, lean: bool) -> Self {
         self.lean = lean;
+        if lean {
+            self.values = ValueType::Bf16;
+        }
         self
     }
 

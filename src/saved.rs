@@ -143,11 +143,11 @@ pub enum Saved {
         /// Elements covered.
         elems: usize,
     },
-    /// The layer's input itself (GELU), as bf16 when lean.
+    /// The layer's input itself (GELU), or when lean its derivative as a one-byte code.
     Input {
         /// Elements.
         elems: usize,
-        /// Stored as bf16.
+        /// Stored as a derivative code.
         lean: bool,
     },
     /// Attention's log-sum-exp per score row (f32), and q|k|v as bf16 when lean (else the
@@ -179,7 +179,7 @@ impl Saved {
             Saved::Codes { elems } => words_for_bytes(elems),
             Saved::Input { elems, lean } => {
                 if lean {
-                    words_for_bytes(2 * elems)
+                    words_for_bytes(elems)
                 } else {
                     words_for_f32(elems)
                 }
@@ -212,7 +212,7 @@ impl Saved {
             Saved::Mask { .. } => "1-bit mask",
             Saved::Codes { .. } => "argmax u8",
             Saved::Input { lean: false, .. } => "input f32",
-            Saved::Input { lean: true, .. } => "input bf16",
+            Saved::Input { lean: true, .. } => "slope u8",
             Saved::Attention { qkv: 0, .. } => "log-sum-exp f32",
             Saved::Attention { .. } => "qkv bf16 + lse",
             Saved::Norm { lean: false, .. } => "normalized f32",

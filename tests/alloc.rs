@@ -104,6 +104,16 @@ fn steps_allocate_nothing_and_peak_is_the_plan() {
     check(Model::mlp().unwrap(), 32, 1);
     check(Model::cnn().unwrap(), 8, 1);
     check(Model::cnn().unwrap(), 8, 2);
+    let vit = |dropout: f32| {
+        let cfg = dropit::VitConfig {
+            dropout,
+            ..Default::default()
+        };
+        Model::vision_transformer(&cfg).unwrap()
+    };
+    check(vit(0.1), 8, 1);
+    let lean = dropit::DropIt::new(0.9).lean(true);
+    check(vit(0.0).with_dropit(&lean).unwrap(), 8, 2);
     // Last: a dropped pool's threads may still be winding down (and freeing) for a while.
     long_loop_on_workers();
 }

@@ -300,11 +300,12 @@ fn policy_errors_name_the_problem() {
 }
 
 #[test]
-fn lean_stores_layernorm_and_gelu_inputs_in_bf16() {
+fn lean_stores_norms_attention_and_gelu_small() {
     let build = || {
         let mut b = ModelBuilder::new(Shape::new(1, 10, 16));
         let x = b.linear("in", b.input(), 16).unwrap();
         let x = b.layernorm("ln", x).unwrap();
+        let x = b.attention("attn", x, 2).unwrap();
         let x = b.linear("fc1", x, 32).unwrap();
         let x = b.gelu("gelu", x).unwrap();
         let x = b.linear("fc2", x, 16).unwrap();
@@ -319,12 +320,57 @@ fn lean_stores_layernorm_and_gelu_inputs_in_bf16() {
         assert!(t.step(&x, &y).unwrap().loss.is_finite());
         let r = t.memory_report();
         let row = |n: &str| r.layers.iter().find(|l| l.name == n).unwrap().saved_bytes;
-        (row("ln"), row("gelu"))
+        [row("ln"), row("attn.sdpa"), row("gelu")]
     };
-    let ((ln, gelu), (ln_lean, gelu_lean)) = (bytes(false), bytes(true));
-    assert_eq!((ln, gelu), (8 * 10 * 16 * 4 + 8 * 10 * 4, 8 * 10 * 32 * 4));
+    // LayerNorm: x̂ and 1/σ per row; attention: q|k|v (held, or bf16) and one log-sum-exp per
+    // row and head; GELU: its input, or a one-byte derivative.
+    let lse = 8 * 2 * 10 * 4;
     assert_eq!(
-        (ln_lean, gelu_lean),
-        (8 * 10 * 16 * 2 + 8 * 10 * 4, 8 * 10 * 32 * 2)
+        bytes(false),
+        [
+            8 * 10 * 16 * 4 + 8 * 10 * 4,
+            8 * 10 * 48 * 4 + lse,
+            8 * 10 * 32 * 4
+        ]
     );
+    assert_eq!(
+        bytes(true),
+        [
+            8 * 10 * 16 * 2 + 8 * 10 * 4,
+            8 * 10 * 48 * 2 + lse,
+            8 * 10 * 32
+        ]
+    );
+}
+
+#[test]
+fn lean_gradients_stay_close_to_exact() {
+    // A small ViT with γ = 0: lean changes only how norms, attention and GELU keep their
+    // inputs, so its gradients must be the exact ones up to bf16 / one-byte rounding.
+    let cfg = dropit::VitConfig {
+        input: Shape::new(8, 8, 1),
+        classes: 4,
+        patch: 2,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        mlp: 32,
+        dropout: 0.0,
+    };
+    let grads = |lean: bool| {
+        let m = Model::vision_transformer(&cfg)
+            .unwrap()
+            .with_dropit(&DropIt::new(0.0).lean(lean))
+            .unwrap();
+        let mut t = Trainer::new(m, config(8)).unwrap();
+        t.loss_and_grads(&data(8 * 64, 3), &labels(8, 4, 4))
+            .unwrap();
+        t.grads().to_vec()
+    };
+    let (exact, lean) = (grads(false), grads(true));
+    assert_ne!(exact, lean, "lean must change how things are kept");
+    let dot: f64 = exact.iter().zip(&lean).map(|(a, b)| (a * b) as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|a| (a * a) as f64).sum::<f64>().sqrt();
+    let cos = dot / (norm(&exact) * norm(&lean));
+    assert!(cos > 0.999, "cosine of lean and exact gradients {cos}");
 }

@@ -22,8 +22,13 @@ fn quadrant_task(n: usize, side: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn learns(model: Model, side: usize, batch: usize, steps: usize) {
+    learns_with(model, side, config(batch), steps)
+}
+
+fn learns_with(model: Model, side: usize, cfg: TrainerConfig, steps: usize) {
+    let batch = cfg.batch;
     let (x, y) = quadrant_task(batch, side, 3);
-    let mut t = Trainer::new(model, config(batch)).unwrap();
+    let mut t = Trainer::new(model, cfg).unwrap();
     let first = t.evaluate(&x, &y).unwrap();
     for _ in 0..steps {
         let s = t.step(&x, &y).unwrap();
@@ -280,4 +285,74 @@ fn gelu_matches_pytorch_values() {
     // loss = −log softmax([gelu(1), 0])[0]; gelu(1) = 0.8413447
     let want = -(0.841_344_7f32.exp() / (0.841_344_7f32.exp() + 1.0)).ln();
     assert!((e.loss - want).abs() < 1e-5, "{} vs {want}", e.loss);
+}
+
+#[test]
+fn vit_learns() {
+    let cfg = dropit::VitConfig {
+        input: Shape::new(8, 8, 1),
+        classes: 4,
+        patch: 2,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        mlp: 32,
+        dropout: 0.0,
+    };
+    // The transformer recipe (AdamW), at a rate for a short run.
+    let mut adamw = TrainerConfig::adamw_recipe(32, 60);
+    adamw.schedule = dropit::Schedule::constant(3e-3);
+    learns_with(Model::vision_transformer(&cfg).unwrap(), 8, adamw, 60);
+    // And under DropIT, lean.
+    let m = Model::vision_transformer(&cfg)
+        .unwrap()
+        .with_dropit(&dropit::DropIt::new(0.5).lean(true))
+        .unwrap();
+    learns_with(m, 8, adamw, 60);
+}
+
+#[test]
+fn dropout_masks_a_fraction_per_step_and_is_identity_in_evaluation() {
+    let (f, p) = (2000, 0.3);
+    let build = |drop: bool| {
+        let mut b = ModelBuilder::new(Shape::flat(f));
+        let x = if drop {
+            b.dropout("drop", b.input(), p).unwrap()
+        } else {
+            b.input()
+        };
+        let x = b.linear("head", x, 3).unwrap();
+        Trainer::new(b.build(x).unwrap(), config(1)).unwrap()
+    };
+    let (x, y) = (data(f, 1), [1u32]);
+    let mut t = build(true);
+    // With one sample, row i of grad_W is zero exactly where input i was dropped.
+    let dropped = |t: &mut Trainer| {
+        t.loss_and_grads(&x, &y).unwrap();
+        let g = t.grads();
+        (0..f)
+            .map(|i| g[i * 3..i * 3 + 3].iter().all(|v| *v == 0.0))
+            .collect::<Vec<bool>>()
+    };
+    let first = dropped(&mut t);
+    assert_eq!(
+        first,
+        dropped(&mut t),
+        "a repeated step draws the same mask"
+    );
+    let frac = first.iter().filter(|d| **d).count() as f32 / f as f32;
+    assert!((frac - p).abs() < 0.05, "dropped {frac}, p = {p}");
+    t.step(&x, &y).unwrap();
+    assert_ne!(first, dropped(&mut t), "the next step draws another mask");
+    // Evaluation is the identity: the same loss as the model without dropout, same weights.
+    let mut plain = build(false);
+    plain.params_mut().copy_from_slice(t.params());
+    assert_eq!(
+        t.evaluate(&x, &y).unwrap().loss,
+        plain.evaluate(&x, &y).unwrap().loss
+    );
+    // A probability outside [0, 1) is refused, naming the layer.
+    let mut b = ModelBuilder::new(Shape::flat(4));
+    let err = b.dropout("blocks.0.drop", b.input(), 1.0).unwrap_err();
+    assert!(format!("{err}").contains("blocks.0.drop"), "{err}");
 }
