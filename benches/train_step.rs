@@ -1,4 +1,4 @@
-//! Training-step time of the DESIGN's workloads (mlp at batch 128, cnn at batch 64), dense and
+//! Training-step time of the DESIGN's workloads (mlp at batch 128, cnn and vit at batch 64), dense and
 //! DropIT γ=0.9 (plain and lean), one and two worker threads, on fixed synthetic batches (time
 //! hardly depends on the values), side by side in one run so they compare as ratios.
 
@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
     for (name, model, n) in [
         ("mlp", Model::mlp().unwrap(), 128),
         ("cnn", Model::cnn().unwrap(), 64),
+        ("vit", Model::vit().unwrap(), 64),
     ] {
         let (x, y) = batch(n);
         for threads in [1, 2] {
@@ -37,7 +38,10 @@ fn bench(c: &mut Criterion) {
                 ("gamma0.9", DropIt::new(0.9)),
                 ("gamma0.9_lean", DropIt::new(0.9).lean(true)),
             ] {
-                let mut cfg = TrainerConfig::sgd_recipe(n, 1_000_000);
+                let mut cfg = match name {
+                    "vit" => TrainerConfig::adamw_recipe(n, 1_000_000),
+                    _ => TrainerConfig::sgd_recipe(n, 1_000_000),
+                };
                 cfg.threads = threads;
                 let m = model.clone().with_dropit(&policy).unwrap();
                 let mut t = Trainer::new(m, cfg).unwrap();

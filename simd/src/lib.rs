@@ -5,6 +5,7 @@
 //! - [`pack`]: keep/drop compaction into a format, and scatter back to dense.
 //! - [`spmm`]: weight gradients of Linear and NHWC Conv2d straight from the packed input.
 //! - [`mask`]: 1-bit masks (ReLU forward/backward).
+//! - [`act`]: exp, GELU and its derivative, eight lanes at a time.
 //! - [`gemm`]: dense GEMM with layouts as strides (a safe face on `matrixmultiply`).
 //! - [`reference`]: a plain scalar twin of every kernel; the tests compare against it.
 //!
@@ -28,6 +29,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod act;
 mod error;
 pub mod format;
 pub mod gemm;

@@ -217,3 +217,30 @@ pub fn apply_mask(dy: &[f32], bits: &[u64], dx: &mut [f32]) -> Result<()> {
     }
     Ok(())
 }
+
+/// `v[i] = e^{v[i] − shift}` by `libm`; returns the sum.
+pub fn exp_shifted(v: &mut [f32], shift: f32) -> f32 {
+    v.iter_mut().fold(0.0, |s, x| {
+        *x = libm::expf(*x - shift);
+        s + *x
+    })
+}
+
+/// GELU value and derivative at `x` by `libm` (erf, or the tanh form).
+pub fn gelu(x: f32, tanh: bool) -> (f32, f32) {
+    let x64 = x as f64;
+    if tanh {
+        let k = (2.0 / core::f64::consts::PI).sqrt();
+        let u = k * (x64 + 0.044715 * x64 * x64 * x64);
+        let t = libm::tanh(u);
+        let du = k * (1.0 + 3.0 * 0.044715 * x64 * x64);
+        (
+            (0.5 * x64 * (1.0 + t)) as f32,
+            (0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * du) as f32,
+        )
+    } else {
+        let cdf = 0.5 * (1.0 + libm::erf(x64 / core::f64::consts::SQRT_2));
+        let pdf = libm::exp(-0.5 * x64 * x64) / (2.0 * core::f64::consts::PI).sqrt();
+        ((x64 * cdf) as f32, (cdf + x64 * pdf) as f32)
+    }
+}

@@ -8,6 +8,7 @@
 //! recomputes them from q, k and the log-sum-exp, exactly as forward made them (one T×T product
 //! per head, a few percent of the block's work, against T² floats per head held all step).
 
+use dropit_simd::act;
 use dropit_simd::gemm::{Mat, MatMut};
 use half::bf16;
 
@@ -133,11 +134,13 @@ impl Attention {
         let p = &mut f32s_mut(p)[..t * t];
         self.scores(x, head, t, p, pack)?;
         for (r, row) in p.chunks_exact_mut(t).enumerate() {
-            // exp(s − lse), as backward recomputes it, rather than exp(s − max) / Σ.
-            let l = log_sum_exp(row);
-            row.iter_mut().for_each(|s| *s = libm::expf(*s - l));
+            // Stable: the row's max is taken out before exp.
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let sum = act::exp_shifted(row, m);
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|p| *p *= inv);
             if let Some(lse) = lse.as_deref_mut() {
-                lse[r] = l;
+                lse[r] = m + libm::logf(sum);
             }
         }
         let v = Mat::strided(&x[2 * d + head * hd..], t, hd, 3 * d, 1)?;
@@ -229,7 +232,7 @@ impl Attention {
         let (p, dp) = f32s_mut(pp)[..2 * t * t].split_at_mut(t * t);
         self.scores(x, head, t, p, pack)?;
         for (row, &l) in p.chunks_exact_mut(t).zip(lse) {
-            row.iter_mut().for_each(|s| *s = libm::expf(*s - l));
+            act::exp_shifted(row, l);
         }
         let dout = Mat::strided(&dy[head * hd..], t, hd, d, 1)?;
         let at = |part: usize| part * d + head * hd;
@@ -251,17 +254,6 @@ impl Attention {
         let dk = MatMut::strided(&mut dx[at(1)..], t, hd, 3 * d, 1)?;
         gemm(scale, ds.t(), q, beta, dk, pack)
     }
-}
-
-/// `log Σ exp(s)` of a row, stable: the max is taken out first.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    if !m.is_finite() {
-        // A row of −∞ (or with +∞/NaN): propagate rather than make up a distribution.
-        return m;
-    }
-    let sum: f32 = row.iter().map(|&v| libm::expf(v - m)).sum();
-    m + libm::logf(sum)
 }
 
 /// `len`-long chunks of `s` as `Some`, then `None` forever (an empty `s` gives only `None`).
