@@ -1,5 +1,6 @@
 //! Prints the memory plan of a reference workload:
-//! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model, batch, γ, lean).
+//! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model mlp | cnn | vit, batch,
+//! γ, lean).
 
 use dropit::{DropIt, Model, Trainer, TrainerConfig};
 

@@ -7,7 +7,7 @@
 //! - [`mask`]: 1-bit masks (ReLU forward/backward).
 //! - [`act`]: exp, GELU and its derivative, eight lanes at a time.
 //! - [`gemm`]: dense GEMM with layouts as strides (a safe face on `matrixmultiply`).
-//! - [`reference`]: a plain scalar twin of every kernel; the tests compare against it.
+//! - [`reference`](mod@reference): a plain scalar twin of every kernel; the tests compare against it.
 //!
 //! ```
 //! use dropit_simd::{format::{Format, PackedMut, ValueType}, pack, select};

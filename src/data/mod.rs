@@ -1,5 +1,5 @@
 //! Datasets: readers for IDX (raw or gzip) and CIFAR-10 binary files, and a seeded shuffling
-//! batcher. A truncated or corrupt file is an [`Error::Data`](crate::Error::Data) naming the
+//! batcher. A truncated or corrupt file is an [`Error::Data`] naming the
 //! file and what was wrong — never a panic and never a silent short read.
 
 mod batcher;

@@ -2,7 +2,7 @@
 //!
 //! A layer never allocates and never keeps pointers between calls: the trainer hands it, for
 //! each call, its slices of the arena — input, output, parameters, gradients, its saved context
-//! and the shared scratch — through [`Fwd`] and [`Bwd`].
+//! and the shared scratch — through `Fwd` and `Bwd`.
 
 mod add;
 mod attention;
