@@ -6,7 +6,7 @@
 //! - **saved**: each layer's own context (ReLU masks, max-pool codes, BN's x̂) and every tensor a
 //!   backward reads as it is (the input of a Linear/Conv kept dense). A tensor read by several
 //!   layers is held once.
-//! - **activations**: one pool for the tensors nobody holds, reused by liveness (first fit):
+//! - **activations**: one pool for the tensors nobody holds, reused by liveness (greedy by size):
 //!   forward outputs live from their producer to their last reader; in backward, a gradient
 //!   lives from its first contribution to its producer's backward. Both phases share the pool.
 //! - **scratch**: the largest single need of any layer (conv's per-sample im2col), shared.
@@ -187,8 +187,8 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         })
         .collect();
 
-    // Activations: intervals of one pool, first fit, by liveness. ReLU, BN and Add write over an
-    // input that dies with them (in place).
+    // Activations: buffers of one pool with their spans of use. ReLU, BN, Add, GELU, dropout
+    // and equal-size convs write over an input that dies with them (in place).
     let size = |t: usize| words_for_f32(numel(t));
     let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
     let once = |n: &crate::model::Node, t: usize| reads(n).iter().filter(|&&u| u == t).count() == 1;

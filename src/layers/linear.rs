@@ -95,11 +95,6 @@ impl Linear {
         let rows = f.n * f.x_shape.rows();
         let (i, o) = (self.inp, self.out);
         let (w, b) = f.p.split_at(i * o);
-        if self.bias {
-            for row in f.y.chunks_mut(o) {
-                row.copy_from_slice(b);
-            }
-        }
         let beta = if self.bias { 1.0 } else { 0.0 };
         let wm = Mat::new(w, i, o)?;
         let (per, t) = split(rows, f.threads);
@@ -110,6 +105,10 @@ impl Linear {
                 .zip(f.scratch.chunks_mut(unit));
         each(groups, |((x, y), s)| {
             let r = x.len() / i;
+            if self.bias {
+                // The GEMM adds onto the bias (each worker fills its own rows).
+                y.chunks_exact_mut(o).for_each(|row| row.copy_from_slice(b));
+            }
             gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
         })?;
         match (self.save.sparse(), f.packed.take()) {
