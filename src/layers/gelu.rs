@@ -75,41 +75,46 @@ impl Gelu {
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let len = b.dx.len();
-        let c = elem_chunk(len, b.threads);
-        // In place, `dx` holds dy and `dy` is empty.
-        let (acc, inplace, tanh) = (b.acc && !b.inplace, b.inplace, self.tanh);
-        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
-        let apply = move |dx: &mut [f32], dy: &[f32], slope: &[f32]| {
-            for (j, (d, k)) in dx.iter_mut().zip(slope).enumerate() {
-                let g = if inplace { *d } else { dy[j] };
-                put(d, g * k, acc);
-            }
-        };
-        let work = b.dx.chunks_mut(c).zip(dys);
+        let tanh = self.tanh;
         if self.lean {
             let s: &[u8] = &bytemuck::cast_slice(b.saved)[..len];
-            each(work.zip(s.chunks(c)), |((dx, dy), s)| {
-                let mut d = [0.0f32; TILE];
-                for (k, (dx, s)) in dx.chunks_mut(TILE).zip(s.chunks(TILE)).enumerate() {
-                    let d = &mut d[..dx.len()];
-                    d.iter_mut().zip(s).for_each(|(d, &c)| *d = slope_of(c));
-                    apply(dx, dy.get(k * TILE..).unwrap_or(&[]), d);
-                }
-                Ok(())
+            Self::bwd(b, s, |s, d| {
+                d.iter_mut().zip(s).for_each(|(d, &c)| *d = slope_of(c))
             })
         } else {
             let s: &[f32] = &bytemuck::cast_slice(b.saved)[..len];
-            each(work.zip(s.chunks(c)), |((dx, dy), s)| {
+            Self::bwd(b, s, |s, d| {
+                d.copy_from_slice(s);
+                act::gelu_slope(d, tanh);
+            })
+        }
+    }
+
+    /// `dx = dy · gelu'`, the derivatives decoded from what was saved a tile at a time.
+    fn bwd<S: Sync>(
+        b: &mut Bwd<'_>,
+        saved: &[S],
+        slopes: impl Fn(&[S], &mut [f32]) + Sync + Send,
+    ) -> Result<()> {
+        let c = elem_chunk(b.dx.len(), b.threads);
+        // In place, `dx` holds dy and `dy` is empty.
+        let (acc, inplace) = (b.acc && !b.inplace, b.inplace);
+        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
+        each(
+            b.dx.chunks_mut(c).zip(dys).zip(saved.chunks(c)),
+            |((dx, dy), s)| {
                 let mut d = [0.0f32; TILE];
                 for (k, (dx, s)) in dx.chunks_mut(TILE).zip(s.chunks(TILE)).enumerate() {
                     let d = &mut d[..dx.len()];
-                    d.copy_from_slice(s);
-                    act::gelu_slope(d, tanh);
-                    apply(dx, dy.get(k * TILE..).unwrap_or(&[]), d);
+                    slopes(s, d);
+                    for (j, (x, slope)) in dx.iter_mut().zip(&*d).enumerate() {
+                        let g = if inplace { *x } else { dy[k * TILE + j] };
+                        put(x, g * slope, acc);
+                    }
                 }
                 Ok(())
-            })
-        }
+            },
+        )
     }
 }
 
