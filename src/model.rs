@@ -205,7 +205,7 @@ impl ModelBuilder {
     /// it: `{name}.qkv` Linear(D, 3D) → `{name}.sdpa` (scaled dot-product attention) →
     /// `{name}.proj` Linear(D, D).
     pub fn attention(&mut self, name: &str, x: T, heads: usize) -> Result<T> {
-        let d = self.check(name, x)?.c;
+        let d = self.check_heads(name, x, heads)?;
         let qkv = self.linear(&format!("{name}.qkv"), x, 3 * d)?;
         let a = self.layer(
             &format!("{name}.sdpa"),
@@ -226,7 +226,13 @@ impl ModelBuilder {
         mlp: usize,
         drop: f32,
     ) -> Result<T> {
-        let d = self.check(name, x)?.c;
+        let d = self.check_heads(name, x, heads)?;
+        if mlp == 0 || !(0.0..1.0).contains(&drop) {
+            return config_err(
+                name,
+                format!("MLP width {mlp} must be ≥ 1 and dropout {drop} in [0, 1)"),
+            );
+        }
         let h = self.layernorm(&format!("{name}.norm1"), x)?;
         let h = self.attention(&format!("{name}.attn"), h, heads)?;
         let h = self.maybe_dropout(&format!("{name}.attn.drop"), h, drop)?;
@@ -238,6 +244,14 @@ impl ModelBuilder {
         let h = self.linear(&format!("{name}.mlp.fc2"), h, d)?;
         let h = self.maybe_dropout(&format!("{name}.mlp.drop2"), h, drop)?;
         self.add(&format!("{name}.add2"), x, h)
+    }
+
+    /// The width of `x`, once it is known to split into `heads` heads (checked before any layer
+    /// is added, so a refused call leaves the builder as it was).
+    fn check_heads(&self, name: &str, x: T, heads: usize) -> Result<usize> {
+        let s = self.check(name, x)?;
+        Attention::new(s.c, heads).out_shape(name, Shape::new(s.h, s.w, 3 * s.c))?;
+        Ok(s.c)
     }
 
     fn maybe_dropout(&mut self, name: &str, x: T, p: f32) -> Result<T> {

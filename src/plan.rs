@@ -168,6 +168,13 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         );
     }
 
+    if held[model.logits] {
+        return config_err(
+            "model output",
+            "the logits are read by a layer that keeps its input; add a layer in between",
+        );
+    }
+
     // Parameters and running statistics.
     let (mut pf, mut sf) = (0, 0);
     let params: Vec<_> = nodes

@@ -46,9 +46,7 @@ impl TrainerConfig {
             threads: 1,
         }
     }
-}
 
-impl TrainerConfig {
     /// The DESIGN's transformer recipe: AdamW, lr 1e-3, weight decay 0.05, cosine over
     /// `total_steps`.
     pub fn adamw_recipe(batch: usize, total_steps: u64) -> Self {

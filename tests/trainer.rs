@@ -356,3 +356,30 @@ fn dropout_masks_a_fraction_per_step_and_is_identity_in_evaluation() {
     let err = b.dropout("blocks.0.drop", b.input(), 1.0).unwrap_err();
     assert!(format!("{err}").contains("blocks.0.drop"), "{err}");
 }
+
+#[test]
+fn transformer_builders_refuse_bad_sizes_and_leave_the_builder_as_it_was() {
+    let mut b = ModelBuilder::new(Shape::new(1, 4, 6));
+    let x = b.input();
+    let e = b.attention("blocks.0.attn", x, 4).unwrap_err();
+    assert!(format!("{e}").contains("blocks.0.attn"), "{e}");
+    let e = b.transformer_block("blocks.0", x, 5, 8, 0.0).unwrap_err();
+    assert!(format!("{e}").contains("blocks.0"), "{e}");
+    let e = b.transformer_block("blocks.0", x, 2, 0, 0.0).unwrap_err();
+    assert!(format!("{e}").contains("MLP width"), "{e}");
+    let e = b.transformer_block("blocks.0", x, 2, 8, 1.5).unwrap_err();
+    assert!(format!("{e}").contains("dropout"), "{e}");
+    // Nothing was added: the same names still build.
+    let x = b.transformer_block("blocks.0", x, 2, 8, 0.0).unwrap();
+    let x = b.select_token("cls", x, 0).unwrap();
+    let x = b.linear("head", x, 3).unwrap();
+    let m = b.build(x).unwrap();
+    assert!(m.find("blocks.0.attn.sdpa").is_some());
+    // Images whose sides are not multiples of the patch are refused.
+    let cfg = dropit::VitConfig {
+        patch: 5,
+        ..Default::default()
+    };
+    let e = Model::vision_transformer(&cfg).unwrap_err();
+    assert!(format!("{e}").contains("patch"), "{e}");
+}
