@@ -390,6 +390,8 @@ fn bench_gemm(c: &mut Criterion) {
         ("linear_fwd_128x512x512", 128, 512, 512, false),
         ("conv_fwd_784x288x32", 784, 288, 32, false),
         ("conv_gradw_288x784x32", 288, 784, 32, true),
+        ("vit_fc1_fwd_1600x96x384", 1600, 96, 384, false),
+        ("vit_attn_scores_50x32x50", 50, 32, 50, false),
     ];
     for (name, m, k, n, at) in shapes {
         let a = normals(m * k, 1);

@@ -18,8 +18,10 @@ use crate::{Error, Result};
 
 /// Rows of the micro-tile.
 pub const MR: usize = 6;
-/// Columns of the micro-tile.
+/// Columns of the micro-tile (16: two AVX2 registers per row).
 pub const NR: usize = 16;
+/// Columns of the micro-tile in the AVX-512 build (two 512-bit registers per row).
+const NR_WIDE: usize = 32;
 const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 1024;
@@ -153,7 +155,8 @@ pub const fn scratch_len(m: usize, k: usize, n: usize) -> usize {
     }
     let kc = if k < KC { k } else { KC };
     let mc = (if m < MC { m } else { MC }).div_ceil(MR) * MR;
-    let nc = (if n < NC { n } else { NC }).div_ceil(NR) * NR;
+    // Panels are rounded to the widest build's tile, so one plan serves every CPU.
+    let nc = (if n < NC { n } else { NC }).div_ceil(NR_WIDE) * NR_WIDE;
     kc * (mc + nc)
 }
 
@@ -201,16 +204,27 @@ pub fn sgemm(
     }
     match isa() {
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        // SAFETY: the CPU reported AVX-512F besides AVX2 and FMA.
+        Isa::Avx2Fma if std::is_x86_feature_detected!("avx512f") => unsafe {
+            gemm_avx512(alpha, a, b, beta, c, scratch)
+        },
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
         Isa::Avx2Fma => unsafe { gemm_avx2(alpha, a, b, beta, c, scratch) },
-        Isa::Base => blocked::<Plain>(alpha, a, b, beta, c, scratch),
+        Isa::Base => blocked::<Plain, NR>(alpha, a, b, beta, c, scratch),
     }
     Ok(())
 }
 
-/// Multiply-add as the target does it best.
-trait Madd {
+/// Multiply-add as the target does it best, and the micro-kernel built on it.
+trait Madd: Sized {
     fn madd(a: f32, b: f32, c: f32) -> f32;
+
+    /// `MR × N` tile of `Ã · B̃` over `kc`.
+    #[inline(always)]
+    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        micro_generic::<Self, N>(kc, a, b)
+    }
 }
 
 /// Separate multiply and add (no FMA instruction in the baseline).
@@ -236,7 +250,59 @@ impl Madd for Fused {
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma")]
 fn gemm_avx2(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
-    blocked::<Fused>(alpha, a, b, beta, c, s)
+    blocked::<Fused, NR>(alpha, a, b, beta, c, s)
+}
+
+/// The same blocked loops with a tile twice as wide: each row of the micro-tile is two 512-bit
+/// registers.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gemm_avx512(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
+    blocked::<Avx512, NR_WIDE>(alpha, a, b, beta, c, s)
+}
+
+/// The AVX-512 micro-kernel: twelve accumulator registers, two loads of B̃ and six broadcasts
+/// of Ã per step of k.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+struct Avx512;
+
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+impl Madd for Avx512 {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        if N != 2 * 16 {
+            return micro_generic::<Self, N>(kc, a, b);
+        }
+        use core::arch::x86_64::*;
+        let (a, b) = (&a[..kc * MR], &b[..kc * N]);
+        let mut out = [[0.0f32; N]; MR];
+        // SAFETY: this impl is only instantiated inside `gemm_avx512`, which runs only on CPUs
+        // reporting AVX-512F; every load reads 16 floats at `b[k·32 ..]` / `b[k·32 + 16 ..]`
+        // with k < kc, inside `b` (length kc·32, checked by the slice above), and every store
+        // writes 16 floats of a row of `out` (32 long).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 2 * MR];
+            for k in 0..kc {
+                let bp = b.as_ptr().add(k * N);
+                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+                for i in 0..MR {
+                    let ai = _mm512_set1_ps(*a.get_unchecked(k * MR + i));
+                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                }
+            }
+            for (i, row) in out.iter_mut().enumerate() {
+                _mm512_storeu_ps(row.as_mut_ptr(), acc[2 * i]);
+                _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[2 * i + 1]);
+            }
+        }
+        out
+    }
 }
 
 /// Packs `a[i0.., p0..]` (`mc × kc`) into `MR`-row panels, `k` outer, zero-padded.
@@ -264,7 +330,14 @@ fn pack_a(a: &Mat<'_>, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f3
 
 /// Packs `b[p0.., j0..]` (`kc × nc`) into `NR`-column panels, `k` outer, zero-padded.
 #[inline(always)]
-fn pack_b(b: &Mat<'_>, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+fn pack_b<const NR: usize>(
+    b: &Mat<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    out: &mut [f32],
+) {
     for (q, panel) in out
         .chunks_exact_mut(kc * NR)
         .take(nc.div_ceil(NR))
@@ -291,7 +364,7 @@ fn pack_b(b: &Mat<'_>, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f3
 
 /// `MR × NR` tile of `Ã · B̃` over `kc` (panels as packed), accumulated in registers.
 #[inline(always)]
-fn micro<M: Madd>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; NR]; MR] {
+fn micro_generic<M: Madd, const NR: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; NR]; MR] {
     let mut acc = [[0.0f32; NR]; MR];
     for (ap, bp) in a[..kc * MR]
         .chunks_exact(MR)
@@ -309,7 +382,14 @@ fn micro<M: Madd>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; NR]; MR] {
 }
 
 #[inline(always)]
-fn blocked<M: Madd>(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
+fn blocked<M: Madd, const NR: usize>(
+    alpha: f32,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    s: &mut [f32],
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let kc_max = k.min(KC);
     let (apack, bpack) = s.split_at_mut(kc_max * m.min(MC).div_ceil(MR) * MR);
@@ -318,7 +398,7 @@ fn blocked<M: Madd>(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let first = p0 == 0;
-            pack_b(&b, p0, kc, j0, nc, bpack);
+            pack_b::<NR>(&b, p0, kc, j0, nc, bpack);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
                 pack_a(&a, i0, mc, p0, kc, apack);
@@ -327,12 +407,27 @@ fn blocked<M: Madd>(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>
                     let cj = j0 + jq * NR;
                     let cols = NR.min(n - cj);
                     for iq in 0..mc.div_ceil(MR) {
-                        let acc = micro::<M>(kc, &apack[iq * kc * MR..], bp);
+                        let acc = M::micro::<NR>(kc, &apack[iq * kc * MR..], bp);
                         let ci = i0 + iq * MR;
                         let rows = MR.min(m - ci);
                         for (i, row) in acc.iter().enumerate().take(rows) {
-                            for (j, &v) in row.iter().enumerate().take(cols) {
-                                let d = &mut c.data[(ci + i) * c.rs + (cj + j) * c.cs];
+                            let at = (ci + i) * c.rs + cj * c.cs;
+                            let row = &row[..cols];
+                            if c.cs == 1 {
+                                // Contiguous: one vectorizable loop per case.
+                                let d = &mut c.data[at..at + cols];
+                                if !first {
+                                    d.iter_mut().zip(row).for_each(|(d, v)| *d += alpha * v);
+                                } else if beta == 0.0 {
+                                    d.iter_mut().zip(row).for_each(|(d, v)| *d = alpha * v);
+                                } else {
+                                    let z = d.iter_mut().zip(row);
+                                    z.for_each(|(d, v)| *d = alpha * v + beta * *d);
+                                }
+                                continue;
+                            }
+                            for (j, &v) in row.iter().enumerate() {
+                                let d = &mut c.data[at + j * c.cs];
                                 *d = if !first {
                                     *d + alpha * v
                                 } else if beta == 0.0 {
@@ -352,44 +447,65 @@ fn blocked<M: Madd>(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>
 #[cfg(all(test, feature = "std", target_arch = "x86_64"))]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
-    /// The AVX2+FMA build agrees with the baseline build (within FMA's rounding).
+    type Build = fn(f32, Mat<'_>, Mat<'_>, f32, MatMut<'_>, &mut [f32]);
+
+    /// Each x86 build this CPU runs (AVX2+FMA, AVX-512) agrees with the baseline build within
+    /// FMA's rounding, on shapes that leave partial tiles and span two k-blocks, with C both
+    /// contiguous and strided.
     #[test]
-    fn avx2_build_matches_baseline() {
-        if !matches!(isa(), Isa::Avx2Fma) {
-            return;
+    fn x86_builds_match_baseline() {
+        let mut builds: Vec<(&str, Build)> = Vec::new();
+        if matches!(isa(), Isa::Avx2Fma) {
+            // SAFETY (both closures): called only after the CPU reported the features.
+            builds.push(("avx2", |al, a, b, be, c, s| unsafe {
+                gemm_avx2(al, a, b, be, c, s)
+            }));
+            if std::is_x86_feature_detected!("avx512f") {
+                builds.push(("avx512", |al, a, b, be, c, s| unsafe {
+                    gemm_avx512(al, a, b, be, c, s)
+                }));
+            }
         }
-        let (m, k, n) = (37, 300, 45);
-        let a: std::vec::Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let b: std::vec::Vec<f32> = (0..k * n)
-            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
-            .collect();
-        let mut s = std::vec![0.0; scratch_len(m, k, n)];
-        let (mut c1, mut c2) = (std::vec![1.0; m * n], std::vec![1.0; m * n]);
-        let (am, bm) = (Mat::new(&a, m, k).unwrap(), Mat::new(&b, k, n).unwrap());
-        blocked::<Plain>(
-            0.5,
-            am,
-            bm,
-            2.0,
-            MatMut::new(&mut c1, m, n).unwrap(),
-            &mut s,
-        );
-        // SAFETY: `isa()` reported AVX2 and FMA above.
-        unsafe {
-            gemm_avx2(
-                0.5,
-                am,
-                bm,
-                2.0,
-                MatMut::new(&mut c2, m, n).unwrap(),
-                &mut s,
-            )
-        };
-        for (x, y) in c1.iter().zip(&c2) {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        for (m, k, n) in [(37, 300, 45), (6, 32, 32), (13, 7, 70), (1, 1, 1)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let mut s = std::vec![0.0; scratch_len(m, k, n)];
+            let (am, bm) = (Mat::new(&a, m, k).unwrap(), Mat::new(&b, k, n).unwrap());
+            for strided in [false, true] {
+                // Strided: C is every other column of a 2n-wide matrix.
+                let (rs, cs) = if strided { (2 * n, 2) } else { (n, 1) };
+                let run = |f: Build, s: &mut [f32]| {
+                    let mut c = std::vec![1.0f32; m * n * cs];
+                    f(
+                        0.5,
+                        am,
+                        bm,
+                        2.0,
+                        MatMut::strided(&mut c, m, n, rs, cs).unwrap(),
+                        s,
+                    );
+                    c
+                };
+                let base = run(
+                    |al, a, b, be, c, s| blocked::<Plain, NR>(al, a, b, be, c, s),
+                    &mut s,
+                );
+                for &(name, f) in &builds {
+                    let got = run(f, &mut s);
+                    for (x, y) in got.iter().zip(&base) {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            "{name} {m}×{k}×{n} strided {strided}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -230,7 +230,7 @@ pub fn exp_shifted(v: &mut [f32], shift: f32) -> f32 {
 pub fn gelu(x: f32, tanh: bool) -> (f32, f32) {
     let x64 = x as f64;
     if tanh {
-        let k = (2.0 / core::f64::consts::PI).sqrt();
+        let k = libm::sqrt(2.0 / core::f64::consts::PI);
         let u = k * (x64 + 0.044715 * x64 * x64 * x64);
         let t = libm::tanh(u);
         let du = k * (1.0 + 3.0 * 0.044715 * x64 * x64);
@@ -240,7 +240,7 @@ pub fn gelu(x: f32, tanh: bool) -> (f32, f32) {
         )
     } else {
         let cdf = 0.5 * (1.0 + libm::erf(x64 / core::f64::consts::SQRT_2));
-        let pdf = libm::exp(-0.5 * x64 * x64) / (2.0 * core::f64::consts::PI).sqrt();
+        let pdf = libm::exp(-0.5 * x64 * x64) / libm::sqrt(2.0 * core::f64::consts::PI);
         ((x64 * cdf) as f32, (cdf + x64 * pdf) as f32)
     }
 }

@@ -125,7 +125,7 @@ const TILE: usize = 256;
 /// [−0.129, 1.129], so levels `(code − 26) / 200` cover it with 0 and 1 exact and an error of
 /// at most 1/400 — finer than what a bf16 input gives through `gelu''`, at half the bytes.
 fn slope_code(d: f32) -> u8 {
-    (d * 200.0 + 26.0).round().clamp(0.0, 255.0) as u8
+    libm::roundf(d * 200.0 + 26.0).clamp(0.0, 255.0) as u8
 }
 
 /// The derivative a [`slope_code`] stands for.
