@@ -374,3 +374,39 @@ fn lean_gradients_stay_close_to_exact() {
     let cos = dot / (norm(&exact) * norm(&lean));
     assert!(cos > 0.999, "cosine of lean and exact gradients {cos}");
 }
+
+#[test]
+fn vit_policy_drops_on_every_block_linear_but_not_patch_embed_or_head() {
+    let m = Model::vit()
+        .unwrap()
+        .with_dropit(&DropIt::new(0.9))
+        .unwrap();
+    let save = |name: &str| match &m.nodes()[m.find(name).unwrap()].layer {
+        Layer::Linear(l) => l.save,
+        Layer::Conv2d(c) => c.save,
+        other => panic!("{name} is a {}", other.kind()),
+    };
+    assert_eq!(save("patch_embed.proj"), InputSave::Dense);
+    assert_eq!(save("head"), InputSave::Dense);
+    for b in 0..4 {
+        for l in ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"] {
+            let name = format!("blocks.{b}.{l}");
+            assert!(
+                matches!(save(&name), InputSave::Sparse(s) if (s.keep - 0.1).abs() < 1e-6),
+                "{name}"
+            );
+        }
+    }
+    // The vit as DESIGN §10 draws it: 4 blocks, 3 heads of 32, MLP 384, 49 patches + cls.
+    let attn = m.find("blocks.3.attn.sdpa").unwrap();
+    assert!(matches!(&m.nodes()[attn].layer, Layer::Attention(a) if a.heads == 3 && a.dim == 96));
+    assert_eq!(
+        m.output_shape(m.find("pos_embed").unwrap()),
+        Shape::new(1, 50, 96)
+    );
+    assert_eq!(
+        m.output_shape(m.find("blocks.0.mlp.fc1").unwrap()),
+        Shape::new(1, 50, 384)
+    );
+    assert_eq!(m.classes(), 10);
+}
