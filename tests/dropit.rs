@@ -347,16 +347,7 @@ fn lean_stores_norms_attention_and_gelu_small() {
 fn lean_gradients_stay_close_to_exact() {
     // A small ViT with γ = 0: lean changes only how norms, attention and GELU keep their
     // inputs, so its gradients must be the exact ones up to bf16 / one-byte rounding.
-    let cfg = dropit::VitConfig {
-        input: Shape::new(8, 8, 1),
-        classes: 4,
-        patch: 2,
-        dim: 16,
-        depth: 2,
-        heads: 2,
-        mlp: 32,
-        dropout: 0.0,
-    };
+    let cfg = common::small_vit();
     let grads = |lean: bool| {
         let m = Model::vision_transformer(&cfg)
             .unwrap()

@@ -289,16 +289,7 @@ fn gelu_matches_pytorch_values() {
 
 #[test]
 fn vit_learns() {
-    let cfg = dropit::VitConfig {
-        input: Shape::new(8, 8, 1),
-        classes: 4,
-        patch: 2,
-        dim: 16,
-        depth: 2,
-        heads: 2,
-        mlp: 32,
-        dropout: 0.0,
-    };
+    let cfg = common::small_vit();
     // The transformer recipe (AdamW), at a rate for a short run.
     let mut adamw = TrainerConfig::adamw_recipe(32, 60);
     adamw.schedule = dropit::Schedule::constant(3e-3);

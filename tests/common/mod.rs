@@ -85,3 +85,18 @@ pub fn gradcheck(model: Model, n: usize, smoothing: f32, per_node: usize, seed: 
     }
     assert!(worst.0 <= 1.0, "{}", worst.1);
 }
+
+/// A ViT small enough for a test: 8×8 images in 2×2 patches, width 16, 2 blocks of 2 heads,
+/// 4 classes.
+pub fn small_vit() -> dropit::VitConfig {
+    dropit::VitConfig {
+        input: dropit::Shape::new(8, 8, 1),
+        classes: 4,
+        patch: 2,
+        dim: 16,
+        depth: 2,
+        heads: 2,
+        mlp: 32,
+        dropout: 0.0,
+    }
+}
