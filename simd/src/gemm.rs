@@ -492,10 +492,7 @@ mod tests {
                     );
                     c
                 };
-                let base = run(
-                    |al, a, b, be, c, s| blocked::<Plain, NR>(al, a, b, be, c, s),
-                    &mut s,
-                );
+                let base = run(blocked::<Plain, NR>, &mut s);
                 for &(name, f) in &builds {
                     let got = run(f, &mut s);
                     for (x, y) in got.iter().zip(&base) {

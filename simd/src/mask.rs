@@ -39,11 +39,26 @@ pub fn positive_mask(x: &[f32], bits: &mut [u64]) -> Result<()> {
 /// ReLU forward in place, recording the mask: `x[i] = max(x[i], 0)`, bit `i` = `x[i] > 0`.
 /// NaN passes through unchanged (with bit 0), so the loss check still sees it.
 pub fn relu_forward(x: &mut [f32], bits: &mut [u64]) -> Result<()> {
-    positive_mask(x, bits)?;
-    for v in x.iter_mut() {
-        if *v <= 0.0 {
-            *v = 0.0;
+    check_len("mask words", mask_words(x.len()), bits.len())?;
+    // One pass: the tensor is usually larger than the caches, so mask and clamp together.
+    let zero = f32x8::splat(0.0);
+    for (w, xs) in bits.iter_mut().zip(x.chunks_mut(64)) {
+        let mut word = 0u64;
+        let done = xs.len() / 8 * 8;
+        let mut chunks = xs.chunks_exact_mut(8);
+        for (j, c) in (&mut chunks).enumerate() {
+            let v = load8(c);
+            word |= (v.simd_gt(zero).to_bitmask() as u64) << (8 * j);
+            // v ≤ 0 → 0; NaN (not ≤ 0) passes through.
+            c.copy_from_slice(&v.simd_le(zero).bitselect(zero, v).to_array());
         }
+        for (j, v) in chunks.into_remainder().iter_mut().enumerate() {
+            word |= ((*v > 0.0) as u64) << (done + j);
+            if *v <= 0.0 {
+                *v = 0.0;
+            }
+        }
+        *w = word;
     }
     Ok(())
 }

@@ -218,7 +218,9 @@ impl Conv2d {
         // In place, the input is in `y`: pack it (DropIT) before it is overwritten.
         let src: &[f32] = if f.inplace { f.y } else { f.x };
         match (self.save.sparse(), f.packed.take()) {
-            (Some(sp), Some(p)) if f.train && p.packs => pack_input(sp, src, f.n, xs.numel(), p)?,
+            (Some(sp), Some(p)) if f.train && p.packs => {
+                pack_input(sp, src, f.n, xs.numel(), p, f.threads)?
+            }
             _ => {}
         }
         let (w, bias) = f.p.split_at(self.weight_len());

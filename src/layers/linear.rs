@@ -113,7 +113,7 @@ impl Linear {
         })?;
         match (self.save.sparse(), f.packed.take()) {
             (Some(sp), Some(p)) if f.train && p.packs => {
-                pack_input(sp, f.x, f.n, f.x_shape.numel(), p)
+                pack_input(sp, f.x, f.n, f.x_shape.numel(), p, f.threads)
             }
             _ => Ok(()),
         }

@@ -34,7 +34,8 @@ pub use tokens::{PosEmbed, TokenSelect};
 
 use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
-use dropit_simd::pack::select_and_pack;
+use dropit_simd::pack::{pack, select_and_pack};
+use dropit_simd::select::{Histogram, RadixSelect, Threshold};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
@@ -125,18 +126,51 @@ pub(crate) fn gemm_words(m: usize, k: usize, n: usize) -> usize {
     crate::arena::words_for_f32(scratch_len(m, k, n))
 }
 
-/// Packs a layer's input `x` (`n` samples of `numel`) under its DropIT settings.
+/// Packs a layer's input `x` (`n` samples of `numel`) under its DropIT settings. A tensor-wide
+/// selection counts its histograms on `threads` workers; the threshold, and so the packed copy,
+/// is the same for any number of workers.
 pub(crate) fn pack_input(
     sp: &SparseSave,
     x: &[f32],
     n: usize,
     numel: usize,
     p: PackedMutRef<'_>,
+    threads: usize,
 ) -> Result<()> {
     let (len, k) = (n * numel, sp.kept(n, numel));
     let bytes = &mut bytemuck::cast_slice_mut(p.words)[..p.format.bytes(len, k)];
     let mut out = PackedMut::from_bytes(p.format, len, k, bytes)?;
-    Ok(select_and_pack(x, sp.block(n, numel), sp.keep, &mut out)?)
+    let block = sp.block(n, numel);
+    if threads > 1 && block >= len && len >= PARALLEL_SELECT_MIN {
+        let t = parallel_threshold(x, k, threads)?;
+        return Ok(pack(x, &t, &mut out)?);
+    }
+    Ok(select_and_pack(x, block, sp.keep, &mut out)?)
+}
+
+/// Below this many elements a selection is not worth handing out.
+const PARALLEL_SELECT_MIN: usize = 1 << 16;
+
+/// The top-k threshold of `x`, each radix pass counted in chunks on up to 8 workers (their
+/// histograms, 8 KiB each, on this thread's stack) and merged.
+fn parallel_threshold(x: &[f32], k: usize, threads: usize) -> Result<Threshold> {
+    const GROUPS: usize = 8;
+    let mut rs = RadixSelect::new(x.len(), k)?;
+    let mut hs: [Histogram; GROUPS] = core::array::from_fn(|_| Histogram::new());
+    let chunk = x.len().div_ceil(threads.clamp(1, GROUPS));
+    let groups = x.len().div_ceil(chunk);
+    while !rs.is_done() {
+        let sel = &rs;
+        par::each(hs.iter_mut().zip(x.chunks(chunk)), |(h, xc)| {
+            h.clear();
+            sel.count(xc, h);
+            Ok(())
+        })?;
+        let (all, rest) = hs.split_at_mut(1);
+        rest[..groups - 1].iter().for_each(|h| all[0].merge(h));
+        rs.advance(&all[0])?;
+    }
+    Ok(rs.threshold().unwrap_or(Threshold::NONE))
 }
 
 /// Views a layer's packed input (`n` samples of `numel`).
@@ -373,5 +407,39 @@ impl Layer {
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         each!(self, l => l.backward(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_threshold_is_the_serial_one() {
+        let n = 100_003;
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut x: alloc::vec::Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        // Ties across chunk borders, zeros and a NaN.
+        x[40_000..60_000].fill(1.5);
+        x[70_000..71_000].fill(0.0);
+        x[99_999] = f32::NAN;
+        for k in [0, 1, 10_000, 30_000, n - 1, n] {
+            let want = dropit_simd::select::topk_threshold(&x, k).unwrap();
+            for threads in [2, 3, 8, 64] {
+                let got = parallel_threshold(&x, k, threads).unwrap();
+                assert_eq!(
+                    (got.key(), got.above(), got.ties()),
+                    (want.key(), want.above(), want.ties()),
+                    "k {k}, {threads} threads"
+                );
+            }
+        }
     }
 }
