@@ -236,7 +236,9 @@ impl Madd for Plain {
     }
 }
 
-/// Fused multiply-add (only instantiated where the CPU has FMA).
+/// Fused multiply-add (only instantiated where the CPU has AVX2 and FMA), with an intrinsics
+/// micro-kernel: twelve accumulator registers, two loads of B̃ and six broadcasts of Ã per step
+/// of k.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 struct Fused;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -244,6 +246,38 @@ impl Madd for Fused {
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        if N != 2 * 8 {
+            return micro_generic::<Self, N>(kc, a, b);
+        }
+        use core::arch::x86_64::*;
+        let (a, b) = (&a[..kc * MR], &b[..kc * N]);
+        let mut out = [[0.0f32; N]; MR];
+        // SAFETY: this impl is only instantiated inside `gemm_avx2`, which runs only on CPUs
+        // reporting AVX2 and FMA; every load reads 8 floats at `b[k·16 ..]` /
+        // `b[k·16 + 8 ..]` with k < kc, inside `b` (length kc·16, checked by the slice above),
+        // `a` is read at k·6 + i < kc·6, and every store writes 8 floats of a row of `out`
+        // (16 long).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 2 * MR];
+            for k in 0..kc {
+                let bp = b.as_ptr().add(k * N);
+                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                for i in 0..MR {
+                    let ai = _mm256_set1_ps(*a.get_unchecked(k * MR + i));
+                    acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
+                    acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                }
+            }
+            for (i, row) in out.iter_mut().enumerate() {
+                _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * i]);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * i + 1]);
+            }
+        }
+        out
     }
 }
 
