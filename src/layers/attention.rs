@@ -82,11 +82,9 @@ impl Attention {
         let unit = f.scratch.len() / max_groups(f.n, f.threads);
         // Nothing is kept in evaluation, nor by a frozen layer (no context planned).
         let keep = f.train && !f.saved.is_empty();
-        let (lse, copy) = match keep {
-            true => f.saved.split_at_mut(words_for_f32(self.lse_rows(f.n, t))),
-            false => (&mut [][..], &mut [][..]),
-        };
-        let lse = &mut f32s_mut(lse)[..if keep { self.lse_rows(f.n, t) } else { 0 }];
+        let rows = if keep { self.lse_rows(f.n, t) } else { 0 };
+        let (lse, copy) = f.saved.split_at_mut(words_for_f32(rows));
+        let lse = &mut f32s_mut(lse)[..rows];
         let copy: &mut [bf16] = match keep && self.lean {
             true => &mut bytemuck::cast_slice_mut(copy)[..f.n * t * 3 * d],
             false => &mut [],
