@@ -1,0 +1,277 @@
+//! Fixed-seed training results, pinned: a refactor must leave them bitwise unchanged.
+//!
+//! For the mlp, cnn and vit, dense, with DropIT γ = 0.9 and with γ = 0.9 lean, at 1 and 2
+//! threads: the loss bits of the 20th step, an FNV-1a hash of every parameter's bits after it,
+//! and the bits of an evaluation loss (which reads the running statistics). The values were
+//! recorded before the layer-contract refactor. They hold for x86_64 CPUs with AVX2 and FMA
+//! (the AVX2 and AVX-512 GEMM builds round alike); other builds round differently (no FMA in
+//! the baseline GEMM, fused `wide` kernels on NEON) and check determinism only.
+//!
+//! The planned arena of each workload at batch 64 is pinned too, as an upper bound.
+mod common;
+
+use common::{data, labels};
+use dropit::{DropIt, Model, Trainer, TrainerConfig};
+
+const STEPS: u64 = 20;
+
+/// (workload, policy, threads) → (loss bits, parameter hash, evaluation loss bits).
+type Pin = (&'static str, &'static str, usize, u32, u64, u32);
+
+/// Recorded on x86_64 with AVX2+FMA.
+const PINS: &[Pin] = &[
+    (
+        "mlp",
+        "dense",
+        1,
+        0x4015fc6d,
+        0x57d2f3740d85eeb7,
+        0x4010f5c0,
+    ),
+    (
+        "mlp",
+        "dense",
+        2,
+        0x4015fc6d,
+        0x57d2f3740d85eeb7,
+        0x4010f5c0,
+    ),
+    ("mlp", "g0.9", 1, 0x40158aaf, 0x760f3dc330bdedff, 0x4010d95b),
+    ("mlp", "g0.9", 2, 0x40158aaf, 0x760f3dc330bdedff, 0x4010d95b),
+    (
+        "mlp",
+        "g0.9-lean",
+        1,
+        0x40158a92,
+        0x7a567696929634fd,
+        0x4010d8f3,
+    ),
+    (
+        "mlp",
+        "g0.9-lean",
+        2,
+        0x40158a92,
+        0x7a567696929634fd,
+        0x4010d8f3,
+    ),
+    (
+        "cnn",
+        "dense",
+        1,
+        0x4023176b,
+        0xd5cb81f78a1ad7eb,
+        0x40119726,
+    ),
+    (
+        "cnn",
+        "dense",
+        2,
+        0x4023015a,
+        0x99b4a1b4463be17b,
+        0x4011ae0c,
+    ),
+    ("cnn", "g0.9", 1, 0x402309e2, 0x1eab6a329db8379c, 0x4011e56c),
+    ("cnn", "g0.9", 2, 0x4022db1e, 0xbe3689890ad3bc07, 0x4011e86a),
+    (
+        "cnn",
+        "g0.9-lean",
+        1,
+        0x4022d4a6,
+        0x26c2d35e6e50edcd,
+        0x401229ba,
+    ),
+    (
+        "cnn",
+        "g0.9-lean",
+        2,
+        0x40233f07,
+        0xfb7de4d713333ad1,
+        0x401235d3,
+    ),
+    (
+        "vit",
+        "dense",
+        1,
+        0x402217ce,
+        0x1da0ece1ee00ec10,
+        0x4024a661,
+    ),
+    (
+        "vit",
+        "dense",
+        2,
+        0x402217ce,
+        0xa521800bcd17d6d8,
+        0x4024a661,
+    ),
+    ("vit", "g0.9", 1, 0x40209542, 0x566c0d13430c520f, 0x4020fac4),
+    ("vit", "g0.9", 2, 0x40209542, 0xcdf78a300854232c, 0x4020fac4),
+    (
+        "vit",
+        "g0.9-lean",
+        1,
+        0x40208d43,
+        0x650dc212c5240304,
+        0x402103fb,
+    ),
+    (
+        "vit",
+        "g0.9-lean",
+        2,
+        0x40208e19,
+        0xe88fc9862270a29f,
+        0x40210763,
+    ),
+];
+
+/// (workload, policy, threads) → planned arena bytes at batch 64, at most.
+const PLAN_BYTES: &[(&str, &str, usize, usize)] = &[
+    ("mlp", "dense", 1, 9726072),
+    ("mlp", "dense", 2, 10551416),
+    ("mlp", "g0.9", 1, 9612208),
+    ("mlp", "g0.9", 2, 10437552),
+    ("mlp", "g0.9-lean", 1, 9605656),
+    ("mlp", "g0.9-lean", 2, 10431000),
+    ("cnn", "dense", 1, 79734904),
+    ("cnn", "dense", 2, 81435768),
+    ("cnn", "g0.9", 1, 56021744),
+    ("cnn", "g0.9", 2, 57722608),
+    ("cnn", "g0.9-lean", 1, 37797824),
+    ("cnn", "g0.9-lean", 2, 39498688),
+    ("vit", "dense", 1, 94294432),
+    ("vit", "dense", 2, 94687648),
+    ("vit", "g0.9", 1, 64403872),
+    ("vit", "g0.9", 2, 64797088),
+    ("vit", "g0.9-lean", 1, 35637664),
+    ("vit", "g0.9-lean", 2, 36030880),
+];
+
+fn model(name: &str) -> Model {
+    match name {
+        "mlp" => Model::mlp(),
+        "cnn" => Model::cnn(),
+        "vit" => Model::vit(),
+        _ => unreachable!(),
+    }
+    .unwrap()
+}
+
+fn policy(name: &str) -> DropIt {
+    match name {
+        "dense" => DropIt::dense(),
+        "g0.9" => DropIt::new(0.9),
+        "g0.9-lean" => DropIt::new(0.9).lean(true),
+        _ => unreachable!(),
+    }
+}
+
+fn config(workload: &str, batch: usize, threads: usize) -> TrainerConfig {
+    let mut cfg = match workload {
+        "vit" => TrainerConfig::adamw_recipe(batch, 2 * STEPS),
+        _ => TrainerConfig::sgd_recipe(batch, 2 * STEPS),
+    };
+    cfg.seed = 3;
+    cfg.threads = threads;
+    cfg
+}
+
+fn fnv(bits: impl Iterator<Item = u32>) -> u64 {
+    bits.fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        b.to_le_bytes().iter().fold(h, |h, &byte| {
+            (h ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
+}
+
+/// 20 steps on a fixed batch (a different one each step), then one evaluation.
+fn run(workload: &str, pol: &str, threads: usize) -> (u32, u64, u32) {
+    let batch = if workload == "mlp" { 32 } else { 16 };
+    let m = model(workload).with_dropit(&policy(pol)).unwrap();
+    let (per, classes) = (m.input_shape().numel(), m.classes());
+    let mut t = Trainer::new(m, config(workload, batch, threads)).unwrap();
+    let mut loss = 0;
+    for s in 0..STEPS {
+        let x = data(batch * per, 100 + s);
+        let y = labels(batch, classes, 200 + s);
+        let st = t.step(&x, &y).unwrap();
+        assert!(!st.skipped, "{workload} {pol}: step {s} skipped");
+        loss = st.loss.to_bits();
+    }
+    let hash = fnv(t.params().iter().map(|p| p.to_bits()));
+    let (x, y) = (data(batch * per, 999), labels(batch, classes, 998));
+    let eval = t.evaluate(&x, &y).unwrap().loss.to_bits();
+    (loss, hash, eval)
+}
+
+fn fma_build() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn cases() -> impl Iterator<Item = (&'static str, &'static str, usize)> {
+    ["mlp", "cnn", "vit"].into_iter().flat_map(|w| {
+        ["dense", "g0.9", "g0.9-lean"]
+            .into_iter()
+            .flat_map(move |p| [1, 2].map(move |t| (w, p, t)))
+    })
+}
+
+#[test]
+fn training_results_are_pinned() {
+    let pinned = fma_build();
+    let mut wrong = Vec::new();
+    for (w, p, threads) in cases() {
+        let got = run(w, p, threads);
+        let line = format!(
+            "(\"{w}\", \"{p}\", {threads}, {:#010x}, {:#018x}, {:#010x}),",
+            got.0, got.1, got.2
+        );
+        println!("{line}");
+        if !pinned {
+            assert_eq!(
+                got,
+                run(w, p, threads),
+                "{w} {p} {threads}: not deterministic"
+            );
+            continue;
+        }
+        let want = PINS
+            .iter()
+            .find(|q| (q.0, q.1, q.2) == (w, p, threads))
+            .map(|q| (q.3, q.4, q.5));
+        if want != Some(got) {
+            wrong.push(format!("{line} pinned {want:x?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "results differ from the pinned ones:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn planned_bytes_do_not_grow() {
+    let mut wrong = Vec::new();
+    for (w, p, threads) in cases() {
+        let m = model(w).with_dropit(&policy(p)).unwrap();
+        let got = Trainer::plan_bytes(&m, &config(w, 64, threads)).unwrap();
+        println!("(\"{w}\", \"{p}\", {threads}, {got}),");
+        let want = PLAN_BYTES
+            .iter()
+            .find(|q| (q.0, q.1, q.2) == (w, p, threads))
+            .map(|q| q.3);
+        if want.is_none_or(|b| got > b) {
+            wrong.push(format!("{w} {p} {threads}: {got} bytes, pinned {want:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "planned bytes grew:\n{}",
+        wrong.join("\n")
+    );
+}
