@@ -4,6 +4,8 @@
 //! - `pack`: pack / select+pack / unpack (bitmap + bf16) vs a dense `copy_from_slice`;
 //! - `spmm_linear`: packed-input Linear grad_W vs dense `sgemm` (and unpack + `sgemm`);
 //! - `spmm_conv`: packed-input NHWC Conv2d grad_W vs im2col + `sgemm`.
+//! - `depthwise`: NHWC depthwise Conv2d forward / grad_X / grad_W (and the scalar reference
+//!   forward), and the packed-input grad_W at 10% kept vs the dense grad_W.
 //!
 //! Data is deterministic (xorshift + Box-Muller), so runs are comparable.
 
@@ -437,12 +439,91 @@ fn bench_gemm(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// depthwise: the dense kernels on a MobileNet-like layer, and DropIT's packed-input grad_W.
+
+fn bench_depthwise(c: &mut Criterion) {
+    use dropit_simd::{depthwise, reference};
+    let geom = spmm::ConvGeom {
+        n: 64,
+        h: 14,
+        w: 14,
+        cin: 96,
+        cout: 96,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+    };
+    let (ho, wo) = geom.out_hw().unwrap();
+    let n = geom.input_len();
+    let ylen = geom.n * ho * wo * geom.cin;
+    let wlen = depthwise::weight_len(&geom);
+    let x = relu_like(n, 31);
+    let w = normals(wlen, 32);
+    let bias = normals(geom.cin, 33);
+    let dy = normals(ylen, 34);
+    let (mut y, mut y_ref) = (vec![0f32; ylen], vec![0f32; ylen]);
+    let mut dx = vec![0f32; n];
+    let (mut gw, mut gw_dense) = (vec![0f32; wlen], vec![0f32; wlen]);
+    let keep = 0.1;
+    let k = select::kept_count(n, keep);
+    let fmt = Format::smallest(n, k, ValueType::F32);
+    let mut buf = packed_buf(fmt, n, k);
+    let packed = pack_into(&x, k, fmt, &mut buf);
+    let packed = packed.as_packed();
+    let mut x_kept = vec![0f32; n];
+    pack::unpack(&packed, &mut x_kept).unwrap();
+
+    // Correctness, outside timing: the kernels equal the scalar reference, and the packed-input
+    // gradient is the dense one of the kept input.
+    depthwise::forward(&x, &geom, &w, Some(&bias), &mut y).unwrap();
+    reference::depthwise_forward(&x, &geom, &w, Some(&bias), &mut y_ref).unwrap();
+    assert_eq!(y, y_ref, "depthwise forward vs reference");
+    spmm::depthwise_grad_w(&packed, &geom, &dy, &mut gw).unwrap();
+    depthwise::grad_weight(&x_kept, &geom, &dy, &mut gw_dense).unwrap();
+    assert_close("depthwise sparse grad_W", &gw, &gw_dense);
+
+    let mut g = c.benchmark_group("depthwise");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        // Multiply-adds of the dense kernels (padding taps included).
+        .throughput(Throughput::Elements((ylen * geom.kh * geom.kw) as u64));
+    g.bench_function("forward", |b| {
+        b.iter(|| depthwise::forward(black_box(&x), &geom, &w, Some(&bias), &mut y).unwrap())
+    });
+    g.bench_function("reference_forward", |b| {
+        b.iter(|| {
+            reference::depthwise_forward(black_box(&x), &geom, &w, Some(&bias), &mut y_ref).unwrap()
+        })
+    });
+    g.bench_function("backward_input", |b| {
+        b.iter(|| depthwise::backward_input(black_box(&dy), &geom, &w, &mut dx, false).unwrap())
+    });
+    g.bench_function("grad_weight", |b| {
+        b.iter(|| {
+            gw_dense.fill(0.0);
+            depthwise::grad_weight(black_box(&x), &geom, black_box(&dy), &mut gw_dense).unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("sparse_grad_w", keep), |b| {
+        b.iter(|| {
+            gw.fill(0.0);
+            spmm::depthwise_grad_w(black_box(&packed), &geom, black_box(&dy), &mut gw).unwrap()
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_topk,
     bench_pack,
     bench_spmm_linear,
     bench_spmm_conv,
-    bench_gemm
+    bench_gemm,
+    bench_depthwise
 );
 criterion_main!(benches);

@@ -123,14 +123,14 @@ fn map8(v: &mut [f32], f: impl Fn(f32x8) -> f32x8) {
 #[inline(always)]
 fn dispatch(body: impl FnOnce()) {
     match isa() {
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[cfg(x86_detect)]
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
         Isa::Avx2Fma => unsafe { with_avx2(body) },
         Isa::Base => body(),
     }
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(x86_detect)]
 #[target_feature(enable = "avx2,fma")]
 fn with_avx2(body: impl FnOnce()) {
     body()

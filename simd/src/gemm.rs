@@ -6,12 +6,20 @@
 //! multiplies an `MR`-row panel of A by an `NR`-column panel of B. Packing pads the edges with
 //! zeros, so the micro-kernel has no edge cases.
 //!
-//! The micro-kernel is plain Rust written for the autovectorizer. On x86_64 with `std` an
-//! AVX2+FMA build of the same code is chosen at run time; elsewhere the build's baseline (SSE2,
-//! NEON) runs with separate multiplies and adds. (matrixmultiply, which allocates its packing
-//! buffers on every call, is 1.4–1.8× faster on AVX-512 machines: it has hand-written 512-bit
-//! kernels. Closing that gap is a micro-kernel away; allocating nothing in a step is not
-//! negotiable.)
+//! Three builds, chosen at run time (x86_64 with `std`; elsewhere only the first):
+//!
+//! - the baseline (SSE2, NEON): a plain Rust micro-kernel (6×16 tile) for the autovectorizer,
+//!   with separate multiplies and adds;
+//! - AVX2 + FMA: an intrinsics micro-kernel on a 6×16 tile (two 256-bit registers per row);
+//! - AVX-512: the same micro-kernel on a 6×32 tile (two 512-bit registers per row).
+//!
+//! The two intrinsics kernels are one generic body over the register width (the `Vector`
+//! trait, as in matrixmultiply's kernels), compiled inside `#[target_feature]` entry points.
+//! Every output element gets the same sequence of fused multiply-adds in both (k ascending
+//! from zero within a `KC` block, then the same write-back), so they agree bitwise; the
+//! baseline differs from them by FMA's rounding. matrixmultiply, which allocates its packing
+//! buffers on every call, is still 1.05–1.7× faster on this machine (see the README); allocating
+//! nothing in a step is not negotiable.
 
 use crate::isa::{Isa, isa};
 use crate::{Error, Result};
@@ -203,140 +211,225 @@ pub fn sgemm(
         return Ok(());
     }
     match isa() {
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[cfg(x86_detect)]
         // SAFETY: the CPU reported AVX-512F besides AVX2 and FMA.
         Isa::Avx2Fma if std::is_x86_feature_detected!("avx512f") => unsafe {
             gemm_avx512(alpha, a, b, beta, c, scratch)
         },
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[cfg(x86_detect)]
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
         Isa::Avx2Fma => unsafe { gemm_avx2(alpha, a, b, beta, c, scratch) },
-        Isa::Base => blocked::<Plain, NR>(alpha, a, b, beta, c, scratch),
+        // SAFETY: the baseline build uses no target feature beyond the compilation target's.
+        Isa::Base => unsafe { blocked::<Plain, NR>(alpha, a, b, beta, c, scratch) },
     }
     Ok(())
 }
 
-/// Multiply-add as the target does it best, and the micro-kernel built on it.
-trait Madd: Sized {
-    fn madd(a: f32, b: f32, c: f32) -> f32;
-
-    /// `MR × N` tile of `Ã · B̃` over `kc`.
-    #[inline(always)]
-    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-        micro_generic::<Self, N>(kc, a, b)
-    }
+/// A build of the micro-kernel.
+trait Micro {
+    /// The `MR × N` tile of `Ã · B̃` over `kc`, from an `MR`-row panel of Ã and an `N`-column
+    /// panel of B̃ (as packed: `k` outer).
+    ///
+    /// # Safety
+    ///
+    /// The CPU has the target features this build uses (none for [`Plain`]).
+    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR];
 }
 
-/// Separate multiply and add (no FMA instruction in the baseline).
+/// The baseline: plain Rust for the autovectorizer, separate multiply and add (the baseline
+/// has no FMA instruction).
 struct Plain;
-impl Madd for Plain {
+impl Micro for Plain {
     #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        micro_scalar::<N>(kc, a, b, |a, b, c| a * b + c)
     }
 }
 
-/// Fused multiply-add (only instantiated where the CPU has AVX2 and FMA), with an intrinsics
-/// micro-kernel: twelve accumulator registers, two loads of B̃ and six broadcasts of Ã per step
-/// of k.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-struct Fused;
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl Madd for Fused {
-    #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-
-    #[inline(always)]
-    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-        if N != 2 * 8 {
-            return micro_generic::<Self, N>(kc, a, b);
-        }
-        use core::arch::x86_64::*;
-        let (a, b) = (&a[..kc * MR], &b[..kc * N]);
-        let mut out = [[0.0f32; N]; MR];
-        // SAFETY: this impl is only instantiated inside `gemm_avx2`, which runs only on CPUs
-        // reporting AVX2 and FMA; every load reads 8 floats at `b[k·16 ..]` /
-        // `b[k·16 + 8 ..]` with k < kc, inside `b` (length kc·16, checked by the slice above),
-        // `a` is read at k·6 + i < kc·6, and every store writes 8 floats of a row of `out`
-        // (16 long).
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 2 * MR];
-            for k in 0..kc {
-                let bp = b.as_ptr().add(k * N);
-                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
-                for i in 0..MR {
-                    let ai = _mm256_set1_ps(*a.get_unchecked(k * MR + i));
-                    acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-                    acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                }
-            }
-            for (i, row) in out.iter_mut().enumerate() {
-                _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * i]);
-                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * i + 1]);
+/// `MR × N` tile of `Ã · B̃` over `kc` (panels as packed), accumulated in registers, with
+/// `madd(a, b, c) = a·b + c` as given.
+#[inline(always)]
+fn micro_scalar<const N: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) -> [[f32; N]; MR] {
+    let mut acc = [[0.0f32; N]; MR];
+    for (ap, bp) in a[..kc * MR]
+        .chunks_exact(MR)
+        .zip(b[..kc * N].chunks_exact(N))
+    {
+        let bv: &[f32; N] = bp.try_into().unwrap();
+        for i in 0..MR {
+            let av = ap[i];
+            for j in 0..N {
+                acc[i][j] = madd(av, bv[j], acc[i][j]);
             }
         }
-        out
+    }
+    acc
+}
+
+/// A SIMD register of `f32` lanes and the five operations the intrinsics micro-kernel needs
+/// (an implementing type names one x86 vector extension).
+///
+/// # Safety
+///
+/// Every function may be called only on a CPU with the implementing type's target features;
+/// `load` and `store` also need `p` valid for reading (writing) `LANES` floats, no alignment
+/// required.
+#[cfg(x86_detect)]
+trait Vector {
+    /// The register.
+    type Reg: Copy;
+    /// Floats in a register.
+    const LANES: usize;
+    /// All lanes 0.
+    unsafe fn zero() -> Self::Reg;
+    /// All lanes `x`.
+    unsafe fn splat(x: f32) -> Self::Reg;
+    /// `LANES` floats from `p`.
+    unsafe fn load(p: *const f32) -> Self::Reg;
+    /// `a·b + c` in each lane, rounded once.
+    unsafe fn fmadd(a: Self::Reg, b: Self::Reg, c: Self::Reg) -> Self::Reg;
+    /// `v` to `LANES` floats at `p`.
+    unsafe fn store(p: *mut f32, v: Self::Reg);
+}
+
+/// AVX2 + FMA: 256-bit registers (used inside `gemm_avx2` only).
+#[cfg(x86_detect)]
+struct Avx2;
+
+#[cfg(x86_detect)]
+impl Vector for Avx2 {
+    type Reg = core::arch::x86_64::__m256;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self::Reg {
+        // SAFETY: the caller guarantees AVX2 (which includes AVX).
+        unsafe { core::arch::x86_64::_mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX2 (which includes AVX).
+        unsafe { core::arch::x86_64::_mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX and that `p` is readable for 8 floats.
+        unsafe { core::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::Reg, b: Self::Reg, c: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees FMA.
+        unsafe { core::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::Reg) {
+        // SAFETY: the caller guarantees AVX and that `p` is writable for 8 floats.
+        unsafe { core::arch::x86_64::_mm256_storeu_ps(p, v) }
     }
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma")]
-fn gemm_avx2(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
-    blocked::<Fused, NR>(alpha, a, b, beta, c, s)
-}
-
-/// The same blocked loops with a tile twice as wide: each row of the micro-tile is two 512-bit
-/// registers.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn gemm_avx512(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
-    blocked::<Avx512, NR_WIDE>(alpha, a, b, beta, c, s)
-}
-
-/// The AVX-512 micro-kernel: twelve accumulator registers, two loads of B̃ and six broadcasts
-/// of Ã per step of k.
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+/// AVX-512F: 512-bit registers (used inside `gemm_avx512` only).
+#[cfg(x86_detect)]
 struct Avx512;
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-impl Madd for Avx512 {
+#[cfg(x86_detect)]
+impl Vector for Avx512 {
+    type Reg = core::arch::x86_64::__m512;
+    const LANES: usize = 16;
     #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    unsafe fn zero() -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_setzero_ps() }
     }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F and that `p` is readable for 16 floats.
+        unsafe { core::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::Reg, b: Self::Reg, c: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::Reg) {
+        // SAFETY: the caller guarantees AVX-512F and that `p` is writable for 16 floats.
+        unsafe { core::arch::x86_64::_mm512_storeu_ps(p, v) }
+    }
+}
 
+#[cfg(x86_detect)]
+impl<V: Vector> Micro for V {
     #[inline(always)]
-    fn micro<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-        if N != 2 * 16 {
-            return micro_generic::<Self, N>(kc, a, b);
-        }
-        use core::arch::x86_64::*;
-        let (a, b) = (&a[..kc * MR], &b[..kc * N]);
-        let mut out = [[0.0f32; N]; MR];
-        // SAFETY: this impl is only instantiated inside `gemm_avx512`, which runs only on CPUs
-        // reporting AVX-512F; every load reads 16 floats at `b[k·32 ..]` / `b[k·32 + 16 ..]`
-        // with k < kc, inside `b` (length kc·32, checked by the slice above), and every store
-        // writes 16 floats of a row of `out` (32 long).
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 2 * MR];
-            for k in 0..kc {
-                let bp = b.as_ptr().add(k * N);
-                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-                for i in 0..MR {
-                    let ai = _mm512_set1_ps(*a.get_unchecked(k * MR + i));
-                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
-                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                }
-            }
-            for (i, row) in out.iter_mut().enumerate() {
-                _mm512_storeu_ps(row.as_mut_ptr(), acc[2 * i]);
-                _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[2 * i + 1]);
-            }
-        }
-        out
+    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        // SAFETY: the caller guarantees `V`'s target features, as `micro_simd` needs.
+        unsafe { micro_simd::<V, N>(kc, a, b) }
     }
+}
+
+/// The intrinsics micro-kernel, one body for every register width: `N = 2 · LANES` columns,
+/// twelve accumulator registers, two loads of B̃ and six broadcasts of Ã per step of k.
+///
+/// # Safety
+///
+/// The CPU has `V`'s target features.
+#[cfg(x86_detect)]
+#[inline(always)]
+unsafe fn micro_simd<V: Vector, const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+    const { assert!(N == 2 * V::LANES, "a row of the tile is two registers") };
+    let (a, b) = (&a[..kc * MR], &b[..kc * N]);
+    let mut out = [[0.0f32; N]; MR];
+    // SAFETY: the caller guarantees `V`'s target features. Every load reads LANES floats at
+    // `b[k·N ..]` or `b[k·N + LANES ..]` with k < kc and N = 2·LANES (asserted above), inside
+    // `b` (length kc·N, checked by the slice above); `a` is read at k·MR + i < kc·MR (the
+    // same); every store writes LANES floats at offset 0 or LANES of a row of `out` (N long).
+    unsafe {
+        let mut acc = [V::zero(); 2 * MR];
+        for k in 0..kc {
+            let bp = b.as_ptr().add(k * N);
+            let (b0, b1) = (V::load(bp), V::load(bp.add(V::LANES)));
+            for i in 0..MR {
+                let ai = V::splat(*a.get_unchecked(k * MR + i));
+                acc[2 * i] = V::fmadd(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = V::fmadd(ai, b1, acc[2 * i + 1]);
+            }
+        }
+        for (i, row) in out.iter_mut().enumerate() {
+            V::store(row.as_mut_ptr(), acc[2 * i]);
+            V::store(row.as_mut_ptr().add(V::LANES), acc[2 * i + 1]);
+        }
+    }
+    out
+}
+
+/// The AVX2 + FMA build: the blocked loops with the 6×16 intrinsics micro-kernel.
+#[cfg(x86_detect)]
+#[target_feature(enable = "avx2,fma")]
+fn gemm_avx2(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
+    // SAFETY: a `#[target_feature]` function runs only on CPUs with its features (a caller
+    // without them must vouch for them in `unsafe`, as `sgemm` does after detection), so AVX2
+    // and FMA, all that `Avx2` uses, are present.
+    unsafe { blocked::<Avx2, NR>(alpha, a, b, beta, c, s) }
+}
+
+/// The AVX-512 build: the same loops with a tile twice as wide (each row of the micro-tile is
+/// two 512-bit registers).
+#[cfg(x86_detect)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gemm_avx512(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &mut [f32]) {
+    // SAFETY: a `#[target_feature]` function runs only on CPUs with its features (a caller
+    // without them must vouch for them in `unsafe`, as `sgemm` does after detection), so
+    // AVX-512F, all that `Avx512` uses, is present.
+    unsafe { blocked::<Avx512, NR_WIDE>(alpha, a, b, beta, c, s) }
 }
 
 /// Packs `a[i0.., p0..]` (`mc × kc`) into `MR`-row panels, `k` outer, zero-padded.
@@ -396,27 +489,13 @@ fn pack_b<const NR: usize>(
     }
 }
 
-/// `MR × NR` tile of `Ã · B̃` over `kc` (panels as packed), accumulated in registers.
+/// The blocked loops around micro-kernel `M` with an `MR × NR` tile.
+///
+/// # Safety
+///
+/// The CPU has the target features `M` uses (see [`Micro::tile`]).
 #[inline(always)]
-fn micro_generic<M: Madd, const NR: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; NR]; MR] {
-    let mut acc = [[0.0f32; NR]; MR];
-    for (ap, bp) in a[..kc * MR]
-        .chunks_exact(MR)
-        .zip(b[..kc * NR].chunks_exact(NR))
-    {
-        let bv: &[f32; NR] = bp.try_into().unwrap();
-        for i in 0..MR {
-            let av = ap[i];
-            for j in 0..NR {
-                acc[i][j] = M::madd(av, bv[j], acc[i][j]);
-            }
-        }
-    }
-    acc
-}
-
-#[inline(always)]
-fn blocked<M: Madd, const NR: usize>(
+unsafe fn blocked<M: Micro, const NR: usize>(
     alpha: f32,
     a: Mat<'_>,
     b: Mat<'_>,
@@ -441,7 +520,8 @@ fn blocked<M: Madd, const NR: usize>(
                     let cj = j0 + jq * NR;
                     let cols = NR.min(n - cj);
                     for iq in 0..mc.div_ceil(MR) {
-                        let acc = M::micro::<NR>(kc, &apack[iq * kc * MR..], bp);
+                        // SAFETY: the caller guarantees `M`'s target features.
+                        let acc = unsafe { M::tile::<NR>(kc, &apack[iq * kc * MR..], bp) };
                         let ci = i0 + iq * MR;
                         let rows = MR.min(m - ci);
                         for (i, row) in acc.iter().enumerate().take(rows) {
@@ -478,31 +558,58 @@ fn blocked<M: Madd, const NR: usize>(
     }
 }
 
-#[cfg(all(test, feature = "std", target_arch = "x86_64"))]
+#[cfg(all(test, x86_detect))]
 mod tests {
     use super::*;
     use std::vec::Vec;
 
     type Build = fn(f32, Mat<'_>, Mat<'_>, f32, MatMut<'_>, &mut [f32]);
 
+    /// The blocked loops with a scalar micro-kernel that fuses each multiply-add: what the
+    /// intrinsics builds compute, element by element.
+    struct ScalarFma;
+    impl Micro for ScalarFma {
+        unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+            micro_scalar::<N>(kc, a, b, f32::mul_add)
+        }
+    }
+
     /// Each x86 build this CPU runs (AVX2+FMA, AVX-512) agrees with the baseline build within
-    /// FMA's rounding, on shapes that leave partial tiles and span two k-blocks, with C both
-    /// contiguous and strided.
+    /// FMA's rounding, and bitwise with a scalar fused build and with each other, on shapes
+    /// that leave partial tiles and span several k-blocks (and two row blocks), with C both
+    /// contiguous and strided, with and without `beta`.
     #[test]
     fn x86_builds_match_baseline() {
         let mut builds: Vec<(&str, Build)> = Vec::new();
         if matches!(isa(), Isa::Avx2Fma) {
-            // SAFETY (both closures): called only after the CPU reported the features.
+            // SAFETY: pushed only after `isa()` saw the CPU report AVX2 and FMA.
             builds.push(("avx2", |al, a, b, be, c, s| unsafe {
                 gemm_avx2(al, a, b, be, c, s)
             }));
             if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: pushed only after the CPU reported AVX-512F besides AVX2 and FMA.
                 builds.push(("avx512", |al, a, b, be, c, s| unsafe {
                     gemm_avx512(al, a, b, be, c, s)
                 }));
             }
         }
-        for (m, k, n) in [(37, 300, 45), (6, 32, 32), (13, 7, 70), (1, 1, 1)] {
+        std::eprintln!(
+            "x86 builds on this CPU: {:?}",
+            builds.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+        // SAFETY: both scalar micro-kernels use no target feature beyond the target's.
+        let base: Build = |al, a, b, be, c, s| unsafe { blocked::<Plain, NR>(al, a, b, be, c, s) };
+        // SAFETY: as above.
+        let fused: Build =
+            |al, a, b, be, c, s| unsafe { blocked::<ScalarFma, NR>(al, a, b, be, c, s) };
+        let shapes = [
+            (37, 300, 45),
+            (6, 32, 32),
+            (13, 7, 70),
+            (1, 1, 1),
+            (100, 520, 70),
+        ];
+        for (m, k, n) in shapes {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
                 .collect();
@@ -511,29 +618,37 @@ mod tests {
                 .collect();
             let mut s = std::vec![0.0; scratch_len(m, k, n)];
             let (am, bm) = (Mat::new(&a, m, k).unwrap(), Mat::new(&b, k, n).unwrap());
-            for strided in [false, true] {
+            for (strided, beta) in [(false, 2.0), (true, 2.0), (false, 0.0), (true, 0.0)] {
                 // Strided: C is every other column of a 2n-wide matrix.
                 let (rs, cs) = if strided { (2 * n, 2) } else { (n, 1) };
                 let run = |f: Build, s: &mut [f32]| {
                     let mut c = std::vec![1.0f32; m * n * cs];
-                    f(
-                        0.5,
-                        am,
-                        bm,
-                        2.0,
-                        MatMut::strided(&mut c, m, n, rs, cs).unwrap(),
-                        s,
-                    );
+                    let cm = MatMut::strided(&mut c, m, n, rs, cs).unwrap();
+                    f(0.5, am, bm, beta, cm, s);
                     c
                 };
-                let base = run(blocked::<Plain, NR>, &mut s);
+                let case = std::format!("{m}×{k}×{n} strided {strided} beta {beta}");
+                let base = run(base, &mut s);
+                let fused = run(fused, &mut s);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let mut first: Option<(&str, Vec<f32>)> = None;
                 for &(name, f) in &builds {
                     let got = run(f, &mut s);
                     for (x, y) in got.iter().zip(&base) {
                         assert!(
                             (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                            "{name} {m}×{k}×{n} strided {strided}: {x} vs {y}"
+                            "{name} {case}: {x} vs {y}"
                         );
+                    }
+                    assert!(
+                        bits(&got) == bits(&fused),
+                        "{name} {case}: not the scalar FMA build"
+                    );
+                    match &first {
+                        Some((other, want)) => {
+                            assert!(bits(&got) == bits(want), "{name} vs {other} {case}: differ")
+                        }
+                        None => first = Some((name, got)),
                     }
                 }
             }

@@ -6,13 +6,13 @@ pub(crate) enum Isa {
     /// The build's baseline (SSE2 on x86_64, NEON on aarch64).
     Base,
     /// x86_64 with AVX2 and FMA, detected at run time (feature `std`).
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[cfg(x86_detect)]
     Avx2Fma,
 }
 
 /// The best build this CPU runs.
 pub(crate) fn isa() -> Isa {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[cfg(x86_detect)]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return Isa::Avx2Fma;
     }

@@ -3,10 +3,13 @@
 //! - [`select`]: exact top-k by magnitude (a streaming radix select over the bit patterns of |x|).
 //! - [`format`]: the sparse storage formats and their byte sizes, known before any data exists.
 //! - [`pack`]: keep/drop compaction into a format, and scatter back to dense.
-//! - [`spmm`]: weight gradients of Linear and NHWC Conv2d straight from the packed input.
+//! - [`spmm`]: weight gradients of Linear, NHWC Conv2d and depthwise Conv2d straight from the
+//!   packed input.
+//! - [`depthwise`]: NHWC depthwise Conv2d (groups = channels): forward, input and weight gradients.
 //! - [`mask`]: 1-bit masks (ReLU forward/backward).
 //! - [`act`]: exp, GELU and its derivative, eight lanes at a time.
-//! - [`gemm`]: dense GEMM with layouts as strides (a safe face on `matrixmultiply`).
+//! - [`gemm`]: dense blocked GEMM with layouts as strides; packs into caller scratch (allocates
+//!   nothing), with AVX2 and AVX-512 micro-kernels chosen at run time.
 //! - [`reference`](mod@reference): a plain scalar twin of every kernel; the tests compare against it.
 //!
 //! ```
@@ -30,6 +33,7 @@
 extern crate std;
 
 pub mod act;
+pub mod depthwise;
 mod error;
 pub mod format;
 pub mod gemm;

@@ -192,6 +192,144 @@ pub fn conv2d_grad_w(x: &[f32], g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Res
     Ok(())
 }
 
+/// Checks a depthwise geometry (`cin == cout`) and returns the output (height, width).
+fn depthwise_hw(g: &ConvGeom) -> Result<(usize, usize)> {
+    if g.cin != g.cout {
+        return Err(Error::Invalid {
+            what: "depthwise conv: cout (must equal cin)",
+            value: g.cout,
+        });
+    }
+    g.out_hw()
+}
+
+/// The input index `o·s + a − pad` if it lies in `0..len`.
+fn conv_in(o: usize, a: usize, s: usize, pad: usize, len: usize) -> Option<usize> {
+    (o * s + a).checked_sub(pad).filter(|&i| i < len)
+}
+
+/// Dense depthwise forward, one output element at a time (bias, then taps in row-major order;
+/// layouts as [`crate::depthwise::forward`]).
+pub fn depthwise_forward(
+    x: &[f32],
+    g: &ConvGeom,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    let (ho, wo) = depthwise_hw(g)?;
+    let c = g.cin;
+    check_len("x", g.input_len(), x.len())?;
+    check_len("w", g.kh * g.kw * c, w.len())?;
+    if let Some(b) = bias {
+        check_len("bias", c, b.len())?;
+    }
+    check_len("y", g.n * ho * wo * c, y.len())?;
+    for n in 0..g.n {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                for ch in 0..c {
+                    let mut s = bias.map_or(0.0, |b| b[ch]);
+                    for a in 0..g.kh {
+                        for b in 0..g.kw {
+                            let (Some(ih), Some(iw)) = (
+                                conv_in(oh, a, g.stride.0, g.pad.0, g.h),
+                                conv_in(ow, b, g.stride.1, g.pad.1, g.w),
+                            ) else {
+                                continue;
+                            };
+                            s += x[((n * g.h + ih) * g.w + iw) * c + ch]
+                                * w[(a * g.kw + b) * c + ch];
+                        }
+                    }
+                    y[((n * ho + oh) * wo + ow) * c + ch] = s;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dense depthwise input gradient, one input element at a time (the old value when `acc`, else
+/// 0, then the taps that reach an output in row-major order; layouts as
+/// [`crate::depthwise::backward_input`]).
+pub fn depthwise_backward_input(
+    dy: &[f32],
+    g: &ConvGeom,
+    w: &[f32],
+    dx: &mut [f32],
+    acc: bool,
+) -> Result<()> {
+    let (ho, wo) = depthwise_hw(g)?;
+    let c = g.cin;
+    check_len("dy", g.n * ho * wo * c, dy.len())?;
+    check_len("w", g.kh * g.kw * c, w.len())?;
+    check_len("dx", g.input_len(), dx.len())?;
+    // The output index o with o·s + a = i + pad, if there is one.
+    let out = |i: usize, a: usize, s: usize, pad: usize, len: usize| {
+        (i + pad)
+            .checked_sub(a)
+            .filter(|p| p % s == 0)
+            .map(|p| p / s)
+            .filter(|&o| o < len)
+    };
+    for n in 0..g.n {
+        for ih in 0..g.h {
+            for iw in 0..g.w {
+                for ch in 0..c {
+                    let i = ((n * g.h + ih) * g.w + iw) * c + ch;
+                    let mut s = if acc { dx[i] } else { 0.0 };
+                    for a in 0..g.kh {
+                        for b in 0..g.kw {
+                            let (Some(oh), Some(ow)) = (
+                                out(ih, a, g.stride.0, g.pad.0, ho),
+                                out(iw, b, g.stride.1, g.pad.1, wo),
+                            ) else {
+                                continue;
+                            };
+                            s +=
+                                dy[((n * ho + oh) * wo + ow) * c + ch] * w[(a * g.kw + b) * c + ch];
+                        }
+                    }
+                    dx[i] = s;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dense depthwise weight gradient by direct summation over output positions (`gw +=`, output
+/// pixels in row-major order; layouts as [`crate::depthwise::grad_weight`]).
+pub fn depthwise_grad_w(x: &[f32], g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
+    let (ho, wo) = depthwise_hw(g)?;
+    let c = g.cin;
+    check_len("x", g.input_len(), x.len())?;
+    check_len("dy", g.n * ho * wo * c, dy.len())?;
+    check_len("gw", g.kh * g.kw * c, gw.len())?;
+    for n in 0..g.n {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                for a in 0..g.kh {
+                    for b in 0..g.kw {
+                        let (Some(ih), Some(iw)) = (
+                            conv_in(oh, a, g.stride.0, g.pad.0, g.h),
+                            conv_in(ow, b, g.stride.1, g.pad.1, g.w),
+                        ) else {
+                            continue;
+                        };
+                        for ch in 0..c {
+                            gw[(a * g.kw + b) * c + ch] += x[((n * g.h + ih) * g.w + iw) * c + ch]
+                                * dy[((n * ho + oh) * wo + ow) * c + ch];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bit `i` = `x[i] > 0`.
 pub fn positive_mask(x: &[f32], bits: &mut [u64]) -> Result<()> {
     check_len("mask words", x.len().div_ceil(64), bits.len())?;

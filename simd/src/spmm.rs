@@ -2,6 +2,8 @@
 //!
 //! Each kept input element contributes one contiguous axpy of output-gradient rows into rows of
 //! the weight gradient, so the work is proportional to k, and no dense copy of the input exists.
+//! (Depthwise Conv2d has one channel per group: there each kept element is a few scalar
+//! multiply-adds, one per kernel tap that covers it.)
 //!
 //! Kept elements are decoded in batches into a small stack buffer, then the batch is applied. The
 //! apply step is the hot loop: on x86_64 with `std` it runs in an AVX2 build of the same code
@@ -80,7 +82,7 @@ pub fn linear_grad_w(
         let (d, g) = (&dy_off[..idx.len()], &gw_off[..idx.len()]);
         match isa {
             Isa::Base => linear_apply(d, g, val, dy, out, gwt),
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            #[cfg(x86_detect)]
             // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
             Isa::Avx2Fma => unsafe { linear_apply_avx2(d, g, val, dy, out, gwt) },
         }
@@ -104,7 +106,7 @@ fn linear_apply(
     }
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(x86_detect)]
 #[target_feature(enable = "avx2")]
 fn linear_apply_avx2(
     dy_off: &[usize],
@@ -215,7 +217,7 @@ pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -
     let mut cur = PixelCursor::default();
     batched(x, |idx, val| match isa {
         Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw, &mut cur),
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[cfg(x86_detect)]
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
         Isa::Avx2Fma => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw, &mut cur) },
     })
@@ -274,7 +276,7 @@ fn conv_apply(
     }
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(x86_detect)]
 #[target_feature(enable = "avx2")]
 fn conv_apply_avx2(
     idx: &[usize],
@@ -288,7 +290,80 @@ fn conv_apply_avx2(
     conv_apply(idx, val, g, hw, dy, gw, cur)
 }
 
-#[cfg(all(test, feature = "std", target_arch = "x86_64"))]
+/// Depthwise (groups = channels, channel multiplier 1) NHWC Conv2d weight gradient from a packed
+/// input.
+///
+/// `g.cin == g.cout == c`; `x`: packed input `[n, h, w, c]`; `dy`: `[n, ho, wo, c]`; `gw`:
+/// `[kh, kw, c]` (as [`crate::depthwise`]). Every kept `x[n, h, w, c]` with value `v` adds
+/// `v · dy[n, ho, wo, c]` to `gw[a, b, c]` for each tap `(a, b)` whose window covers it (kept
+/// elements in index order, taps in increasing `a`, then `b`; unfused multiply-adds). With one
+/// channel per group each product is a scalar, so the work is `k · taps` multiply-adds.
+pub fn depthwise_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
+    let (ho, wo) = crate::depthwise::out_hw(g)?;
+    let c = g.cin;
+    check_len(
+        "depthwise grad_W: packed input [n,h,w,c]",
+        g.input_len(),
+        x.n,
+    )?;
+    check_len(
+        "depthwise grad_W: dY [n,ho,wo,c]",
+        g.n * ho * wo * c,
+        dy.len(),
+    )?;
+    check_len(
+        "depthwise grad_W: grad_W [kh,kw,c]",
+        crate::depthwise::weight_len(g),
+        gw.len(),
+    )?;
+    if c == 0 {
+        return Ok(());
+    }
+    let mut cur = PixelCursor::default();
+    let mut chan = [0usize; BATCH];
+    batched(x, |idx, val| {
+        // Runs of kept elements in one pixel share their taps: for each tap, one gradient row and
+        // one dY row take the run's scalar multiply-adds. (Each weight-gradient element gets at
+        // most one product per pixel, so the order per element is the index order either way.)
+        let mut j = 0;
+        while j < idx.len() {
+            chan[j] = cur.locate(idx[j], g);
+            let (start, end) = (j, cur.start + c);
+            j += 1;
+            while j < idx.len() && idx[j] < end {
+                chan[j] = idx[j] - cur.start;
+                j += 1;
+            }
+            let run = (&chan[start..j], &val[start..j]);
+            depthwise_run(run, (cur.n, cur.h, cur.w), g, (ho, wo), dy, gw);
+        }
+    })
+}
+
+/// Adds the products of one pixel's kept elements (channels `run.0`, values `run.1`) for every
+/// tap whose window covers the pixel.
+#[inline(always)]
+fn depthwise_run(
+    (chan, val): (&[usize], &[f32]),
+    (n, h, w): (usize, usize, usize),
+    g: &ConvGeom,
+    (ho, wo): (usize, usize),
+    dy: &[f32],
+    gw: &mut [f32],
+) {
+    let c = g.cin;
+    taps(h, g.pad.0, g.stride.0, g.kh, ho, |a, oh| {
+        taps(w, g.pad.1, g.stride.1, g.kw, wo, |b, ow| {
+            let grow = &mut gw[(a * g.kw + b) * c..][..c];
+            let drow = &dy[((n * ho + oh) * wo + ow) * c..][..c];
+            for (&ch, &v) in chan.iter().zip(val) {
+                grow[ch] += v * drow[ch];
+            }
+        })
+    });
+}
+
+#[cfg(all(test, x86_detect))]
 mod tests {
     use super::*;
 

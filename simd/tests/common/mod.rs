@@ -1,6 +1,8 @@
 //! Helpers shared by the kernel tests.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use dropit_simd::format::{Format, Packed, PackedMut, PosForm, ValueType};
 
 /// Every format.
