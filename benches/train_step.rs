@@ -1,4 +1,4 @@
-//! Training-step time of the DESIGN's workloads (mlp at batch 128, cnn and vit at batch 64), dense and
+//! Training-step time of the reference workloads (README) (mlp at batch 128, cnn and vit at batch 64), dense and
 //! DropIT γ=0.9 (plain and lean), one and two worker threads, on fixed synthetic batches (time
 //! hardly depends on the values), side by side in one run so they compare as ratios.
 

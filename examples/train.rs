@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc::new();
 
-/// Fashion-MNIST normalization (DESIGN §10).
+/// Fashion-MNIST normalization (README, *Reference workloads*).
 const MEAN: f32 = 0.2860;
 const STD: f32 = 0.3530;
 /// Where Debian's `dataset-fashion-mnist` puts the full set (`--data` without a directory).
@@ -25,7 +25,7 @@ const USAGE: &str =
     "usage: train [--model mlp|cnn|vit] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
              [--batch N] [--data [DIR]] [--budget BYTES] [--threads N] [--seed N] [--json]
 
-  --model    workload of DESIGN §10 (default cnn)
+  --model    reference workload, as the README describes it (default cnn)
   --gamma    DropIT drop ratios to run one after the other (default 0,0.9; 0 = dense)
   --lean     the other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v)
   --epochs   passes over the training set (default 1)

@@ -6,7 +6,6 @@ use alloc::vec::Vec;
 use dropit_simd::format::ValueType;
 
 use crate::error::{Result, config_err};
-use crate::layers::Layer;
 use crate::model::Model;
 use crate::saved::{GradPath, InputSave, Positions, Scope, SparseSave};
 
@@ -103,7 +102,7 @@ impl DropIt {
             return config_err("DropIT scope", "a block of 0 elements");
         }
         let weighted: Vec<usize> = (0..model.nodes.len())
-            .filter(|&i| matches!(model.nodes[i].layer, Layer::Linear(_) | Layer::Conv2d(_)))
+            .filter(|&i| model.nodes[i].layer.input_save().is_some())
             .collect();
         let mut gammas: Vec<Option<f32>> = model.nodes.iter().map(|_| None).collect();
         for &i in &weighted {
@@ -136,14 +135,9 @@ impl DropIt {
                 }),
                 _ => InputSave::Dense,
             };
-            match &mut node.layer {
-                Layer::Linear(l) => l.save = save,
-                Layer::Conv2d(c) => c.save = save,
-                Layer::BatchNorm2d(b) => b.lean = self.lean,
-                Layer::LayerNorm(l) => l.lean = self.lean,
-                Layer::Gelu(g) => g.lean = self.lean,
-                Layer::Attention(a) => a.lean = self.lean,
-                _ => {}
+            match node.layer.input_save_mut() {
+                Some(s) => *s = save,
+                None => node.layer.set_lean(self.lean),
             }
         }
         Ok(())

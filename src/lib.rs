@@ -46,7 +46,7 @@ pub use dropit::{DropIt, LayerRef};
 pub use dropit_simd as kernels;
 pub use dropit_simd::format::{PosForm, ValueType};
 pub use error::{Error, Result};
-pub use model::{Model, ModelBuilder, T, VitConfig};
+pub use model::{Model, ModelBuilder, TensorId, VitConfig};
 pub use optim::{Decay, Optimizer, Schedule};
 pub use report::{LayerMemory, MemoryReport};
 pub use saved::{GradPath, InputSave, Positions, Scope, SparseSave};

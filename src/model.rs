@@ -14,9 +14,9 @@ use crate::layers::{
 };
 use crate::shape::Shape;
 
-/// A tensor of the model, by id.
+/// A tensor of the model being built, by id: what each [`ModelBuilder`] call returns and takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct T(pub(crate) usize);
+pub struct TensorId(pub(crate) usize);
 
 /// One layer applied to one or two tensors.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,24 +58,25 @@ impl ModelBuilder {
     }
 
     /// The input tensor.
-    pub fn input(&self) -> T {
-        T(0)
+    pub fn input(&self) -> TensorId {
+        TensorId(0)
     }
 
     /// The shape of a tensor.
-    pub fn shape(&self, t: T) -> Shape {
+    pub fn shape(&self, t: TensorId) -> Shape {
         self.shapes[t.0]
     }
 
-    fn check(&self, name: &str, t: T) -> Result<Shape> {
+    fn check(&self, name: &str, t: TensorId) -> Result<Shape> {
         match self.shapes.get(t.0) {
             Some(&s) => Ok(s),
             None => config_err(name, format!("tensor {} does not exist", t.0)),
         }
     }
 
-    /// Applies `layer` to `x`.
-    pub fn layer(&mut self, name: &str, layer: Layer, x: T) -> Result<T> {
+    /// Applies `layer` to `x` (any layer type, or a [`Layer`]).
+    pub fn layer(&mut self, name: &str, layer: impl Into<Layer>, x: TensorId) -> Result<TensorId> {
+        let layer = layer.into();
         if layer.arity() != 1 {
             return config_err(name, "a two-input layer needs `add`");
         }
@@ -87,7 +88,13 @@ impl ModelBuilder {
         self.push(name, layer, [x.0, usize::MAX], ys)
     }
 
-    fn push(&mut self, name: &str, layer: Layer, inputs: [usize; 2], ys: Shape) -> Result<T> {
+    fn push(
+        &mut self,
+        name: &str,
+        layer: Layer,
+        inputs: [usize; 2],
+        ys: Shape,
+    ) -> Result<TensorId> {
         let out = self.shapes.len();
         self.shapes.push(ys);
         self.nodes.push(Node {
@@ -96,11 +103,11 @@ impl ModelBuilder {
             inputs,
             output: out,
         });
-        Ok(T(out))
+        Ok(TensorId(out))
     }
 
     /// `a + b` (a residual join); the shapes must agree.
-    pub fn add(&mut self, name: &str, a: T, b: T) -> Result<T> {
+    pub fn add(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {
         let (sa, sb) = (self.check(name, a)?, self.check(name, b)?);
         if sa != sb {
             return shape_err(name, format_args!("both inputs {sa}"), sb);
@@ -109,109 +116,113 @@ impl ModelBuilder {
     }
 
     /// `Linear(in, out)` on the channels of `x`.
-    pub fn linear(&mut self, name: &str, x: T, out: usize) -> Result<T> {
+    pub fn linear(&mut self, name: &str, x: TensorId, out: usize) -> Result<TensorId> {
         let inp = self.check(name, x)?.c;
-        self.layer(name, Layer::Linear(Linear::new(inp, out)), x)
+        self.layer(name, Linear::new(inp, out), x)
     }
 
     /// A square convolution without bias.
     pub fn conv2d(
         &mut self,
         name: &str,
-        x: T,
+        x: TensorId,
         cout: usize,
         k: usize,
         stride: usize,
         pad: usize,
-    ) -> Result<T> {
+    ) -> Result<TensorId> {
         let cin = self.check(name, x)?.c;
-        self.layer(
-            name,
-            Layer::Conv2d(Conv2d::new(cin, cout, k, stride, pad)),
-            x,
-        )
+        self.layer(name, Conv2d::new(cin, cout, k, stride, pad), x)
     }
 
     /// `BatchNorm2d` over the channels of `x`.
-    pub fn batchnorm2d(&mut self, name: &str, x: T) -> Result<T> {
+    pub fn batchnorm2d(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
         let c = self.check(name, x)?.c;
-        self.layer(name, Layer::BatchNorm2d(BatchNorm2d::new(c)), x)
+        self.layer(name, BatchNorm2d::new(c), x)
     }
 
     /// `ReLU`.
-    pub fn relu(&mut self, name: &str, x: T) -> Result<T> {
-        self.layer(name, Layer::Relu(Relu), x)
+    pub fn relu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.layer(name, Relu, x)
     }
 
     /// `MaxPool2d(k, stride, pad)`.
     pub fn maxpool2d(
         &mut self,
         name: &str,
-        x: T,
+        x: TensorId,
         k: usize,
         stride: usize,
         pad: usize,
-    ) -> Result<T> {
-        self.layer(name, Layer::MaxPool2d(MaxPool2d::new(k, stride, pad)), x)
+    ) -> Result<TensorId> {
+        self.layer(name, MaxPool2d::new(k, stride, pad), x)
     }
 
     /// `AvgPool2d(k, stride)`.
-    pub fn avgpool2d(&mut self, name: &str, x: T, k: usize, stride: usize) -> Result<T> {
-        self.layer(name, Layer::AvgPool2d(AvgPool2d::new(k, stride)), x)
+    pub fn avgpool2d(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        k: usize,
+        stride: usize,
+    ) -> Result<TensorId> {
+        self.layer(name, AvgPool2d::new(k, stride), x)
     }
 
     /// Mean over H and W.
-    pub fn global_avgpool(&mut self, name: &str, x: T) -> Result<T> {
-        self.layer(name, Layer::GlobalAvgPool(GlobalAvgPool), x)
+    pub fn global_avgpool(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.layer(name, GlobalAvgPool, x)
     }
 
     /// `LayerNorm` over the channels of `x`.
-    pub fn layernorm(&mut self, name: &str, x: T) -> Result<T> {
+    pub fn layernorm(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
         let c = self.check(name, x)?.c;
-        self.layer(name, Layer::LayerNorm(LayerNorm::new(c)), x)
+        self.layer(name, LayerNorm::new(c), x)
     }
 
     /// `GELU` (exact, erf form).
-    pub fn gelu(&mut self, name: &str, x: T) -> Result<T> {
-        self.layer(name, Layer::Gelu(Gelu::default()), x)
+    pub fn gelu(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.layer(name, Gelu::default(), x)
     }
 
     /// `Dropout(p)` (the identity in evaluation).
-    pub fn dropout(&mut self, name: &str, x: T, p: f32) -> Result<T> {
-        self.layer(name, Layer::Dropout(Dropout { p }), x)
+    pub fn dropout(&mut self, name: &str, x: TensorId, p: f32) -> Result<TensorId> {
+        self.layer(name, Dropout { p }, x)
     }
 
     /// Patch embedding: a `patch × patch` convolution with stride `patch` and a bias, to `dim`
     /// channels — one `dim`-wide embedding per patch.
-    pub fn patch_embed(&mut self, name: &str, x: T, dim: usize, patch: usize) -> Result<T> {
+    pub fn patch_embed(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        dim: usize,
+        patch: usize,
+    ) -> Result<TensorId> {
         let cin = self.check(name, x)?.c;
         let conv = Conv2d::new(cin, dim, patch, patch, 0).with_bias();
-        self.layer(name, Layer::Conv2d(conv), x)
+        self.layer(name, conv, x)
     }
 
     /// Patches `[h, w, D]` → tokens `[1, h·w + 1, D]`: a learned cls token first, learned
     /// positions added.
-    pub fn pos_embed(&mut self, name: &str, x: T) -> Result<T> {
+    pub fn pos_embed(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
         let s = self.check(name, x)?;
-        self.layer(name, Layer::PosEmbed(PosEmbed::new(s.c, s.rows())), x)
+        self.layer(name, PosEmbed::new(s.c, s.rows()), x)
     }
 
     /// Token `index` of `x` as `[1, 1, D]` (0: the cls token).
-    pub fn select_token(&mut self, name: &str, x: T, index: usize) -> Result<T> {
-        self.layer(name, Layer::TokenSelect(TokenSelect { index }), x)
+    pub fn select_token(&mut self, name: &str, x: TensorId, index: usize) -> Result<TensorId> {
+        self.layer(name, TokenSelect { index }, x)
     }
 
     /// Multi-head self-attention with `heads` heads on tokens `x` of width D, as timm writes
     /// it: `{name}.qkv` Linear(D, 3D) → `{name}.sdpa` (scaled dot-product attention) →
     /// `{name}.proj` Linear(D, D).
-    pub fn attention(&mut self, name: &str, x: T, heads: usize) -> Result<T> {
+    pub fn attention(&mut self, name: &str, x: TensorId, heads: usize) -> Result<TensorId> {
         let d = self.check_heads(name, x, heads)?;
         let qkv = self.linear(&format!("{name}.qkv"), x, 3 * d)?;
-        let a = self.layer(
-            &format!("{name}.sdpa"),
-            Layer::Attention(Attention::new(d, heads)),
-            qkv,
-        )?;
+        let a = self.layer(&format!("{name}.sdpa"), Attention::new(d, heads), qkv)?;
         self.linear(&format!("{name}.proj"), a, d)
     }
 
@@ -221,11 +232,11 @@ impl ModelBuilder {
     pub fn transformer_block(
         &mut self,
         name: &str,
-        x: T,
+        x: TensorId,
         heads: usize,
         mlp: usize,
         drop: f32,
-    ) -> Result<T> {
+    ) -> Result<TensorId> {
         let d = self.check_heads(name, x, heads)?;
         if mlp == 0 || !(0.0..1.0).contains(&drop) {
             return config_err(
@@ -248,13 +259,13 @@ impl ModelBuilder {
 
     /// The width of `x`, once it is known to split into `heads` heads (checked before any layer
     /// is added, so a refused call leaves the builder as it was).
-    fn check_heads(&self, name: &str, x: T, heads: usize) -> Result<usize> {
+    fn check_heads(&self, name: &str, x: TensorId, heads: usize) -> Result<usize> {
         let s = self.check(name, x)?;
-        Attention::new(s.c, heads).out_shape(name, Shape::new(s.h, s.w, 3 * s.c))?;
+        Layer::from(Attention::new(s.c, heads)).out_shape(name, Shape::new(s.h, s.w, 3 * s.c))?;
         Ok(s.c)
     }
 
-    fn maybe_dropout(&mut self, name: &str, x: T, p: f32) -> Result<T> {
+    fn maybe_dropout(&mut self, name: &str, x: TensorId, p: f32) -> Result<TensorId> {
         if p == 0.0 {
             Ok(x)
         } else {
@@ -263,13 +274,19 @@ impl ModelBuilder {
     }
 
     /// `[h, w, c]` → `[1, 1, h·w·c]`.
-    pub fn flatten(&mut self, name: &str, x: T) -> Result<T> {
-        self.layer(name, Layer::Flatten(Flatten), x)
+    pub fn flatten(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.layer(name, Flatten, x)
     }
 
     /// A ResNet BasicBlock: conv3×3–BN–ReLU–conv3×3–BN, plus the shortcut (identity, or
     /// conv1×1 with the block's stride + BN when the shape changes), add, ReLU.
-    pub fn basic_block(&mut self, name: &str, x: T, cout: usize, stride: usize) -> Result<T> {
+    pub fn basic_block(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        cout: usize,
+        stride: usize,
+    ) -> Result<TensorId> {
         let cin = self.check(name, x)?.c;
         let y = self.conv2d(&format!("{name}.conv1"), x, cout, 3, stride, 1)?;
         let y = self.batchnorm2d(&format!("{name}.bn1"), y)?;
@@ -287,7 +304,7 @@ impl ModelBuilder {
     }
 
     /// Finishes the model; `logits` must be a `[1, 1, classes]` tensor.
-    pub fn build(self, logits: T) -> Result<Model> {
+    pub fn build(self, logits: TensorId) -> Result<Model> {
         let s = self.check("model output", logits)?;
         if s.h != 1 || s.w != 1 || s.c < 2 {
             return shape_err("model output", "logits [1, 1, classes ≥ 2]", s);
@@ -306,7 +323,7 @@ impl ModelBuilder {
 }
 
 impl Model {
-    /// The DESIGN's `mlp`: Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10), for 28×28×1.
+    /// The reference `mlp` (README, *Reference workloads*): Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10), for 28×28×1.
     pub fn mlp() -> Result<Model> {
         let mut b = ModelBuilder::new(Shape::new(28, 28, 1));
         let x = b.flatten("flatten", b.input())?;
@@ -318,7 +335,7 @@ impl Model {
         b.build(x)
     }
 
-    /// The DESIGN's `cnn` (ResNet-8) for `input` images and `classes` classes: stem
+    /// The reference `cnn` (ResNet-8) for `input` images and `classes` classes: stem
     /// conv3×3(→32)–BN–ReLU, BasicBlocks 32 (s1), 64 (s2), 128 (s2), global average pool,
     /// Linear(128, classes).
     pub fn resnet8(input: Shape, classes: usize) -> Result<Model> {
@@ -339,7 +356,7 @@ impl Model {
         Self::resnet8(Shape::new(28, 28, 1), 10)
     }
 
-    /// The DESIGN's `vit` for Fashion-MNIST: patch embedding Conv(1→96, k4, s4) → 49 tokens +
+    /// The reference `vit` for Fashion-MNIST: patch embedding Conv(1→96, k4, s4) → 49 tokens +
     /// cls token + learned positions; 4 pre-norm blocks (3 heads, MLP 384); final LayerNorm;
     /// head Linear(96, 10) on the cls token.
     pub fn vit() -> Result<Model> {
@@ -432,7 +449,7 @@ impl Model {
     }
 }
 
-/// The size of a [`Model::vision_transformer`]; the default is the DESIGN's `vit`.
+/// The size of a [`Model::vision_transformer`]; the default is the reference `vit`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VitConfig {
     /// Input image shape.

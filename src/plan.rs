@@ -10,18 +10,21 @@
 //!   forward outputs live from their producer to their last reader; in backward, a gradient
 //!   lives from its first contribution to its producer's backward. Both phases share the pool.
 //! - **scratch**: the largest single need of any layer (conv's per-sample im2col), shared.
+//!
+//! Every size comes from the layers' declarations ([`crate::layers::Needs`]); the plan is made
+//! in named steps: declarations, readers and liveness, parameters, the activation pool, the
+//! saved region (held tensors, contexts, shared packed copies), and the layout of the regions.
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use crate::arena::words_for_f32;
+use crate::arena::{words_for_bytes, words_for_f32};
 use crate::error::{Result, config_err};
-use crate::model::Model;
+use crate::layers::Needs;
+use crate::model::{Model, Node};
+use crate::saved::SparseSave;
 use dropit_simd::format::Format;
-
-use crate::arena::words_for_bytes;
-use crate::saved::{Saved, SparseSave};
 
 /// Where everything lives, in words from the start of the arena.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +39,10 @@ pub(crate) struct Plan {
     pub params: Vec<Range<usize>>,
     /// Per node: its running statistics as a float range inside the state region.
     pub state: Vec<Range<usize>>,
+    /// Per node: what it declared for the planned batch (nothing saved when frozen).
+    pub needs: Vec<Needs>,
     /// Per tensor: its buffer (sized for the planned batch).
     pub tensors: Vec<Range<usize>>,
-    /// Per tensor: whether it is held in the saved region.
-    pub held: Vec<bool>,
     /// Per tensor: its gradient's buffer (empty for the model input).
     pub grads: Vec<Range<usize>>,
     /// Per node and input: accumulate into the input's gradient (another reader wrote it first).
@@ -48,10 +51,8 @@ pub(crate) struct Plan {
     pub inplace: Vec<bool>,
     /// Per node: backward writes its first input's gradient over its output's.
     pub inplace_bwd: Vec<bool>,
-    /// Per node: its own saved context.
+    /// Per node: its own saved context (its declared entries, in order).
     pub ctx: Vec<Range<usize>>,
-    /// Per node: what that context is.
-    pub saved: Vec<Saved>,
     /// Per node: its DropIT-packed input, if it keeps one.
     pub packed: Vec<Option<PackedInput>>,
     pub regions: Regions,
@@ -75,7 +76,8 @@ pub(crate) struct Regions {
     pub opt: Range<usize>,
     pub state: Range<usize>,
     pub saved: Range<usize>,
-    pub slots: Range<usize>,
+    /// The activation pool.
+    pub pool: Range<usize>,
     pub scratch: Range<usize>,
 }
 
@@ -139,181 +141,223 @@ fn take(cursor: &mut usize, words: usize) -> Range<usize> {
     r
 }
 
-/// Plans `model` for batches of up to `batch` samples, with `opt_slots` optimizer floats per
-/// parameter and `threads` workers.
-pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize) -> Result<Plan> {
-    if batch == 0 {
-        return config_err("batch size", "must be at least 1");
-    }
-    let nodes = &model.nodes;
-    let nt = model.shapes.len();
-    let numel = |t: usize| batch * model.shapes[t].numel();
+/// The tensors a node reads (one, or two for a residual add).
+fn reads(n: &Node) -> &[usize] {
+    &n.inputs[..n.layer.arity()]
+}
 
-    // Readers of each tensor; the logits are read by the loss, after every node.
-    let mut last_use = vec![None; nt];
-    let mut held = vec![false; nt];
-    // Frozen nodes (a fine-tuning prefix) run forward only: they keep nothing for backward.
-    let frozen = model.frozen;
-    for (i, n) in nodes.iter().enumerate() {
-        for &t in n.inputs.iter().take(n.layer.arity()) {
-            last_use[t] = Some(i);
-            held[t] |= i >= frozen && n.layer.holds_input();
+/// Whether node `n` reads tensor `t` exactly once.
+fn reads_once(n: &Node, t: usize) -> bool {
+    reads(n).iter().filter(|&&u| u == t).count() == 1
+}
+
+/// Step 1: every node's declaration for the planned batch; frozen nodes keep nothing.
+fn declare(model: &Model, batch: usize, threads: usize) -> Vec<Needs> {
+    model
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (x, y) = (model.shapes[n.inputs[0]], model.shapes[n.output]);
+            let needs = n.layer.needs(batch, x, y, threads);
+            if i < model.frozen {
+                needs.frozen()
+            } else {
+                needs
+            }
+        })
+        .collect()
+}
+
+/// Step 2: who makes and who reads each tensor, and which tensors a backward reads as they are
+/// (held in the saved region, once however many read them).
+struct Readers {
+    /// Per tensor: the node that makes it (`None`: the model input).
+    producer: Vec<Option<usize>>,
+    /// Per tensor: its last reader (the loss, after every node, for the logits).
+    last_use: Vec<usize>,
+    /// Per tensor: held for backward.
+    held: Vec<bool>,
+}
+
+impl Readers {
+    fn of(model: &Model, needs: &[Needs]) -> Result<Self> {
+        let nt = model.shapes.len();
+        let mut producer = vec![None; nt];
+        let mut last_use = vec![None; nt];
+        let mut held = vec![false; nt];
+        for (i, n) in model.nodes.iter().enumerate() {
+            producer[n.output] = Some(i);
+            for &t in reads(n) {
+                last_use[t] = Some(i);
+                held[t] |= needs[i].holds_input;
+            }
         }
-    }
-    last_use[model.logits] = Some(nodes.len());
-    if let Some(t) = (1..nt).find(|&t| last_use[t].is_none()) {
-        return config_err(
-            "model",
-            alloc::format!("tensor {t} (output of {}) is never used", nodes[t - 1].name),
-        );
+        last_use[model.logits] = Some(model.nodes.len());
+        if let Some(t) = (0..nt).find(|&t| last_use[t].is_none()) {
+            let by = producer[t].map_or("the model input", |i| model.nodes[i].name.as_str());
+            return config_err(
+                "model",
+                alloc::format!("tensor {t} (output of {by}) is never used"),
+            );
+        }
+        if held[model.logits] {
+            return config_err(
+                "model output",
+                "the logits are read by a layer that keeps its input; add a layer in between",
+            );
+        }
+        Ok(Readers {
+            producer,
+            last_use: last_use
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
+            held,
+        })
     }
 
-    if held[model.logits] {
-        return config_err(
-            "model output",
-            "the logits are read by a layer that keeps its input; add a layer in between",
-        );
+    /// Whether a gradient flows into tensor `t`: it was made by a trained node.
+    fn wants_grad(&self, t: usize, frozen: usize) -> bool {
+        self.producer[t].is_some_and(|i| i >= frozen)
     }
+}
 
-    // Parameters and running statistics.
+/// Step 3: parameters and running statistics, node by node, as float ranges.
+fn lay_params(model: &Model) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
     let (mut pf, mut sf) = (0, 0);
-    let params: Vec<_> = nodes
+    model
+        .nodes
         .iter()
         .map(|n| {
-            let r = pf..pf + n.layer.param_count();
-            pf = r.end;
-            r
+            let p = pf..pf + n.layer.param_count();
+            let s = sf..sf + n.layer.state_count();
+            (pf, sf) = (p.end, s.end);
+            (p, s)
         })
-        .collect();
-    let state: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let r = sf..sf + n.layer.state_count();
-            sf = r.end;
-            r
-        })
-        .collect();
+        .unzip()
+}
 
-    // Activations: buffers of one pool with their spans of use. ReLU, BN, Add, GELU, dropout
-    // and equal-size convs write over an input that dies with them (in place).
-    let size = |t: usize| words_for_f32(numel(t));
-    let reads = |n: &crate::model::Node| n.inputs[..n.layer.arity()].to_vec();
-    let once = |n: &crate::model::Node, t: usize| reads(n).iter().filter(|&&u| u == t).count() == 1;
-    let mut pool = Pool::default();
-    let mut act = vec![usize::MAX; nt];
-    let mut inplace = vec![false; nodes.len()];
-    if !held[0] {
-        act[0] = pool.alloc(size(0), 0);
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        let t0 = n.inputs[0];
-        inplace[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
-            && !n.layer.holds_input()
-            && t0 != 0
-            && !held[t0]
-            && !held[n.output]
-            && last_use[t0] == Some(i)
-            && once(n, t0);
-        if inplace[i] {
-            act[n.output] = act[t0];
-        } else if !held[n.output] {
-            act[n.output] = pool.alloc(size(n.output), i);
+/// Step 4: the activation pool — every unheld tensor and every gradient as a buffer with its
+/// span of use, forward steps 0..=N then backward steps N..=2N, and which nodes run in place.
+struct Activations {
+    pool: Pool,
+    /// Per tensor: its forward buffer (unheld tensors).
+    act: Vec<usize>,
+    /// Per tensor: its gradient's buffer.
+    grad: Vec<Option<usize>>,
+    inplace: Vec<bool>,
+    inplace_bwd: Vec<bool>,
+    acc: Vec<[bool; 2]>,
+}
+
+impl Activations {
+    fn plan(model: &Model, batch: usize, needs: &[Needs], r: &Readers) -> Self {
+        let (nodes, frozen) = (&model.nodes, model.frozen);
+        let nt = model.shapes.len();
+        let size = |t: usize| words_for_f32(batch * model.shapes[t].numel());
+        let mut pool = Pool::default();
+        let mut act = vec![usize::MAX; nt];
+        let mut inplace = vec![false; nodes.len()];
+        // Forward: ReLU, BN, Add, GELU, dropout and equal-size convs write over an input that
+        // dies with them.
+        for t in (0..nt).filter(|&t| r.producer[t].is_none() && !r.held[t]) {
+            act[t] = pool.alloc(size(t), 0);
         }
-        for &t in &reads(n) {
-            if !held[t] {
+        for (i, n) in nodes.iter().enumerate() {
+            let t0 = n.inputs[0];
+            inplace[i] = needs[i].in_place
+                && !needs[i].holds_input
+                && r.producer[t0].is_some()
+                && !r.held[t0]
+                && !r.held[n.output]
+                && r.last_use[t0] == i
+                && reads_once(n, t0);
+            if inplace[i] {
+                act[n.output] = act[t0];
+            } else if !r.held[n.output] {
+                act[n.output] = pool.alloc(size(n.output), i);
+            }
+            for &t in reads(n).iter().filter(|&&t| !r.held[t]) {
                 pool.touch(act[t], i);
             }
         }
-    }
-    // Gradients, in backward time (node i runs at step 2N − i): the loss turns the logits into
-    // their gradient in place at step N; an in-place layer whose input gradient starts with it
-    // writes that over its output gradient.
-    let steps = nodes.len();
-    let back = |i: usize| 2 * steps - i;
-    pool.touch(act[model.logits], steps);
-    let mut gact: Vec<Option<usize>> = vec![None; nt];
-    gact[model.logits] = Some(act[model.logits]);
-    let mut acc = vec![[false; 2]; nodes.len()];
-    let mut inplace_bwd = vec![false; nodes.len()];
-    for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
-        let dy = gact[n.output];
-        if let Some(dy) = dy {
-            pool.touch(dy, back(i));
-        }
-        let t0 = n.inputs[0];
-        // No gradient for the model input, nor for what frozen nodes made.
-        let wants = |t: usize| t > frozen;
-        inplace_bwd[i] = n.layer.in_place(model.shapes[t0], model.shapes[n.output])
-            && wants(t0)
-            && gact[t0].is_none()
-            && dy.is_some()
-            && once(n, t0);
-        if inplace_bwd[i] {
-            gact[t0] = dy;
-        }
-        for (j, &t) in reads(n).iter().enumerate() {
-            if !wants(t) || (j == 0 && inplace_bwd[i]) {
-                continue;
+        // Backward (node i runs at step 2N − i): the loss turns the logits into their gradient
+        // in place at step N; an in-place layer whose input gradient starts with it writes that
+        // over its output gradient; a second contribution to a gradient adds.
+        let steps = nodes.len();
+        let back = |i: usize| 2 * steps - i;
+        pool.touch(act[model.logits], steps);
+        let mut grad: Vec<Option<usize>> = vec![None; nt];
+        grad[model.logits] = Some(act[model.logits]);
+        let mut acc = vec![[false; 2]; nodes.len()];
+        let mut inplace_bwd = vec![false; nodes.len()];
+        for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
+            let dy = grad[n.output];
+            if let Some(dy) = dy {
+                pool.touch(dy, back(i));
             }
-            match gact[t] {
-                None => gact[t] = Some(pool.alloc(size(t), back(i))),
-                Some(g) => {
-                    acc[i][j] = true;
-                    pool.touch(g, back(i));
+            let t0 = n.inputs[0];
+            inplace_bwd[i] = needs[i].in_place
+                && r.wants_grad(t0, frozen)
+                && grad[t0].is_none()
+                && dy.is_some()
+                && reads_once(n, t0);
+            if inplace_bwd[i] {
+                grad[t0] = dy;
+            }
+            for (j, &t) in reads(n).iter().enumerate() {
+                if !r.wants_grad(t, frozen) || (j == 0 && inplace_bwd[i]) {
+                    continue;
+                }
+                match grad[t] {
+                    None => grad[t] = Some(pool.alloc(size(t), back(i))),
+                    Some(g) => {
+                        acc[i][j] = true;
+                        pool.touch(g, back(i));
+                    }
                 }
             }
         }
+        Activations {
+            pool,
+            act,
+            grad,
+            inplace,
+            inplace_bwd,
+            acc,
+        }
     }
-    let (placed, pool_words) = pool.place();
+}
 
-    // Own contexts and scratch.
-    let saved: Vec<Saved> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| match i < frozen {
-            true => Saved::Nothing,
-            false => n
-                .layer
-                .saved(batch, model.shapes[n.inputs[0]], model.shapes[n.output]),
-        })
-        .collect();
-    let scratch_words = nodes
-        .iter()
-        .map(|n| {
-            n.layer.scratch_words(
-                batch,
-                model.shapes[n.inputs[0]],
-                model.shapes[n.output],
-                threads,
-            )
-        })
-        .max()
-        .unwrap_or(0);
-
-    // Lay the regions out.
-    let mut cur = 0;
-    // Gradients and optimizer state only for the trained suffix of the parameters.
-    let train_start = params.get(frozen).map_or(pf, |r| r.start);
-    let tw = words_for_f32(pf - train_start);
-    let regions_params = take(&mut cur, words_for_f32(pf));
-    let regions_grads = take(&mut cur, tw);
-    let regions_opt = take(&mut cur, opt_slots * tw);
-    let regions_state = take(&mut cur, words_for_f32(sf));
-    let saved_start = cur;
-    let mut tensors = vec![0..0; nt];
-    for t in (0..nt).filter(|&t| held[t]) {
-        tensors[t] = take(&mut cur, words_for_f32(numel(t)));
+/// Step 5, the saved region: held tensors, each node's own context, and the DropIT-packed
+/// inputs — one per (tensor, settings), shared by every reader with those settings. Returns
+/// the held tensors' ranges, the contexts and the packed inputs.
+#[allow(clippy::type_complexity)]
+fn lay_saved(
+    model: &Model,
+    batch: usize,
+    needs: &[Needs],
+    held: &[bool],
+    cur: &mut usize,
+) -> (
+    Vec<Range<usize>>,
+    Vec<Range<usize>>,
+    Vec<Option<PackedInput>>,
+) {
+    let numel = |t: usize| batch * model.shapes[t].numel();
+    let mut tensors = vec![0..0; model.shapes.len()];
+    for t in (0..model.shapes.len()).filter(|&t| held[t]) {
+        tensors[t] = take(cur, words_for_f32(numel(t)));
     }
-    let ctx: Vec<_> = saved.iter().map(|s| take(&mut cur, s.words())).collect();
-    // Packed inputs: one per (tensor, settings), shared by every reader with those settings.
-    let mut packed: Vec<Option<PackedInput>> = vec![None; nodes.len()];
+    let ctx: Vec<_> = needs.iter().map(|n| take(cur, n.saved_words())).collect();
+    let mut packed: Vec<Option<PackedInput>> = vec![None; model.nodes.len()];
     let mut owners: Vec<(usize, SparseSave, PackedInput)> = Vec::new();
-    for (i, n) in nodes.iter().enumerate().skip(frozen) {
-        let Some(sp) = n.layer.sparse_save() else {
+    for (i, n) in model.nodes.iter().enumerate() {
+        let Some(sp) = &needs[i].packed else {
             continue;
         };
         let t = n.inputs[0];
-        let numel = model.shapes[t].numel();
         if let Some((_, _, p)) = owners.iter().find(|(tt, ss, _)| *tt == t && ss == sp) {
             packed[i] = Some(PackedInput {
                 packs: false,
@@ -321,22 +365,54 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
             });
             continue;
         }
+        let one = model.shapes[t].numel();
         let p = PackedInput {
-            words: take(&mut cur, words_for_bytes(sp.bytes(batch, numel))),
-            format: sp.format(batch, numel),
+            words: take(cur, words_for_bytes(sp.bytes(batch, one))),
+            format: sp.format(batch, one),
             packs: true,
         };
         packed[i] = Some(p.clone());
         owners.push((t, *sp, p));
     }
+    (tensors, ctx, packed)
+}
+
+/// Plans `model` for batches of up to `batch` samples, with `opt_slots` optimizer floats per
+/// parameter and `threads` workers.
+pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize) -> Result<Plan> {
+    if batch == 0 {
+        return config_err("batch size", "must be at least 1");
+    }
+    let needs = declare(model, batch, threads);
+    let readers = Readers::of(model, &needs)?;
+    let (params, state) = lay_params(model);
+    let acts = Activations::plan(model, batch, &needs, &readers);
+    let (placed, pool_words) = acts.pool.place();
+    let scratch_words = needs.iter().map(|n| n.scratch).max().unwrap_or(0);
+
+    // Lay the regions out. Gradients and optimizer state only for the trained suffix of the
+    // parameters.
+    let frozen = model.frozen;
+    let pf = params.last().map_or(0, |r| r.end);
+    let sf = state.last().map_or(0, |r| r.end);
+    let train_start = params.get(frozen).map_or(pf, |r| r.start);
+    let tw = words_for_f32(pf - train_start);
+    let mut cur = 0;
+    let regions_params = take(&mut cur, words_for_f32(pf));
+    let regions_grads = take(&mut cur, tw);
+    let regions_opt = take(&mut cur, opt_slots * tw);
+    let regions_state = take(&mut cur, words_for_f32(sf));
+    let saved_start = cur;
+    let (mut tensors, ctx, packed) = lay_saved(model, batch, &needs, &readers.held, &mut cur);
     let regions_saved = saved_start..cur;
     let pool = cur;
-    let regions_slots = take(&mut cur, pool_words);
+    let regions_pool = take(&mut cur, pool_words);
     let shift = |r: &Range<usize>| pool + r.start..pool + r.end;
-    for t in (0..nt).filter(|&t| !held[t]) {
-        tensors[t] = shift(&placed[act[t]]);
+    for t in (0..tensors.len()).filter(|&t| !readers.held[t]) {
+        tensors[t] = shift(&placed[acts.act[t]]);
     }
-    let grads = gact
+    let grads = acts
+        .grad
         .iter()
         .map(|g| g.map_or(0..0, |b| shift(&placed[b])))
         .collect();
@@ -347,14 +423,13 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         train_start,
         params,
         state,
+        needs,
         tensors,
-        held,
         grads,
-        acc,
-        inplace,
-        inplace_bwd,
+        acc: acts.acc,
+        inplace: acts.inplace,
+        inplace_bwd: acts.inplace_bwd,
         ctx,
-        saved,
         packed,
         regions: Regions {
             params: regions_params,
@@ -362,7 +437,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
             opt: regions_opt,
             state: regions_state,
             saved: regions_saved,
-            slots: regions_slots,
+            pool: regions_pool,
             scratch: regions_scratch,
         },
         total_words: cur,

@@ -4,11 +4,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::arena::words_for_f32;
-use crate::layers::Layer;
 use crate::model::Model;
 use crate::plan::Plan;
-use crate::saved::Saved;
 use crate::shape::Shape;
 
 /// One layer's line.
@@ -24,7 +21,7 @@ pub struct LayerMemory {
     pub saved: String,
     /// Bytes saved for backward (a held input is counted at its first reader).
     pub saved_bytes: usize,
-    /// Bytes the same information takes as dense f32.
+    /// Bytes PyTorch's autograd keeps for the same module, as dense f32 (its declaration).
     pub dense_bytes: usize,
 }
 
@@ -56,84 +53,59 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
+    /// Reads every layer's line from its declaration in the plan.
     pub(crate) fn new(model: &Model, plan: &Plan) -> Self {
         let bytes = |r: &core::ops::Range<usize>| r.len() * 8;
-        let n = plan.batch;
         let mut counted = alloc::vec![false; model.shapes.len()];
         let layers: Vec<LayerMemory> = model
             .nodes
             .iter()
             .enumerate()
             .map(|(i, node)| {
-                let (xs, ys) = (model.shapes[node.inputs[0]], model.shapes[node.output]);
+                let needs = &plan.needs[i];
                 let t = node.inputs[0];
                 let mut saved_bytes = bytes(&plan.ctx[i]);
-                let mut dense_bytes = 0;
-                let mut what = String::from(plan.saved[i].describe());
-                if node.layer.holds_input() && i >= plan.frozen {
-                    dense_bytes += n * xs.numel() * 4;
-                    what = if counted[t] {
-                        "input (shared)".into()
+                let mut parts: Vec<String> = Vec::new();
+                if needs.holds_input {
+                    if counted[t] {
+                        parts.push("input (shared)".into());
                     } else {
-                        "input f32".into()
-                    };
-                    if !counted[t] {
+                        parts.push("input f32".into());
                         saved_bytes += bytes(&plan.tensors[t]);
                         counted[t] = true;
                     }
-                    if plan.saved[i] != Saved::Nothing {
-                        what = alloc::format!("{what} + {}", plan.saved[i].describe());
-                    }
                 }
-                if let Some(p) = &plan.packed[i] {
-                    dense_bytes += n * xs.numel() * 4;
-                    what = if p.packs {
+                if let (Some(p), Some(sp)) = (&plan.packed[i], &needs.packed) {
+                    parts.push(if p.packs {
                         saved_bytes += bytes(&p.words);
-                        let keep = node.layer.sparse_save().map_or(1.0, |s| s.keep);
                         alloc::format!(
                             "γ{:.2} {:?}+{:?}",
-                            1.0 - keep,
+                            1.0 - sp.keep,
                             p.format.values,
                             p.format.positions
                         )
                     } else {
                         "packed (shared)".into()
-                    };
+                    });
                 }
-                dense_bytes += if i < plan.frozen {
-                    0
-                } else {
-                    match &node.layer {
-                        Layer::Relu(_) | Layer::MaxPool2d(_) => n * ys.numel() * 4,
-                        Layer::Gelu(_) => n * xs.numel() * 4,
-                        Layer::LayerNorm(_) => {
-                            (words_for_f32(n * xs.numel()) + words_for_f32(n * xs.rows())) * 8
-                        }
-                        Layer::BatchNorm2d(b) => {
-                            (words_for_f32(n * xs.numel()) + words_for_f32(b.c)) * 8
-                        }
-                        // PyTorch keeps q, k, v (the input) and the probabilities.
-                        Layer::Attention(a) => {
-                            let held = if a.lean { n * xs.numel() * 4 } else { 0 };
-                            held + a.lse_rows(n, xs.rows()) * xs.rows() * 4
-                        }
-                        Layer::Dropout(_) => n * ys.numel() * 4,
-                        _ => 0,
-                    }
-                };
+                parts.extend(needs.saved.iter().map(|e| String::from(e.what)));
                 LayerMemory {
                     name: node.name.clone(),
                     kind: node.layer.kind(),
-                    output: ys,
-                    saved: what,
+                    output: model.shapes[node.output],
+                    saved: if parts.is_empty() {
+                        "-".into()
+                    } else {
+                        parts.join(" + ")
+                    },
                     saved_bytes,
-                    dense_bytes,
+                    dense_bytes: needs.torch_bytes,
                 }
             })
             .collect();
         let r = &plan.regions;
         MemoryReport {
-            batch: n,
+            batch: plan.batch,
             saved_dense: layers.iter().map(|l| l.dense_bytes).sum(),
             layers,
             params: bytes(&r.params),
@@ -141,7 +113,7 @@ impl MemoryReport {
             optimizer: bytes(&r.opt),
             state: bytes(&r.state),
             saved: bytes(&r.saved),
-            activations: bytes(&r.slots),
+            activations: bytes(&r.pool),
             scratch: bytes(&r.scratch),
             total: plan.total_words * 8,
         }

@@ -1,10 +1,8 @@
-//! What a layer keeps for backward — the seam where DropIT plugs in.
+//! How a Linear or convolution keeps its input for the weight gradient — the seam where DropIT
+//! plugs in. (What every layer saves is declared in its own file: see `layers::contract`.)
 
 use dropit_simd::format::{Format, PosForm, ValueType};
-use dropit_simd::mask::mask_words;
 use dropit_simd::select::{kept_count, kept_in_blocks};
-
-use crate::arena::{words_for_bytes, words_for_f32};
 
 /// How a Linear or Conv2d layer keeps its input for the weight gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -124,99 +122,6 @@ impl SparseSave {
             GradPath::Direct => true,
             GradPath::Scatter => false,
             GradPath::Auto => self.keep < GradPath::AUTO_DIRECT_BELOW,
-        }
-    }
-}
-
-/// A layer's own saved context (a held input is planned separately, once per tensor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Saved {
-    /// Nothing.
-    Nothing,
-    /// One bit per output element (ReLU).
-    Mask {
-        /// Elements covered.
-        elems: usize,
-    },
-    /// One byte per output element: which element of its window won (max-pool).
-    Codes {
-        /// Elements covered.
-        elems: usize,
-    },
-    /// The layer's input itself (GELU), or when lean its derivative as a one-byte code.
-    Input {
-        /// Elements.
-        elems: usize,
-        /// Stored as a derivative code.
-        lean: bool,
-    },
-    /// Attention's log-sum-exp per score row (f32), and q|k|v as bf16 when lean (else the
-    /// input is held and `qkv` is 0).
-    Attention {
-        /// Score rows (samples × heads × tokens).
-        rows: usize,
-        /// Elements of the bf16 q|k|v copy.
-        qkv: usize,
-    },
-    /// A normalized input and one f32 statistic per channel (batch norm) or per row (layer
-    /// norm); the normalized input as bf16 when lean.
-    Norm {
-        /// Elements of the normalized input.
-        elems: usize,
-        /// Channels (one f32 statistic each).
-        channels: usize,
-        /// Normalized input stored as bf16.
-        lean: bool,
-    },
-}
-
-impl Saved {
-    /// Words of arena the context takes.
-    pub fn words(&self) -> usize {
-        match *self {
-            Saved::Nothing => 0,
-            Saved::Mask { elems } => mask_words(elems),
-            Saved::Codes { elems } => words_for_bytes(elems),
-            Saved::Input { elems, lean } => {
-                if lean {
-                    words_for_bytes(elems)
-                } else {
-                    words_for_f32(elems)
-                }
-            }
-            Saved::Attention { rows, qkv } => words_for_f32(rows) + words_for_bytes(2 * qkv),
-            Saved::Norm {
-                elems,
-                channels,
-                lean,
-            } => {
-                let x = if lean {
-                    words_for_bytes(2 * elems)
-                } else {
-                    words_for_f32(elems)
-                };
-                x + words_for_f32(channels)
-            }
-        }
-    }
-
-    /// Bytes the context takes.
-    pub fn bytes(&self) -> usize {
-        self.words() * 8
-    }
-
-    /// Short description for the memory report.
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Saved::Nothing => "-",
-            Saved::Mask { .. } => "1-bit mask",
-            Saved::Codes { .. } => "argmax u8",
-            Saved::Input { lean: false, .. } => "input f32",
-            Saved::Input { lean: true, .. } => "slope u8",
-            Saved::Attention { qkv: 0, .. } => "log-sum-exp f32",
-            Saved::Attention { .. } => "qkv bf16 + lse",
-            Saved::Norm { lean: false, .. } => "normalized f32",
-            Saved::Norm { lean: true, .. } => "normalized bf16",
         }
     }
 }

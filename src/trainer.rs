@@ -8,13 +8,16 @@ use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
 use crate::dropit::DropIt;
 use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
+use crate::layers::contract::{Input, Mode, Saved, SavedMut};
 use crate::layers::loss::softmax_cross_entropy;
 use crate::layers::par::MAX_THREADS;
-use crate::layers::{Bwd, Fwd, PackedMutRef};
+use crate::layers::{Bwd, Fwd, Needs, PackedMutRef};
 use crate::model::Model;
 use crate::optim::{Optimizer, Schedule};
 use crate::plan::{Plan, plan};
 use crate::report::MemoryReport;
+use crate::shape::Shape;
+use core::ops::Range;
 
 /// How to train.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,7 +37,7 @@ pub struct TrainerConfig {
 }
 
 impl TrainerConfig {
-    /// The DESIGN's SGD recipe: momentum 0.9, lr 0.05, weight decay 5e-4, cosine over
+    /// The reference SGD recipe (README, *Reference workloads*): momentum 0.9, lr 0.05, weight decay 5e-4, cosine over
     /// `total_steps`.
     pub fn sgd_recipe(batch: usize, total_steps: u64) -> Self {
         TrainerConfig {
@@ -47,7 +50,7 @@ impl TrainerConfig {
         }
     }
 
-    /// The DESIGN's transformer recipe: AdamW, lr 1e-3, weight decay 0.05, cosine over
+    /// The reference transformer recipe: AdamW, lr 1e-3, weight decay 0.05, cosine over
     /// `total_steps`.
     pub fn adamw_recipe(batch: usize, total_steps: u64) -> Self {
         TrainerConfig {
@@ -92,6 +95,9 @@ pub struct Trainer<'a> {
     /// The trainer's own workers (built once, so steps start no threads).
     #[cfg(feature = "parallel")]
     pool: Option<rayon::ThreadPool>,
+    /// Workers of `pool` that have exited (dropping the trainer waits for all of them).
+    #[cfg(feature = "parallel")]
+    exited: alloc::sync::Arc<core::sync::atomic::AtomicUsize>,
 }
 
 impl Trainer<'static> {
@@ -197,11 +203,19 @@ impl<'a> Trainer<'a> {
             );
         }
         #[cfg(feature = "parallel")]
+        let exited = alloc::sync::Arc::new(core::sync::atomic::AtomicUsize::new(0));
+        #[cfg(feature = "parallel")]
         let pool = match cfg.threads {
             1 => None,
             t => Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(t)
+                    .exit_handler({
+                        let exited = exited.clone();
+                        move |_| {
+                            exited.fetch_add(1, core::sync::atomic::Ordering::Release);
+                        }
+                    })
                     .build()
                     .map_err(|e| Error::Config {
                         what: "threads".into(),
@@ -224,6 +238,8 @@ impl<'a> Trainer<'a> {
             step: 0,
             #[cfg(feature = "parallel")]
             pool,
+            #[cfg(feature = "parallel")]
+            exited,
         })
     }
 
@@ -336,59 +352,42 @@ impl<'a> Trainer<'a> {
         let w = self.arena.words();
         f32s_mut(&mut w[plan.tensors[0].clone()])[..x.len()].copy_from_slice(x);
         for (i, node) in self.model.nodes.iter().enumerate() {
-            let two = node.layer.arity() == 2;
-            let (xs, ys) = (
-                self.model.shapes[node.inputs[0]],
-                self.model.shapes[node.output],
-            );
-            let pk = plan.packed[i].as_ref();
+            let mode = match (i < plan.frozen, train) {
+                (true, _) => Mode::Frozen,
+                (false, true) => Mode::Train,
+                (false, false) => Mode::Eval,
+            };
             let inplace = plan.inplace[i];
-            let [x, x2, y, p, st, saved, scratch, packed] = carve(
-                w,
-                [
-                    if inplace {
-                        0..0
-                    } else {
-                        plan.tensors[node.inputs[0]].clone()
-                    },
-                    if two {
-                        plan.tensors[node.inputs[1]].clone()
-                    } else {
-                        0..0
-                    },
-                    plan.tensors[node.output].clone(),
-                    plan.regions.params.clone(),
-                    plan.regions.state.clone(),
-                    plan.ctx[i].clone(),
-                    plan.regions.scratch.clone(),
-                    pk.map_or(0..0, |p| p.words.clone()),
-                ],
-            )?;
+            let two = node.layer.arity() == 2;
+            let tensors = [
+                (!inplace).then(|| plan.tensors[node.inputs[0]].clone()),
+                two.then(|| plan.tensors[node.inputs[1]].clone()),
+                Some(plan.tensors[node.output].clone()),
+                None,
+            ];
+            let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
+            let v = call.carve(w, tensors, plan.regions.state.clone())?;
+            let [x, x2, y, _] = v.tensors;
+            let pk = plan.packed[i].as_ref();
             let mut f = Fwd {
                 n,
-                x_shape: xs,
-                y_shape: ys,
-                train: train && i >= plan.frozen,
-                x: if inplace {
-                    &[]
-                } else {
-                    &f32s(x)[..n * xs.numel()]
+                x_shape: call.xs,
+                y_shape: call.ys,
+                mode,
+                x: match x {
+                    Some(x) => Input::Buf(&f32s(x)[..call.x_len()]),
+                    None => Input::InPlace,
                 },
-                x2: if two {
-                    &f32s(x2)[..n * xs.numel()]
-                } else {
-                    &[]
-                },
-                y: &mut f32s_mut(y)[..n * ys.numel()],
-                p: &f32s(p)[plan.params[i].clone()],
-                state: &mut f32s_mut(st)[plan.state[i].clone()],
-                saved,
-                scratch,
+                x2: x2.map(|x2| &f32s(x2)[..call.x_len()]),
+                y: &mut f32s_mut(y.unwrap_or_default())[..call.y_len()],
+                p: &f32s(v.params)[plan.params[i].clone()],
+                state: &mut f32s_mut(v.aux)[plan.state[i].clone()],
+                saved: SavedMut::split(v.ctx, &call.needs.saved)?,
+                scratch: v.scratch,
                 threads: self.cfg.threads,
-                inplace,
                 seed: step_seed(self.cfg.seed, self.step, i),
                 packed: pk.map(|p| PackedMutRef {
-                    words: packed,
+                    words: v.packed,
                     format: p.format,
                     packs: p.packs,
                 }),
@@ -401,74 +400,43 @@ impl<'a> Trainer<'a> {
     fn backward(&mut self, n: usize) -> Result<()> {
         let plan = &self.plan;
         let w = self.arena.words();
-        for (i, node) in self
-            .model
-            .nodes
-            .iter()
-            .enumerate()
-            .rev()
-            .take(self.model.nodes.len() - plan.frozen)
-        {
-            let two = node.layer.arity() == 2;
-            let (xs, ys) = (
-                self.model.shapes[node.inputs[0]],
-                self.model.shapes[node.output],
-            );
-            let held = node.layer.holds_input();
-            let pk = plan.packed[i].as_ref();
+        let trained = self.model.nodes.len() - plan.frozen;
+        for (i, node) in self.model.nodes.iter().enumerate().rev().take(trained) {
             let inplace = plan.inplace_bwd[i];
-            let [x, dy, dx, dx2, p, g, saved, scratch, packed] = carve(
-                w,
-                [
-                    if held {
-                        plan.tensors[node.inputs[0]].clone()
-                    } else {
-                        0..0
-                    },
-                    if inplace {
-                        0..0
-                    } else {
-                        plan.grads[node.output].clone()
-                    },
-                    plan.grads[node.inputs[0]].clone(),
-                    if two {
-                        plan.grads[node.inputs[1]].clone()
-                    } else {
-                        0..0
-                    },
-                    plan.regions.params.clone(),
-                    plan.regions.grads.clone(),
-                    plan.ctx[i].clone(),
-                    plan.regions.scratch.clone(),
-                    pk.map_or(0..0, |p| p.words.clone()),
-                ],
-            )?;
+            let grad = |t: usize| Some(plan.grads[t].clone()).filter(|r| !r.is_empty());
+            let tensors = [
+                plan.needs[i]
+                    .holds_input
+                    .then(|| plan.tensors[node.inputs[0]].clone()),
+                (!inplace).then(|| plan.grads[node.output].clone()),
+                grad(node.inputs[0]),
+                (node.layer.arity() == 2)
+                    .then(|| grad(node.inputs[1]))
+                    .flatten(),
+            ];
+            let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
+            let v = call.carve(w, tensors, plan.regions.grads.clone())?;
+            let [x, dy, dx, dx2] = v.tensors;
+            let (ts, pr) = (plan.train_start, plan.params[i].clone());
             let mut b = Bwd {
                 n,
-                x_shape: xs,
-                y_shape: ys,
-                x: if held {
-                    &f32s(x)[..n * xs.numel()]
-                } else {
-                    &[]
+                x_shape: call.xs,
+                y_shape: call.ys,
+                x: x.map(|x| &f32s(x)[..call.x_len()]),
+                dy: match dy {
+                    Some(dy) => Input::Buf(&f32s(dy)[..call.y_len()]),
+                    None => Input::InPlace,
                 },
-                dy: if inplace {
-                    &[]
-                } else {
-                    &f32s(dy)[..n * ys.numel()]
-                },
-                dx: prefix(dx, n * xs.numel()),
-                dx2: prefix(dx2, n * xs.numel()),
+                dx: dx.map(|dx| &mut f32s_mut(dx)[..call.x_len()]),
+                dx2: dx2.map(|dx| &mut f32s_mut(dx)[..call.x_len()]),
                 acc: plan.acc[i][0],
                 acc2: plan.acc[i][1],
-                p: &f32s(p)[plan.params[i].clone()],
-                g: &mut f32s_mut(g)[plan.params[i].start - plan.train_start
-                    ..plan.params[i].end - plan.train_start],
-                saved,
-                scratch,
+                p: &f32s(v.params)[pr.clone()],
+                g: &mut f32s_mut(v.aux)[pr.start - ts..pr.end - ts],
+                saved: Saved::split(v.ctx, &call.needs.saved)?,
+                scratch: v.scratch,
                 threads: self.cfg.threads,
-                inplace,
-                packed: pk.map(|p| (&*packed, p.format)),
+                packed: plan.packed[i].as_ref().map(|p| (&*v.packed, p.format)),
             };
             node.layer.backward(&mut b)?;
         }
@@ -583,11 +551,119 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The first `len` floats of a buffer, or all of an empty one (an input with no gradient).
-fn prefix(w: &mut [u64], len: usize) -> &mut [f32] {
-    let f = f32s_mut(w);
-    let l = len.min(f.len());
-    &mut f[..l]
+/// Dropping a trainer with workers waits (up to a second) until they have exited, so that
+/// nothing of it runs — or allocates, or frees — after it is gone.
+#[cfg(feature = "parallel")]
+impl Drop for Trainer<'_> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        let workers = pool.current_num_threads();
+        drop(pool);
+        let start = std::time::Instant::now();
+        while self.exited.load(core::sync::atomic::Ordering::Acquire) < workers
+            && start.elapsed() < core::time::Duration::from_secs(1)
+        {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// One node's call, forward or backward, on `n` samples: its shapes and its declaration for
+/// `n` (the saved entries are split for the samples at hand, inside the planned context).
+struct Call<'p> {
+    xs: Shape,
+    ys: Shape,
+    n: usize,
+    needs: Needs,
+    plan: &'p Plan,
+    node: usize,
+}
+
+/// A node's disjoint views of the arena for one call.
+struct Views<'w> {
+    /// Up to four tensors (forward: x, x2, y; backward: x, dy, dx, dx2).
+    tensors: [Option<&'w mut [u64]>; 4],
+    params: &'w mut [u64],
+    /// Running statistics (forward) or gradients (backward).
+    aux: &'w mut [u64],
+    ctx: &'w mut [u64],
+    scratch: &'w mut [u64],
+    packed: &'w mut [u64],
+}
+
+impl<'p> Call<'p> {
+    fn new(model: &Model, plan: &'p Plan, node: usize, n: usize, threads: usize) -> Self {
+        let (xs, ys) = model.shapes_of(node);
+        let needs = if node < plan.frozen {
+            Needs::none()
+        } else {
+            model.nodes[node].layer.needs(n, xs, ys, threads)
+        };
+        Call {
+            xs,
+            ys,
+            n,
+            needs,
+            plan,
+            node,
+        }
+    }
+
+    fn x_len(&self) -> usize {
+        self.n * self.xs.numel()
+    }
+
+    fn y_len(&self) -> usize {
+        self.n * self.ys.numel()
+    }
+
+    /// The one carve of a node's regions, shared by forward and backward.
+    fn carve<'w>(
+        &self,
+        w: &'w mut [u64],
+        tensors: [Option<Range<usize>>; 4],
+        aux: Range<usize>,
+    ) -> Result<Views<'w>> {
+        let (plan, i) = (self.plan, self.node);
+        let ctx = plan.ctx[i].clone();
+        if self.needs.saved_words() > ctx.len() {
+            return config_err(
+                "saved context",
+                alloc::format!("node {i} declares more than was planned"),
+            );
+        }
+        let some = tensors.clone().map(|t| t.is_some());
+        let [t0, t1, t2, t3, params, aux, ctx, scratch, packed] = carve(
+            w,
+            [
+                tensors[0].clone().unwrap_or_default(),
+                tensors[1].clone().unwrap_or_default(),
+                tensors[2].clone().unwrap_or_default(),
+                tensors[3].clone().unwrap_or_default(),
+                plan.regions.params.clone(),
+                aux,
+                ctx,
+                plan.regions.scratch.clone(),
+                plan.packed[i].as_ref().map_or(0..0, |p| p.words.clone()),
+            ],
+        )?;
+        let mut ts = [Some(t0), Some(t1), Some(t2), Some(t3)];
+        for (t, on) in ts.iter_mut().zip(some) {
+            if !on {
+                *t = None;
+            }
+        }
+        Ok(Views {
+            tensors: ts,
+            params,
+            aux,
+            ctx,
+            scratch,
+            packed,
+        })
+    }
 }
 
 /// The randomness of node `node` in step `step` (dropout masks): distinct per node and step,

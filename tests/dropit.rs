@@ -388,7 +388,7 @@ fn vit_policy_drops_on_every_block_linear_but_not_patch_embed_or_head() {
             );
         }
     }
-    // The vit as DESIGN §10 draws it: 4 blocks, 3 heads of 32, MLP 384, 49 patches + cls.
+    // The reference vit: 4 blocks, 3 heads of 32, MLP 384, 49 patches + cls.
     let attn = m.find("blocks.3.attn.sdpa").unwrap();
     assert!(matches!(&m.nodes()[attn].layer, Layer::Attention(a) if a.heads == 3 && a.dim == 96));
     assert_eq!(

@@ -8,7 +8,10 @@ use proptest::prelude::*;
 
 /// `input → [conv] → layer under test → flatten → Linear(classes)`: the conv in front makes
 /// the tested layer's input gradient matter.
-fn around(input: Shape, f: impl FnOnce(&mut ModelBuilder, dropit::T) -> dropit::T) -> Model {
+fn around(
+    input: Shape,
+    f: impl FnOnce(&mut ModelBuilder, dropit::TensorId) -> dropit::TensorId,
+) -> Model {
     let mut b = ModelBuilder::new(input);
     let x = b.conv2d("pre", b.input(), 3, 3, 1, 1).unwrap();
     let x = f(&mut b, x);
@@ -106,7 +109,7 @@ proptest! {
 }
 
 /// Tokens `[1, 5, 6]` → Linear → (layer under test) → Linear → flatten → head.
-fn tokens(f: impl FnOnce(&mut ModelBuilder, dropit::T) -> dropit::T) -> Model {
+fn tokens(f: impl FnOnce(&mut ModelBuilder, dropit::TensorId) -> dropit::TensorId) -> Model {
     let mut b = ModelBuilder::new(Shape::new(1, 5, 6));
     let x = b.linear("in", b.input(), 8).unwrap();
     let x = f(&mut b, x);

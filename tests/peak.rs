@@ -72,7 +72,7 @@ fn dropit_peaks_and_budget() {
     }
 }
 
-/// The vit (DESIGN §10) at batch 64 under the AdamW recipe: dense, γ = 0.9, γ = 0.9 lean.
+/// The reference vit at batch 64 under the AdamW recipe: dense, γ = 0.9, γ = 0.9 lean.
 fn vit_peaks() {
     let n = 64;
     let (x, y) = (data(n * 784, 3), labels(n, 10, 4));

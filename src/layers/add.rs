@@ -1,7 +1,8 @@
 //! Elementwise sum of two tensors of one shape: the join of a residual connection.
 
+use super::contract::{Dims, Needs, Op};
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, put};
+use super::{Bwd, Fwd, planner_bug, put};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -9,47 +10,60 @@ use crate::shape::Shape;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Add;
 
-impl Add {
-    pub(crate) fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+impl Op for Add {
+    const KIND: &'static str = "Add";
+
+    fn arity(&self) -> usize {
+        2
+    }
+
+    fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
         Ok(x)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    /// Saves nothing; runs in place over its first input.
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none().in_place(true)
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
-        let (a, inplace) = (f.x, f.inplace);
-        let firsts = a.chunks(c).chain(core::iter::repeat(&[][..]));
+        let b = f.x2.ok_or_else(|| planner_bug(Self::KIND, "no second input"))?;
         each(
-            f.y.chunks_mut(c).zip(firsts).zip(f.x2.chunks(c)),
+            f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(b.chunks(c)),
             |((y, a), b)| {
-                if inplace {
-                    y.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-                } else {
-                    y.iter_mut()
+                match a {
+                    None => y.iter_mut().zip(b).for_each(|(y, b)| *y += b),
+                    Some(a) => y
+                        .iter_mut()
                         .zip(a)
                         .zip(b)
-                        .for_each(|((y, a), b)| *y = a + b);
+                        .for_each(|((y, a), b)| *y = a + b),
                 }
                 Ok(())
             },
         )
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        if b.inplace {
-            // dx already is dy: only the second input's gradient is written.
-            return copy_grad(b.dx, b.dx2, b.acc2, b.threads);
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (acc, acc2, t) = (b.acc, b.acc2, b.threads);
+        match (b.dy.buf(), b.dx.as_deref_mut(), b.dx2.as_deref_mut()) {
+            // In place: dY is in dX already.
+            (None, Some(dx), dx2) => copy_grad(dx, dx2, acc2, t),
+            (None, None, _) => Err(planner_bug(Self::KIND, "in place without dX")),
+            (Some(dy), dx, dx2) => {
+                copy_grad(dy, dx, acc, t)?;
+                copy_grad(dy, dx2, acc2, t)
+            }
         }
-        copy_grad(b.dy, b.dx, b.acc, b.threads)?;
-        copy_grad(b.dy, b.dx2, b.acc2, b.threads)
     }
 }
 
-/// `dx = dy` (or `+=`), by worker groups.
-fn copy_grad(dy: &[f32], dx: &mut [f32], acc: bool, threads: usize) -> Result<()> {
+/// `dx = dy` (or `+=`), by worker groups; nothing when no gradient is wanted.
+fn copy_grad(dy: &[f32], dx: Option<&mut [f32]>, acc: bool, threads: usize) -> Result<()> {
+    let Some(dx) = dx else {
+        return Ok(());
+    };
     let c = elem_chunk(dy.len(), threads);
     each(dx.chunks_mut(c).zip(dy.chunks(c)), |(dx, dy)| {
         for (d, &g) in dx.iter_mut().zip(dy) {

@@ -13,8 +13,9 @@ use dropit_simd::gemm::{Mat, MatMut};
 use half::bf16;
 
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, gemm, gemm_words};
-use crate::arena::{f32s, f32s_mut, words_for_f32};
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words};
+use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
@@ -43,7 +44,25 @@ impl Attention {
         self.dim / self.heads
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+    /// Log-sum-exp rows for `n` samples of `t` tokens.
+    fn lse_rows(&self, n: usize, t: usize) -> usize {
+        n * self.heads * t
+    }
+
+    /// Per worker: a T×T score block, its gradient, a f32 copy of one sample's q|k|v (lean) and
+    /// the GEMM packing space.
+    fn scratch_words(&self, n: usize, x: Shape, threads: usize) -> usize {
+        let (t, hd) = (x.rows(), self.head_dim());
+        let qkv = if self.lean { 3 * t * self.dim } else { 0 };
+        let pack = gemm_words(t, hd, t).max(gemm_words(t, t, hd));
+        max_groups(n, threads) * (words_for_f32(2 * t * t + qkv) + pack)
+    }
+}
+
+impl Op for Attention {
+    const KIND: &'static str = "MultiheadAttention";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         let (d, h) = (self.dim, self.heads);
         if h == 0 || d == 0 || !d.is_multiple_of(h) {
             return shape_err(
@@ -58,39 +77,39 @@ impl Attention {
         Ok(Shape::new(x.h, x.w, d))
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    /// One f32 log-sum-exp per score row, and q, k, v: the input itself, held, or a bf16 copy
+    /// when lean. PyTorch keeps q, k, v (the input) and every head's probabilities.
+    fn needs(&self, d: &Dims) -> Needs {
+        let (t, e) = (d.x.rows(), d.x_elems());
+        let rows = self.lse_rows(d.n, t);
+        let mut needs = Needs::none().save(Entry::new("log-sum-exp f32", Elem::F32, rows));
+        if self.lean {
+            needs = needs.save(Entry::new("qkv bf16", Elem::Bf16, e));
+        }
+        needs.holds_input = !self.lean;
+        needs
+            .scratch(self.scratch_words(d.n, d.x, d.threads))
+            .torch(4 * e + 4 * rows * t)
     }
 
-    /// Log-sum-exp rows for `n` samples of `t` tokens.
-    pub(crate) fn lse_rows(&self, n: usize, t: usize) -> usize {
-        n * self.heads * t
+    fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
     }
 
-    /// Per worker: a T×T score block, its gradient, a f32 copy of one sample's q|k|v (lean) and
-    /// the GEMM packing space.
-    pub(crate) fn scratch_words(&self, n: usize, x: Shape, threads: usize) -> usize {
-        let (t, hd) = (x.rows(), self.head_dim());
-        let qkv = if self.lean { 3 * t * self.dim } else { 0 };
-        let pack = gemm_words(t, hd, t).max(gemm_words(t, t, hd));
-        max_groups(n, threads) * (words_for_f32(2 * t * t + qkv) + pack)
-    }
-
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (t, d, h) = (f.x_shape.rows(), self.dim, self.heads);
         let (per, _) = split(f.n, f.threads);
         let unit = f.scratch.len() / max_groups(f.n, f.threads);
-        // Nothing is kept in evaluation, nor by a frozen layer (no context planned).
-        let keep = f.train && !f.saved.is_empty();
-        let rows = if keep { self.lse_rows(f.n, t) } else { 0 };
-        let (lse, copy) = f.saved.split_at_mut(words_for_f32(rows));
-        let lse = &mut f32s_mut(lse)[..rows];
+        // Nothing is kept in evaluation, nor by a frozen layer.
+        let keep = f.mode == Mode::Train;
+        let lse: &mut [f32] = if keep { f.saved.f32(0)? } else { &mut [] };
         let copy: &mut [bf16] = match keep && self.lean {
-            true => &mut bytemuck::cast_slice_mut(copy)[..f.n * t * 3 * d],
+            true => f.saved.bf16(1)?,
             false => &mut [],
         };
-        let work =
-            f.x.chunks(per * t * 3 * d)
+        let x = not_in_place(f.x, Self::KIND)?;
+        let work = x
+            .chunks(per * t * 3 * d)
                 .zip(f.y.chunks_mut(per * t * d))
                 .zip(f.scratch.chunks_mut(unit))
                 .zip(some_chunks(lse, per * h * t))
@@ -117,6 +136,12 @@ impl Attention {
         })
     }
 
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        self.run_backward(b)
+    }
+}
+
+impl Attention {
     /// One head of one sample: `y_h = softmax(scale · q kᵀ) v`, keeping each row's log-sum-exp.
     fn head_forward(
         &self,
@@ -162,25 +187,24 @@ impl Attention {
         gemm(scale, q, k, 0.0, MatMut::new(p, t, t)?, pack)
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        if b.dx.is_empty() {
-            return Ok(());
-        }
+    fn run_backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (t, d, h) = (b.x_shape.rows(), self.dim, self.heads);
         let (per, _) = split(b.n, b.threads);
         let unit = b.scratch.len() / max_groups(b.n, b.threads);
-        let (lse, copy) = b.saved.split_at(words_for_f32(self.lse_rows(b.n, t)));
-        let lse = &f32s(lse)[..self.lse_rows(b.n, t)];
+        let lse = b.saved.f32(0)?;
         let acc = b.acc;
         let qkv_len = t * 3 * d;
-        let xs: &[f32] = b.x;
-        let copy: &[bf16] = match self.lean {
-            true => &bytemuck::cast_slice(copy)[..b.n * qkv_len],
-            false => &[],
+        let (xs, copy): (&[f32], &[bf16]) = match self.lean {
+            true => (&[], b.saved.bf16(1)?),
+            false => (held(b.x, <Self as Op>::KIND)?, &[]),
         };
-        let work =
-            b.dx.chunks_mut(per * qkv_len)
-                .zip(b.dy.chunks(per * t * d))
+        let dy = not_in_place(b.dy, <Self as Op>::KIND)?;
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        let work = dx
+            .chunks_mut(per * qkv_len)
+            .zip(dy.chunks(per * t * d))
                 .zip(lse.chunks(per * h * t))
                 .zip(b.scratch.chunks_mut(unit))
                 .enumerate();
@@ -263,6 +287,7 @@ fn some_chunks<V>(s: &mut [V], len: usize) -> impl Iterator<Item = Option<&mut [
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{Input, Saved, SavedMut};
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -355,27 +380,28 @@ mod tests {
         start: Option<&[f32]>,
     ) -> (Vec<f32>, Vec<f32>) {
         let (xs, ys) = (Shape::new(1, t, 3 * a.dim), Shape::new(1, t, a.dim));
-        let saved = crate::saved::Saved::Attention {
-            rows: a.lse_rows(n, t),
-            qkv: if a.lean { n * xs.numel() } else { 0 },
-        };
-        let mut ctx = vec![0u64; saved.words()];
-        let mut scratch = vec![0u64; a.scratch_words(n, xs, threads)];
+        let needs = a.needs(&Dims {
+            n,
+            x: xs,
+            y: ys,
+            threads,
+        });
+        let mut ctx = vec![0u64; needs.saved_words()];
+        let mut scratch = vec![0u64; needs.scratch];
         let mut y = vec![f32::NAN; n * ys.numel()];
         a.forward(&mut Fwd {
             n,
             x_shape: xs,
             y_shape: ys,
-            train: true,
-            x,
-            x2: &[],
+            mode: Mode::Train,
+            x: Input::Buf(x),
+            x2: None,
             y: &mut y,
             p: &[],
             state: &mut [],
-            saved: &mut ctx,
+            saved: SavedMut::split(&mut ctx, &needs.saved).unwrap(),
             scratch: &mut scratch,
             threads,
-            inplace: false,
             seed: 0,
             packed: None,
         })
@@ -385,18 +411,17 @@ mod tests {
             n,
             x_shape: xs,
             y_shape: ys,
-            x: if a.lean { &[] } else { x },
-            dy: w,
-            dx: &mut dx,
-            dx2: &mut [],
+            x: if a.lean { None } else { Some(x) },
+            dy: Input::Buf(w),
+            dx: Some(&mut dx),
+            dx2: None,
             acc: start.is_some(),
             acc2: false,
             p: &[],
             g: &mut [],
-            saved: &ctx,
+            saved: Saved::split(&ctx, &needs.saved).unwrap(),
             scratch: &mut scratch,
             threads,
-            inplace: false,
             packed: None,
         })
         .unwrap();

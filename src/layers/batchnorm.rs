@@ -6,13 +6,14 @@
 //! normalized input x̂ and 1/σ per channel.
 
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::{Bwd, Fwd, planner_bug, put};
 use dropit_simd::format::Value;
-use half::bf16;
 
-use crate::arena::{f32s, f32s_mut, words_for_f32};
+use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
+use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// `BatchNorm2d(c)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,24 +39,51 @@ impl BatchNorm2d {
         }
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+    /// Per worker two f64 sums per channel, and two more for the combined statistics.
+    fn scratch_words(&self, n: usize, threads: usize) -> usize {
+        (max_groups(n, threads) + 1) * 2 * self.c
+    }
+}
+
+impl Op for BatchNorm2d {
+    const KIND: &'static str = "BatchNorm2d";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if x.c != self.c {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
         }
         Ok(x)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        2 * self.c
+    /// `weight`, `bias`; running statistics `running_mean`, `running_var`.
+    fn params(&self) -> Params {
+        let c = self.c;
+        params([
+            ParamDecl::param("weight", &[c], Layout::Same),
+            ParamDecl::param("bias", &[c], Layout::Same),
+            ParamDecl::state("running_mean", c),
+            ParamDecl::state("running_var", c),
+        ])
     }
 
-    /// Per worker two f64 sums per channel, and two more for the combined statistics.
-    pub(crate) fn scratch_words(&self, n: usize, threads: usize) -> usize {
-        (max_groups(n, threads) + 1) * 2 * self.c
+    /// Saves 1/σ per channel and the normalized input x̂ (bf16 when lean); PyTorch keeps x̂
+    /// and its statistics as f32.
+    fn needs(&self, d: &Dims) -> Needs {
+        let (e, c) = (d.x_elems(), self.c);
+        let xhat = match self.lean {
+            false => Entry::new("normalized f32", Elem::F32, e),
+            true => Entry::new("normalized bf16", Elem::Bf16, e),
+        };
+        Needs::none()
+            .save(Entry::new("1/σ f32", Elem::F32, c))
+            .save(xhat)
+            .scratch(self.scratch_words(d.n, d.threads))
+            .in_place(true)
+            .torch(8 * (words_for_f32(e) + words_for_f32(c)))
     }
 
     /// γ = 1, β = 0; running mean 0, running variance 1.
-    pub(crate) fn init(&self, p: &mut [f32], state: &mut [f32]) {
+    fn init(&self, p: &mut [f32], state: &mut [f32], _rng: &mut Xoshiro256PlusPlus) {
         let (g, b) = p.split_at_mut(self.c);
         g.fill(1.0);
         b.fill(0.0);
@@ -64,18 +92,21 @@ impl BatchNorm2d {
         v.fill(1.0);
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
+    }
+
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = self.c;
         let (gamma, beta) = f.p.split_at(c);
         let (per, t) = split(f.n, f.threads);
         let chunk = per * f.x_shape.numel();
-        if !f.train {
+        if f.mode != Mode::Train {
             let (rmean, rvar) = f.state.split_at(c);
-            let xs = f.x.chunks(chunk).chain(core::iter::repeat(&[][..]));
-            return each(f.y.chunks_mut(chunk).zip(xs), |(y, x)| {
+            return each(f.y.chunks_mut(chunk).zip(f.x.chunks(chunk)), |(y, x)| {
                 for (r, yr) in y.chunks_exact_mut(c).enumerate() {
                     for i in 0..c {
-                        let xv = if x.is_empty() { yr[i] } else { x[r * c + i] };
+                        let xv = x.map_or(yr[i], |x| x[r * c + i]);
                         let inv = 1.0 / libm::sqrtf(rvar[i] + self.eps);
                         yr[i] = gamma[i] * (xv - rmean[i]) * inv + beta[i];
                     }
@@ -84,7 +115,7 @@ impl BatchNorm2d {
             });
         }
         // In place, the input is in `y`.
-        let src: &[f32] = if f.inplace { f.y } else { f.x };
+        let src: &[f32] = f.x.buf().unwrap_or(f.y);
         let m = (src.len() / c) as f64;
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c]);
         let (parts, stats) = scratch.split_at_mut(t * 2 * c);
@@ -104,8 +135,7 @@ impl BatchNorm2d {
             Ok(())
         })?;
         combine(parts, c, c, var, m);
-        let (inv, xhat) = f.saved.split_at_mut(words_for_f32(c));
-        let inv = &mut f32s_mut(inv)[..c];
+        let inv = f.saved.f32(0)?;
         let (rmean, rvar) = f.state.split_at_mut(c);
         let mo = self.momentum;
         for i in 0..c {
@@ -118,36 +148,30 @@ impl BatchNorm2d {
             rmean[i] = (1.0 - mo) * rmean[i] + mo * mean[i] as f32;
             rvar[i] = (1.0 - mo) * rvar[i] + mo * unbiased as f32;
         }
-        let (len, inv, mean): (usize, &[f32], &[f64]) = (f.y.len(), inv, mean);
+        let (inv, mean): (&[f32], &[f64]) = (inv, mean);
         let (gb, chunk) = ((gamma, beta), chunk);
         if self.lean {
-            let h: &mut [bf16] = &mut bytemuck::cast_slice_mut(xhat)[..len];
+            let h = f.saved.bf16(1)?;
             normalize(f.x, f.y, h, chunk, c, mean, inv, gb)
         } else {
-            normalize(
-                f.x,
-                f.y,
-                &mut f32s_mut(xhat)[..len],
-                chunk,
-                c,
-                mean,
-                inv,
-                gb,
-            )
+            let h = f.saved.f32(1)?;
+            normalize(f.x, f.y, h, chunk, c, mean, inv, gb)
         }
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let (inv, xhat) = b.saved.split_at(words_for_f32(self.c));
-        let inv = &f32s(inv)[..self.c];
-        let len = b.n * b.y_shape.numel();
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let inv = b.saved.f32(0)?;
         if self.lean {
-            let h: &[bf16] = &bytemuck::cast_slice(xhat)[..len];
+            let h = b.saved.bf16(1)?;
             self.backward_with(b, h, inv)
         } else {
-            self.backward_with(b, &f32s(xhat)[..len], inv)
+            let h = b.saved.f32(1)?;
+            self.backward_with(b, h, inv)
         }
     }
+}
+
+impl BatchNorm2d {
 
     fn backward_with<V: Value + Sync>(
         &self,
@@ -162,7 +186,11 @@ impl BatchNorm2d {
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..(t + 1) * 2 * c]);
         let (parts, sums) = scratch.split_at_mut(t * 2 * c);
         // In place, dY is in `dx`.
-        let dy_all: &[f32] = if b.inplace { b.dx } else { b.dy };
+        let dy_all: &[f32] = match (b.dy.buf(), b.dx.as_deref()) {
+            (Some(dy), _) => dy,
+            (None, Some(dx)) => dx,
+            (None, None) => return Err(planner_bug(Self::KIND, "in place without dX")),
+        };
         each(
             dy_all
                 .chunks(chunk)
@@ -191,13 +219,17 @@ impl BatchNorm2d {
         }
         let (gamma, acc) = (&b.p[..c], b.acc);
         let (dbeta, dgamma): (&[f64], &[f64]) = (dbeta, dgamma);
-        let dys = b.dy.chunks(chunk).chain(core::iter::repeat(&[][..]));
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
         each(
-            b.dx.chunks_mut(chunk).zip(dys).zip(xhat.chunks(chunk)),
+            dx.chunks_mut(chunk)
+                .zip(b.dy.chunks(chunk))
+                .zip(xhat.chunks(chunk)),
             |((dx, dy), h)| {
                 for (r, (xr, hr)) in dx.chunks_exact_mut(c).zip(h.chunks_exact(c)).enumerate() {
                     for i in 0..c {
-                        let d = if dy.is_empty() { xr[i] } else { dy[r * c + i] };
+                        let d = dy.map_or(xr[i], |dy| dy[r * c + i]);
                         let k = gamma[i] * inv[i] / m;
                         let v = k * (m * d - dbeta[i] as f32 - hr[i].to_f32() * dgamma[i] as f32);
                         put(&mut xr[i], v, acc);
@@ -209,11 +241,11 @@ impl BatchNorm2d {
     }
 }
 
-/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups;
-/// an empty `x` means the input is in `y` (in place).
+/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups
+/// (in place, the input is in `y`).
 #[allow(clippy::too_many_arguments)]
 fn normalize<V: Value + Send>(
-    x: &[f32],
+    x: Input<'_>,
     y: &mut [f32],
     xhat: &mut [V],
     chunk: usize,
@@ -222,13 +254,14 @@ fn normalize<V: Value + Send>(
     inv: &[f32],
     (gamma, beta): (&[f32], &[f32]),
 ) -> Result<()> {
-    let xs = x.chunks(chunk).chain(core::iter::repeat(&[][..]));
     each(
-        y.chunks_mut(chunk).zip(xs).zip(xhat.chunks_mut(chunk)),
+        y.chunks_mut(chunk)
+            .zip(x.chunks(chunk))
+            .zip(xhat.chunks_mut(chunk)),
         |((y, x), h)| {
             for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
                 for i in 0..c {
-                    let xv = if x.is_empty() { yr[i] } else { x[r * c + i] };
+                    let xv = x.map_or(yr[i], |x| x[r * c + i]);
                     let v = (xv - mean[i] as f32) * inv[i];
                     hr[i] = V::from_f32(v);
                     yr[i] = gamma[i] * v + beta[i];

@@ -8,8 +8,9 @@ use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::par::{MAX_THREADS, each, max_groups, run, split};
-use super::{Bwd, Fwd, gemm, gemm_words, missing, pack_input, packed_input};
+use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::par::{each, max_groups, split};
+use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words, missing, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::{normal, uniform};
@@ -78,27 +79,6 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
-        if x.c != self.cin || self.cout == 0 {
-            return shape_err(name, format_args!("input [h, w, {}]", self.cin), x);
-        }
-        match self.geom(1, x).out_hw() {
-            Ok((ho, wo)) => Ok(Shape::new(ho, wo, self.cout)),
-            Err(e) => shape_err(
-                name,
-                format_args!(
-                    "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
-                    self.k.0, self.k.1, self.stride, self.pad
-                ),
-                x,
-            ),
-        }
-    }
-
-    pub(crate) fn param_count(&self) -> usize {
-        self.k.0 * self.k.1 * self.cin * self.cout + if self.bias { self.cout } else { 0 }
-    }
-
     /// Words one worker needs for one sample: the im2col matrix, then the GEMMs' packing space.
     fn unit_words(&self, y: Shape) -> usize {
         let (r, kd, co) = (y.rows(), self.kdim(), self.cout);
@@ -125,7 +105,7 @@ impl Conv2d {
     /// Per worker: a sample's im2col matrix and packing space; with more than one worker, also
     /// a private weight gradient that is summed in worker order (so a run is reproducible for a
     /// given thread count). A pointwise convolution needs only packing space for the batch.
-    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
+    fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
         if self.pointwise() {
             let (r, c, co) = (n * x.rows(), self.cin, self.cout);
             return gemm_words(r, c, co)
@@ -142,7 +122,7 @@ impl Conv2d {
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
-    pub(crate) fn init(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+    fn init_weights(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
         let wl = self.k.0 * self.k.1 * self.cin * self.cout;
         let std = libm::sqrtf(2.0 / (self.cout * self.k.0 * self.k.1) as f32);
         let (w, b) = p.split_at_mut(wl);
@@ -209,16 +189,17 @@ impl Conv2d {
 
     /// Whether the output can overwrite the input sample by sample (forward) and the input
     /// gradient the output gradient (backward): same size per sample, not the whole-batch GEMM.
-    pub(crate) fn in_place(&self, x: Shape, y: Shape) -> bool {
+    fn in_place(&self, x: Shape, y: Shape) -> bool {
         x.numel() == y.numel() && !self.pointwise()
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    /// Forward.
+    fn run_forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys) = (f.x_shape, f.y_shape);
         // In place, the input is in `y`: pack it (DropIT) before it is overwritten.
-        let src: &[f32] = if f.inplace { f.y } else { f.x };
+        let src: &[f32] = f.x.buf().unwrap_or(f.y);
         match (self.save.sparse(), f.packed.take()) {
-            (Some(sp), Some(p)) if f.train && p.packs => {
+            (Some(sp), Some(p)) if f.mode == Mode::Train && p.packs => {
                 pack_input(sp, src, f.n, xs.numel(), p, f.threads)?
             }
             _ => {}
@@ -232,7 +213,8 @@ impl Conv2d {
                 f.y.chunks_exact_mut(self.cout)
                     .for_each(|r| r.copy_from_slice(bias));
             }
-            let xm = Mat::new(f.x, rows, self.cin)?;
+            let x = not_in_place(f.x, Self::KIND)?;
+            let xm = Mat::new(x, rows, self.cin)?;
             return gemm(
                 1.0,
                 xm,
@@ -244,21 +226,18 @@ impl Conv2d {
         }
         let (per, _) = split(f.n, f.threads);
         let unit = self.unit_words(ys);
-        let xs_iter =
-            f.x.chunks(per * xs.numel())
-                .chain(core::iter::repeat(&[][..]));
-        let groups =
-            f.y.chunks_mut(per * ys.numel())
-                .zip(xs_iter)
-                .zip(f.scratch.chunks_mut(unit));
+        let groups = f
+            .y
+            .chunks_mut(per * ys.numel())
+            .zip(f.x.chunks(per * xs.numel()))
+            .zip(f.scratch.chunks_mut(unit));
         each(groups, |((y, x), s)| {
             let (col, pack) = self.split_scratch(ys, s);
             for (i, y) in y.chunks_exact_mut(ys.numel()).enumerate() {
                 // im2col copies the sample first, so `y` may hold the input (in place).
-                let xi = if x.is_empty() {
-                    &*y
-                } else {
-                    &x[i * xs.numel()..][..xs.numel()]
+                let xi = match x {
+                    Some(x) => &x[i * xs.numel()..][..xs.numel()],
+                    None => &*y,
                 };
                 self.im2col(xi, xs, ys, col);
                 if self.bias {
@@ -279,13 +258,18 @@ impl Conv2d {
         })
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    /// Backward.
+    fn run_backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys) = (b.x_shape, b.y_shape);
         let wl = self.weight_len();
         let w = Mat::new(&b.p[..wl], self.kdim(), self.cout)?;
         let (gw, gb) = b.g.split_at_mut(wl);
         // In place, dY is in `dx` (still whole here: the loop below overwrites it sample by sample).
-        let dy_all: &[f32] = if b.inplace { b.dx } else { b.dy };
+        let dy_all: &[f32] = match (b.dy.buf(), b.dx.as_deref()) {
+            (Some(dy), _) => dy,
+            (None, Some(dx)) => dx,
+            (None, None) => return Err(super::planner_bug(Self::KIND, "in place without dX")),
+        };
         if self.bias {
             for row in dy_all.chunks_exact(self.cout) {
                 for (g, d) in gb.iter_mut().zip(row) {
@@ -300,11 +284,17 @@ impl Conv2d {
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;
             spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), dy_all, gw)?;
         }
+        let x = if sparse.is_none() {
+            Some(held(b.x, Self::KIND)?)
+        } else {
+            None
+        };
         if self.pointwise() {
             let rows = b.n * xs.rows();
-            let dy = Mat::new(b.dy, rows, self.cout)?;
-            if sparse.is_none() {
-                let xt = Mat::new(b.x, rows, self.cin)?.t();
+            let dy = not_in_place(b.dy, Self::KIND)?;
+            let dy = Mat::new(dy, rows, self.cout)?;
+            if let Some(x) = x {
+                let xt = Mat::new(x, rows, self.cin)?.t();
                 gemm(
                     1.0,
                     xt,
@@ -314,89 +304,58 @@ impl Conv2d {
                     b.scratch,
                 )?;
             }
-            if !b.dx.is_empty() {
+            if let Some(dx) = b.dx.as_deref_mut() {
                 let beta = if b.acc { 1.0 } else { 0.0 };
                 gemm(
                     1.0,
                     dy,
                     w.t(),
                     beta,
-                    MatMut::new(b.dx, rows, self.cin)?,
+                    MatMut::new(dx, rows, self.cin)?,
                     b.scratch,
                 )?;
             }
             return Ok(());
         }
-        if sparse.is_some() && b.dx.is_empty() {
+        if x.is_none() && b.dx.is_none() {
             return Ok(());
         }
         let (per, t) = split(b.n, b.threads);
+        let (xn, yn) = (xs.numel(), ys.numel());
         let unit = self.unit_words(ys);
         let (units, partials) = b.scratch.split_at_mut(t * unit);
-        type Group<'g> = (
-            &'g [f32],
-            &'g [f32],
-            &'g mut [f32],
-            &'g mut [u64],
-            &'g mut [f32],
-        );
-        let mut groups: [Option<Group<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
         // Dense grad_W: one worker accumulates straight into it; several get private, zeroed
         // partials, summed below in worker order.
-        let dense_gw = sparse.is_none();
-        let (mut gw_slot, gw_sum) = if dense_gw && t == 1 {
-            (Some(gw), None)
-        } else {
-            (None, Some(gw))
-        };
-        let (mut dx_rest, mut partial_rest): (&mut [f32], &mut [u64]) = (b.dx, partials);
-        let x_chunks =
-            b.x.chunks(per * xs.numel())
-                .chain(core::iter::repeat(&[][..]));
-        let dy_chunks =
-            b.dy.chunks(per * ys.numel())
-                .chain(core::iter::repeat(&[][..]));
-        let parts = x_chunks.zip(dy_chunks).zip(units.chunks_mut(unit));
-        for (g, ((x, dy), s)) in groups.iter_mut().zip(parts).take(t) {
-            let take = (per * xs.numel()).min(dx_rest.len());
-            let (dx, rest) = core::mem::take(&mut dx_rest).split_at_mut(take);
-            dx_rest = rest;
-            let part: &mut [f32] = match gw_slot.take() {
-                Some(gw) => gw,
-                None if dense_gw => {
-                    let (p, rest) =
-                        core::mem::take(&mut partial_rest).split_at_mut(words_for_f32(wl));
-                    partial_rest = rest;
-                    let p = &mut f32s_mut(p)[..wl];
-                    p.fill(0.0);
-                    p
-                }
-                None => &mut [],
-            };
-            *g = Some((x, dy, dx, s, part));
-        }
+        let partials = &mut f32s_mut(partials)[..if x.is_some() && t > 1 { t * wl } else { 0 }];
+        partials.fill(0.0);
+        let direct = x.is_some() && t == 1;
+        let mut gw_one = Some(&mut *gw).filter(|_| direct);
+        let mut parts = partials.chunks_mut(wl.max(1));
+        let dys = b.dy.buf();
+        let xc = x.map(|x| x.chunks(per * xn));
+        let dxc = b.dx.as_deref_mut().map(|d| d.chunks_mut(per * xn));
+        let groups = (0..t).map(|g| {
+            let part: Option<&mut [f32]> = gw_one.take().or_else(|| parts.next());
+            (g, part)
+        });
+        let mut xc = xc.into_iter().flatten();
+        let mut dxc = dxc.into_iter().flatten();
+        let work = groups
+            .map(|(g, part)| (g, part, xc.next(), dxc.next()))
+            .zip(units.chunks_mut(unit));
         let (r, kd, acc) = (ys.rows(), self.kdim(), b.acc);
-        run(&mut groups[..t], |g| {
-            let Some((x, dy, dx, s, part)) = g else {
-                return Ok(());
-            };
+        each(work, |((g, mut part, x, mut dx), s)| {
             let (col, pack) = self.split_scratch(ys, s);
-            let (xn, yn) = (xs.numel(), ys.numel());
-            // In place, dY is in `dx`; each sample's dY is used up before its dX is written.
-            let inplace = dy.is_empty();
-            let count = if inplace {
-                dx.len() / xn
-            } else {
-                dy.len() / yn
-            };
+            let count = per.min(b.n - g * per);
             for i in 0..count {
-                let dyi: &[f32] = if inplace {
-                    &dx[i * xn..][..yn]
-                } else {
-                    &dy[i * yn..][..yn]
-                };
-                let dyi = Mat::new(dyi, r, self.cout)?;
-                if !part.is_empty() {
+                // In place, dY is in `dx`; each sample's dY is used up before its dX is written.
+                if let (Some(part), Some(x)) = (part.as_deref_mut(), x) {
+                    let dyi: &[f32] = match (dys, dx.as_deref()) {
+                        (Some(dy), _) => &dy[(g * per + i) * yn..][..yn],
+                        (None, Some(dx)) => &dx[i * xn..][..yn],
+                        (None, None) => &[],
+                    };
+                    let dyi = Mat::new(dyi, r, self.cout)?;
                     self.im2col(&x[i * xn..][..xn], xs, ys, col);
                     gemm(
                         1.0,
@@ -407,7 +366,12 @@ impl Conv2d {
                         pack,
                     )?;
                 }
-                if !dx.is_empty() {
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dyi: &[f32] = match dys {
+                        Some(dy) => &dy[(g * per + i) * yn..][..yn],
+                        None => &dx[i * xn..][..yn],
+                    };
+                    let dyi = Mat::new(dyi, r, self.cout)?;
                     gemm(1.0, dyi, w.t(), 0.0, MatMut::new(col, r, kd)?, pack)?;
                     let dxi = &mut dx[i * xn..][..xn];
                     if !acc {
@@ -418,13 +382,74 @@ impl Conv2d {
             }
             Ok(())
         })?;
-        if let (true, Some(gw)) = (dense_gw && t > 1, gw_sum) {
-            for g in groups[..t].iter().flatten() {
-                for (a, p) in gw.iter_mut().zip(g.4.iter()) {
+        if x.is_some() && t > 1 {
+            for p in partials.chunks(wl.max(1)) {
+                for (a, p) in gw.iter_mut().zip(p) {
                     *a += p;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Op for Conv2d {
+    const KIND: &'static str = "Conv2d";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if x.c != self.cin || self.cout == 0 {
+            return shape_err(name, format_args!("input [h, w, {}]", self.cin), x);
+        }
+        match self.geom(1, x).out_hw() {
+            Ok((ho, wo)) => Ok(Shape::new(ho, wo, self.cout)),
+            Err(e) => shape_err(
+                name,
+                format_args!(
+                    "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
+                    self.k.0, self.k.1, self.stride, self.pad
+                ),
+                x,
+            ),
+        }
+    }
+
+    /// `weight` `[cout, cin, kh, kw]` (ours `[kh, kw, cin, cout]`), `bias` `[cout]`.
+    fn params(&self) -> Params {
+        let (kh, kw, cin, cout) = (self.k.0, self.k.1, self.cin, self.cout);
+        let layout = Layout::Hwio { kh, kw, cin, cout };
+        let w = ParamDecl::param("weight", &[cout, cin, kh, kw], layout);
+        if self.bias {
+            params([w, ParamDecl::param("bias", &[cout], Layout::Same)])
+        } else {
+            params([w])
+        }
+    }
+
+    /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense.
+    fn needs(&self, d: &Dims) -> Needs {
+        Needs::none()
+            .input(&self.save, d.x_elems())
+            .scratch(self.scratch_words(d.n, d.x, d.y, d.threads))
+            .in_place(self.in_place(d.x, d.y))
+    }
+
+    fn init(&self, p: &mut [f32], _state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+        self.init_weights(p, rng)
+    }
+
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        self.run_forward(f)
+    }
+
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        self.run_backward(b)
+    }
+
+    fn input_save(&self) -> Option<&InputSave> {
+        Some(&self.save)
+    }
+
+    fn input_save_mut(&mut self) -> Option<&mut InputSave> {
+        Some(&mut self.save)
     }
 }

@@ -4,10 +4,9 @@
 //! and the node: the same for any number of workers, and the same when a step is repeated
 //! (`loss_and_grads` twice gives the same mask, so finite differences see one function).
 
-use dropit_simd::mask::mask_words;
-
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::{Bwd, Fwd, planner_bug, put};
 use crate::error::{Result, config_err};
 use crate::shape::Shape;
 
@@ -19,8 +18,10 @@ pub struct Dropout {
     pub p: f32,
 }
 
-impl Dropout {
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+impl Op for Dropout {
+    const KIND: &'static str = "Dropout";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if !(0.0..1.0).contains(&self.p) {
             return config_err(
                 name,
@@ -30,10 +31,24 @@ impl Dropout {
         Ok(x)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    /// One bit per element; PyTorch keeps a mask of the output's size (counted as f32).
+    fn needs(&self, d: &Dims) -> Needs {
+        Needs::none()
+            .save(Entry::new("1-bit mask", Elem::Bit, d.y_elems()))
+            .in_place(true)
+            .torch(4 * d.y_elems())
     }
 
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        self.run_forward(f)
+    }
+
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        self.run_backward(b)
+    }
+}
+
+impl Dropout {
     /// Whether element `i` is kept under `seed`.
     #[inline]
     fn kept(&self, seed: u64, i: usize) -> bool {
@@ -45,25 +60,23 @@ impl Dropout {
         ((z >> 40) as f32) / (1u64 << 24) as f32 >= self.p
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn run_forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
-        let (x, inplace) = (f.x, f.inplace);
-        let xs = x.chunks(c).chain(core::iter::repeat(&[][..]));
-        if !f.train || f.saved.is_empty() {
-            if !inplace {
+        if f.mode != Mode::Train {
+            if let Some(x) = f.x.buf() {
                 f.y.copy_from_slice(x);
             }
             return Ok(());
         }
         let (seed, scale) = (f.seed, 1.0 / (1.0 - self.p));
-        let bits = &mut f.saved[..mask_words(f.y.len())];
+        let bits = f.saved.bits(0)?;
         let work =
             f.y.chunks_mut(c)
-                .zip(xs)
+                .zip(f.x.chunks(c))
                 .zip(bits.chunks_mut(c / 64))
                 .enumerate();
         each(work, |(g, ((y, x), bits))| {
-            if !inplace {
+            if let Some(x) = x {
                 y.copy_from_slice(x);
             }
             bits.fill(0);
@@ -79,17 +92,23 @@ impl Dropout {
         })
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let len = b.dx.len();
-        let c = elem_chunk(len, b.threads);
-        let bits = &b.saved[..mask_words(len)];
-        let (scale, acc, inplace) = (1.0 / (1.0 - self.p), b.acc, b.inplace);
-        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
+    fn run_backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let bits = b.saved.bits(0)?;
+        let scale = 1.0 / (1.0 - self.p);
+        let (dys, acc) = (b.dy, b.acc);
+        let inplace = dys.buf().is_none();
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        if bits.len() * 64 < dx.len() {
+            return Err(planner_bug(Self::KIND, "the mask is shorter than dX"));
+        }
+        let c = elem_chunk(dx.len(), b.threads);
         each(
-            b.dx.chunks_mut(c).zip(dys).zip(bits.chunks(c / 64)),
+            dx.chunks_mut(c).zip(dys.chunks(c)).zip(bits.chunks(c / 64)),
             |((dx, dy), bits)| {
                 for (j, d) in dx.iter_mut().enumerate() {
-                    let g = if inplace { *d } else { dy[j] };
+                    let g = dy.map_or(*d, |dy| dy[j]);
                     let m = if (bits[j / 64] >> (j % 64)) & 1 == 1 {
                         scale
                     } else {

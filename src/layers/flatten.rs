@@ -1,6 +1,8 @@
-//! `[h, w, c]` → `[1, 1, h·w·c]`. In NHWC the data does not move.
+//! `[h, w, c]` → `[1, 1, h·w·c]`. NHWC order is already the flat order, so forward is one copy
+//! into the output buffer (the planner gives every tensor its own), and backward one copy back.
 
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Needs, Op};
+use super::{Bwd, Fwd, not_in_place, put};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -9,23 +11,26 @@ use crate::shape::Shape;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Flatten;
 
-impl Flatten {
-    pub(crate) fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+impl Op for Flatten {
+    const KIND: &'static str = "Flatten";
+
+    fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
         Ok(Shape::flat(x.numel()))
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none()
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
-        f.y.copy_from_slice(f.x);
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        f.y.copy_from_slice(not_in_place(f.x, Self::KIND)?);
         Ok(())
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        for (d, &g) in b.dx.iter_mut().zip(b.dy) {
-            put(d, g, b.acc);
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let (acc, dy) = (b.acc, not_in_place(b.dy, Self::KIND)?);
+        for (d, &g) in b.dx.iter_mut().flat_map(|d| d.iter_mut()).zip(dy) {
+            put(d, g, acc);
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 use dropit_simd::act;
 
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::{Bwd, Fwd, planner_bug, put};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -17,27 +18,39 @@ pub struct Gelu {
     pub lean: bool,
 }
 
-impl Gelu {
-    pub(crate) fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+impl Op for Gelu {
+    const KIND: &'static str = "GELU";
+
+    fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
         Ok(x)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    /// Its input as f32, or when lean its derivative as a one-byte code; PyTorch keeps the
+    /// f32 input.
+    fn needs(&self, d: &Dims) -> Needs {
+        let e = d.x_elems();
+        let saved = match self.lean {
+            false => Entry::new("input f32", Elem::F32, e),
+            true => Entry::new("slope u8", Elem::Byte, e),
+        };
+        Needs::none().save(saved).in_place(true).torch(4 * e)
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
+    }
+
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
-        let len = f.y.len();
         let tanh = self.tanh;
-        // In place, `y` holds the input and `x` is empty.
-        let xs = f.x.chunks(c).chain(core::iter::repeat(&[][..]));
-        let load = |y: &mut [f32], x: &[f32]| {
-            if !x.is_empty() {
+        // In place, `y` holds the input.
+        let xs = f.x.chunks(c);
+        let load = |y: &mut [f32], x: Option<&[f32]>| {
+            if let Some(x) = x {
                 y.copy_from_slice(x);
             }
         };
-        if f.saved.is_empty() {
+        if f.mode == Mode::Frozen {
             return each(f.y.chunks_mut(c).zip(xs), |(y, x)| {
                 load(y, x);
                 act::gelu(y, tanh);
@@ -45,7 +58,7 @@ impl Gelu {
             });
         }
         if self.lean {
-            let s: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut *f.saved)[..len];
+            let s = f.saved.bytes(0)?;
             each(
                 f.y.chunks_mut(c).zip(xs).zip(s.chunks_mut(c)),
                 |((y, x), s)| {
@@ -60,7 +73,7 @@ impl Gelu {
                 },
             )
         } else {
-            let s: &mut [f32] = &mut bytemuck::cast_slice_mut(&mut *f.saved)[..len];
+            let s = f.saved.f32(0)?;
             each(
                 f.y.chunks_mut(c).zip(xs).zip(s.chunks_mut(c)),
                 |((y, x), s)| {
@@ -73,22 +86,24 @@ impl Gelu {
         }
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let len = b.dx.len();
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let tanh = self.tanh;
         if self.lean {
-            let s: &[u8] = &bytemuck::cast_slice(b.saved)[..len];
+            let s = b.saved.bytes(0)?;
             Self::bwd(b, s, |s, d| {
                 d.iter_mut().zip(s).for_each(|(d, &c)| *d = slope_of(c))
             })
         } else {
-            let s: &[f32] = &bytemuck::cast_slice(b.saved)[..len];
+            let s = b.saved.f32(0)?;
             Self::bwd(b, s, |s, d| {
                 d.copy_from_slice(s);
                 act::gelu_slope(d, tanh);
             })
         }
     }
+}
+
+impl Gelu {
 
     /// `dx = dy · gelu'`, the derivatives decoded from what was saved a tile at a time.
     fn bwd<S: Sync>(
@@ -96,19 +111,25 @@ impl Gelu {
         saved: &[S],
         slopes: impl Fn(&[S], &mut [f32]) + Sync + Send,
     ) -> Result<()> {
-        let c = elem_chunk(b.dx.len(), b.threads);
-        // In place, `dx` holds dy and `dy` is empty.
-        let (acc, inplace) = (b.acc && !b.inplace, b.inplace);
-        let dys = b.dy.chunks(c).chain(core::iter::repeat(&[][..]));
+        // In place, `dx` holds dy.
+        let dys = b.dy;
+        let acc = b.acc && dys.buf().is_some();
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        if dx.len() != saved.len() {
+            return Err(planner_bug(<Self as Op>::KIND, "dX and the saved input differ in length"));
+        }
+        let c = elem_chunk(dx.len(), b.threads);
         each(
-            b.dx.chunks_mut(c).zip(dys).zip(saved.chunks(c)),
+            dx.chunks_mut(c).zip(dys.chunks(c)).zip(saved.chunks(c)),
             |((dx, dy), s)| {
                 let mut d = [0.0f32; TILE];
                 for (k, (dx, s)) in dx.chunks_mut(TILE).zip(s.chunks(TILE)).enumerate() {
                     let d = &mut d[..dx.len()];
                     slopes(s, d);
                     for (j, (x, slope)) in dx.iter_mut().zip(&*d).enumerate() {
-                        let g = if inplace { *x } else { dy[k * TILE + j] };
+                        let g = dy.map_or(*x, |dy| dy[k * TILE + j]);
                         put(x, g * slope, acc);
                     }
                 }

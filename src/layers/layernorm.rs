@@ -3,11 +3,12 @@
 //! Saved for backward: the normalized input x̂ (bf16 when lean) and 1/σ per row.
 
 use dropit_simd::format::Value;
-use half::bf16;
 
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, put};
-use crate::arena::{f32s, f32s_mut, words_for_f32};
+use super::contract::{Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::{Bwd, Fwd, not_in_place, put};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
@@ -32,78 +33,104 @@ impl LayerNorm {
         }
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+    /// Per worker, f64 sums for dγ and dβ.
+    fn scratch_words(&self, rows: usize, threads: usize) -> usize {
+        max_groups(rows, threads) * 2 * self.c
+    }
+}
+
+impl Op for LayerNorm {
+    const KIND: &'static str = "LayerNorm";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if x.c != self.c || self.c == 0 {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
         }
         Ok(x)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        2 * self.c
+    /// `weight`, `bias`.
+    fn params(&self) -> Params {
+        params([
+            ParamDecl::param("weight", &[self.c], Layout::Same),
+            ParamDecl::param("bias", &[self.c], Layout::Same),
+        ])
     }
 
-    /// Per worker, f64 sums for dγ and dβ.
-    pub(crate) fn scratch_words(&self, rows: usize, threads: usize) -> usize {
-        max_groups(rows, threads) * 2 * self.c
+    /// Saves 1/σ per row and the normalized input x̂ (bf16 when lean); PyTorch keeps both as
+    /// f32.
+    fn needs(&self, d: &Dims) -> Needs {
+        let (e, rows) = (d.x_elems(), d.n * d.x.rows());
+        let xhat = match self.lean {
+            false => Entry::new("normalized f32", Elem::F32, e),
+            true => Entry::new("normalized bf16", Elem::Bf16, e),
+        };
+        Needs::none()
+            .save(Entry::new("1/σ f32", Elem::F32, rows))
+            .save(xhat)
+            .scratch(self.scratch_words(rows, d.threads))
+            .torch(8 * (words_for_f32(e) + words_for_f32(rows)))
     }
 
     /// γ = 1, β = 0.
-    pub(crate) fn init(&self, p: &mut [f32]) {
+    fn init(&self, p: &mut [f32], _state: &mut [f32], _rng: &mut Xoshiro256PlusPlus) {
         let (g, b) = p.split_at_mut(self.c);
         g.fill(1.0);
         b.fill(0.0);
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
+    }
+
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (c, eps) = (self.c, self.eps);
         let rows = f.y.len() / c;
         let (gamma, beta) = f.p.split_at(c);
         let (per, _) = split(rows, f.threads);
-        let xs = f.x.chunks(per * c).chain(core::iter::repeat(&[][..]));
-        if f.saved.is_empty() {
-            // Evaluation or a frozen layer: nothing to keep.
+        let xs = f.x.chunks(per * c);
+        if f.mode == Mode::Frozen {
+            // A frozen layer: nothing to keep.
             return each(f.y.chunks_mut(per * c).zip(xs), |(y, x)| {
                 for (r, yr) in y.chunks_exact_mut(c).enumerate() {
-                    let xr: &[f32] = if x.is_empty() { yr } else { &x[r * c..][..c] };
+                    let xr: &[f32] = x.map_or(yr, |x| &x[r * c..][..c]);
                     let (mean, inv) = stats(xr, eps);
                     for i in 0..c {
-                        let v = if x.is_empty() { yr[i] } else { x[r * c + i] };
+                        let v = x.map_or(yr[i], |x| x[r * c + i]);
                         yr[i] = gamma[i] * (v - mean) * inv + beta[i];
                     }
                 }
                 Ok(())
             });
         }
-        let (inv, xhat) = f.saved.split_at_mut(words_for_f32(rows));
-        let inv = &mut f32s_mut(inv)[..rows];
-        let len = rows * c;
+        let inv = f.saved.f32(0)?;
         let groups = f.y.chunks_mut(per * c).zip(xs).zip(inv.chunks_mut(per));
         if self.lean {
-            let h: &mut [bf16] = &mut bytemuck::cast_slice_mut(xhat)[..len];
+            let h = f.saved.bf16(1)?;
             each(groups.zip(h.chunks_mut(per * c)), |(((y, x), inv), h)| {
                 normalize(y, x, inv, h, c, eps, gamma, beta)
             })
         } else {
-            let h = &mut f32s_mut(xhat)[..len];
+            let h = f.saved.f32(1)?;
             each(groups.zip(h.chunks_mut(per * c)), |(((y, x), inv), h)| {
                 normalize(y, x, inv, h, c, eps, gamma, beta)
             })
         }
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let c = self.c;
-        let rows = b.n * b.y_shape.rows();
-        let (inv, xhat) = b.saved.split_at(words_for_f32(rows));
-        let inv = &f32s(inv)[..rows];
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        let inv = b.saved.f32(0)?;
         if self.lean {
-            let h: &[bf16] = &bytemuck::cast_slice(xhat)[..rows * c];
+            let h = b.saved.bf16(1)?;
             self.backward_with(b, h, inv)
         } else {
-            self.backward_with(b, &f32s(xhat)[..rows * c], inv)
+            let h = b.saved.f32(1)?;
+            self.backward_with(b, h, inv)
         }
     }
+}
+
+impl LayerNorm {
 
     fn backward_with<V: Value + Sync>(
         &self,
@@ -116,11 +143,13 @@ impl LayerNorm {
         let (per, t) = split(rows, b.threads);
         let gamma = &b.p[..c];
         let sums: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..t * 2 * c]);
-        let (dy_all, acc) = (b.dy, b.acc);
-        let dxs =
-            b.dx.chunks_mut(per * c)
-                .map(Some)
-                .chain(core::iter::repeat_with(|| None));
+        let (dy_all, acc) = (not_in_place(b.dy, <Self as Op>::KIND)?, b.acc);
+        let dxs = b
+            .dx
+            .iter_mut()
+            .flat_map(|d| d.chunks_mut(per * c))
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
         let groups = dy_all
             .chunks(per * c)
             .zip(xhat.chunks(per * c))
@@ -176,11 +205,12 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean as f32, (1.0 / libm::sqrt(var + eps as f64)) as f32)
 }
 
-/// Normalizes rows of `x` (or of `y`, in place, when `x` is empty) into `y`, keeping x̂ and 1/σ.
+/// Normalizes rows of `x` (or of `y`, in place, when `x` is `None`) into `y`, keeping x̂ and
+/// 1/σ.
 #[allow(clippy::too_many_arguments)]
 fn normalize<V: Value>(
     y: &mut [f32],
-    x: &[f32],
+    x: Option<&[f32]>,
     inv: &mut [f32],
     h: &mut [V],
     c: usize,
@@ -189,11 +219,11 @@ fn normalize<V: Value>(
     beta: &[f32],
 ) -> Result<()> {
     for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
-        let xr: &[f32] = if x.is_empty() { yr } else { &x[r * c..][..c] };
+        let xr: &[f32] = x.map_or(yr, |x| &x[r * c..][..c]);
         let (mean, iv) = stats(xr, eps);
         inv[r] = iv;
         for i in 0..c {
-            let v = if x.is_empty() { yr[i] } else { x[r * c + i] };
+            let v = x.map_or(yr[i], |x| x[r * c + i]);
             let hv = (v - mean) * iv;
             hr[i] = V::from_f32(hv);
             yr[i] = gamma[i] * hv + beta[i];

@@ -2,13 +2,14 @@
 //! `r` (every sample, or every token of every sample).
 //!
 //! W is stored `[in × out]` — PyTorch's `weight` `[out × in]` transposed — so that the weight
-//! gradient, dense or sparse, is one contiguous axpy per input element (DESIGN §5).
+//! gradient, dense or sparse, is one contiguous axpy per input element.
 
 use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, gemm, gemm_words, missing, pack_input, packed_input};
+use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words, missing, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
@@ -47,28 +48,10 @@ impl Linear {
         self
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
-        if x.c != self.inp || self.inp == 0 || self.out == 0 {
-            return shape_err(
-                name,
-                format_args!(
-                    "input [h, w, {}] (Linear({}, {}))",
-                    self.inp, self.inp, self.out
-                ),
-                x,
-            );
-        }
-        Ok(Shape::new(x.h, x.w, self.out))
-    }
-
-    pub(crate) fn param_count(&self) -> usize {
-        self.inp * self.out + if self.bias { self.out } else { 0 }
-    }
-
     /// Per worker, GEMM packing space for its share of the forward, grad_W and dX products
     /// (rows are shared out for Y and dX, input features for grad_W); with DropIT's scatter
     /// path, also the dense input it scatters into.
-    pub(crate) fn scratch_words(&self, rows: usize, threads: usize) -> usize {
+    fn scratch_words(&self, rows: usize, threads: usize) -> usize {
         let t = max_groups(rows, threads);
         let (i, o) = (self.inp, self.out);
         let (r, ip) = (rows.div_ceil(t), i.div_ceil(t.min(i).max(1)));
@@ -82,16 +65,60 @@ impl Linear {
             0
         })
     }
+}
+
+impl Op for Linear {
+    const KIND: &'static str = "Linear";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if x.c != self.inp || self.inp == 0 || self.out == 0 {
+            return shape_err(
+                name,
+                format_args!(
+                    "input [h, w, {}] (Linear({}, {}))",
+                    self.inp, self.inp, self.out
+                ),
+                x,
+            );
+        }
+        Ok(Shape::new(x.h, x.w, self.out))
+    }
+
+    fn input_save(&self) -> Option<&InputSave> {
+        Some(&self.save)
+    }
+
+    fn input_save_mut(&mut self) -> Option<&mut InputSave> {
+        Some(&mut self.save)
+    }
+
+    /// `weight` `[out, in]` (ours `[in, out]`), `bias` `[out]`.
+    fn params(&self) -> Params {
+        let (i, o) = (self.inp, self.out);
+        let w = ParamDecl::param("weight", &[o, i], Layout::Transposed { rows: i, cols: o });
+        if self.bias {
+            params([w, ParamDecl::param("bias", &[o], Layout::Same)])
+        } else {
+            params([w])
+        }
+    }
+
+    /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense.
+    fn needs(&self, d: &Dims) -> Needs {
+        Needs::none()
+            .input(&self.save, d.x_elems())
+            .scratch(self.scratch_words(d.n * d.x.rows(), d.threads))
+    }
 
     /// PyTorch's default: weight and bias uniform in ±1/√in.
-    pub(crate) fn init(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+    fn init(&self, p: &mut [f32], _state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
         let bound = 1.0 / libm::sqrtf(self.inp as f32);
         for v in p.iter_mut() {
             *v = uniform(rng, -bound, bound);
         }
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let rows = f.n * f.x_shape.rows();
         let (i, o) = (self.inp, self.out);
         let (w, b) = f.p.split_at(i * o);
@@ -99,8 +126,9 @@ impl Linear {
         let wm = Mat::new(w, i, o)?;
         let (per, t) = split(rows, f.threads);
         let unit = f.scratch.len() / t;
-        let groups =
-            f.x.chunks(per * i)
+        let x = not_in_place(f.x, Self::KIND)?;
+        let groups = x
+            .chunks(per * i)
                 .zip(f.y.chunks_mut(per * o))
                 .zip(f.scratch.chunks_mut(unit));
         each(groups, |((x, y), s)| {
@@ -112,19 +140,20 @@ impl Linear {
             gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
         })?;
         match (self.save.sparse(), f.packed.take()) {
-            (Some(sp), Some(p)) if f.train && p.packs => {
-                pack_input(sp, f.x, f.n, f.x_shape.numel(), p, f.threads)
+            (Some(sp), Some(p)) if f.mode == Mode::Train && p.packs => {
+                pack_input(sp, x, f.n, f.x_shape.numel(), p, f.threads)
             }
             _ => Ok(()),
         }
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let rows = b.n * b.x_shape.rows();
         let (i, o) = (self.inp, self.out);
         let (gw, gb) = b.g.split_at_mut(i * o);
+        let dy_all = not_in_place(b.dy, Self::KIND)?;
         if self.bias {
-            for row in b.dy.chunks_exact(o) {
+            for row in dy_all.chunks_exact(o) {
                 for (g, d) in gb.iter_mut().zip(row) {
                     *g += d;
                 }
@@ -132,12 +161,12 @@ impl Linear {
         }
         let (per, t) = split(rows, b.threads);
         let unit = b.scratch.len() / t;
-        let dy = Mat::new(b.dy, rows, o)?;
+        let dy = Mat::new(dy_all, rows, o)?;
         if let Some(sp) = self.save.sparse() {
             let packed = b.packed.ok_or_else(|| missing("Linear"))?;
             let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;
             if sp.direct(false) {
-                spmm::linear_grad_w(&pk, rows, i, b.dy, o, gw)?;
+                spmm::linear_grad_w(&pk, rows, i, dy_all, o, gw)?;
             } else {
                 let (dense, pack) = b.scratch.split_at_mut(words_for_f32(rows * i));
                 let dense = &mut f32s_mut(dense)[..rows * i];
@@ -147,7 +176,7 @@ impl Linear {
             }
         } else {
             // grad_Wᵀ[in × out] += Xᵀ · dY, each worker a band of input features.
-            let (x, ip) = (b.x, i.div_ceil(t.min(i).max(1)));
+            let (x, ip) = (held(b.x, Self::KIND)?, i.div_ceil(t.min(i).max(1)));
             each(
                 gw.chunks_mut(ip * o)
                     .enumerate()
@@ -159,17 +188,17 @@ impl Linear {
                 },
             )?;
         }
-        if b.dx.is_empty() {
+        let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());
-        }
+        };
         // dX = dY · Wᵀ, each worker a band of rows.
         let (beta, wt) = (
             if b.acc { 1.0 } else { 0.0 },
             Mat::new(&b.p[..i * o], i, o)?.t(),
         );
-        let groups =
-            b.dx.chunks_mut(per * i)
-                .zip(b.dy.chunks(per * o))
+        let groups = dx
+            .chunks_mut(per * i)
+            .zip(dy_all.chunks(per * o))
                 .zip(b.scratch.chunks_mut(unit));
         each(groups, |((dx, dy), s)| {
             let r = dy.len() / o;

@@ -1,36 +1,19 @@
 //! Layers: one file each, forward and backward side by side.
 //!
-//! A layer never allocates and never keeps pointers between calls: the trainer hands it, for
-//! each call, its slices of the arena — input, output, parameters, gradients, its saved context
-//! and the shared scratch — through `Fwd` and `Bwd`.
+//! Each layer implements the contract (`contract.rs`) in its own file: it declares its
+//! parameters (PyTorch's names and layouts), what it saves for backward as typed entries, its
+//! scratch and whether it runs in place, and computes forward and backward. A layer never
+//! allocates and never keeps pointers between calls: the trainer hands it, for each call, its
+//! slices of the arena — input, output, parameters, gradients, its saved entries and the shared
+//! scratch — through `Fwd` and `Bwd`.
 
-mod add;
-mod attention;
-mod batchnorm;
-mod conv2d;
-mod dropout;
-mod flatten;
-mod gelu;
-mod layernorm;
-mod linear;
+pub(crate) mod contract;
 pub(crate) mod loss;
 pub(crate) mod par;
-mod pool;
-mod relu;
-mod tokens;
 
-pub use add::Add;
-pub use attention::Attention;
-pub use batchnorm::BatchNorm2d;
-pub use conv2d::Conv2d;
-pub use dropout::Dropout;
-pub use flatten::Flatten;
-pub use gelu::Gelu;
-pub use layernorm::LayerNorm;
-pub use linear::Linear;
-pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
-pub use relu::Relu;
-pub use tokens::{PosEmbed, TokenSelect};
+pub use contract::{Elem, Entry, Layout, Needs, ParamDecl};
+
+use contract::{Dims, Input, Mode, Op, Params, Saved, SavedMut};
 
 use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
@@ -39,7 +22,7 @@ use dropit_simd::select::{Histogram, RadixSelect, Threshold};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
-use crate::saved::{Saved, SparseSave};
+use crate::saved::{InputSave, SparseSave};
 use crate::shape::Shape;
 
 /// What a forward call reads and writes. Tensors hold `n` samples, NHWC.
@@ -47,19 +30,18 @@ pub(crate) struct Fwd<'a> {
     pub n: usize,
     pub x_shape: Shape,
     pub y_shape: Shape,
-    pub train: bool,
-    pub x: &'a [f32],
-    /// The second input (residual add), else empty.
-    pub x2: &'a [f32],
+    pub mode: Mode,
+    pub x: Input<'a>,
+    /// The second input (residual add).
+    pub x2: Option<&'a [f32]>,
     pub y: &'a mut [f32],
     pub p: &'a [f32],
     /// Running statistics and other non-trained state.
     pub state: &'a mut [f32],
-    pub saved: &'a mut [u64],
+    /// The declared saved entries (none when frozen).
+    pub saved: SavedMut<'a>,
     pub scratch: &'a mut [u64],
     pub threads: usize,
-    /// `y` already holds the input (`x` is empty): work in place.
-    pub inplace: bool,
     /// Randomness of this step and node (dropout).
     pub seed: u64,
     /// The layer's packed input region (DropIT), where it keeps one.
@@ -79,13 +61,14 @@ pub(crate) struct Bwd<'a> {
     pub n: usize,
     pub x_shape: Shape,
     pub y_shape: Shape,
-    /// The input, where the layer holds it (see [`Layer::holds_input`]), else empty.
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
-    /// The input gradient; empty when no gradient is needed (the model's input).
-    pub dx: &'a mut [f32],
+    /// The input, where the layer holds it ([`Needs::holds_input`]).
+    pub x: Option<&'a [f32]>,
+    /// The output gradient (in place: it is in `dx`).
+    pub dy: Input<'a>,
+    /// The input gradient; `None` when no gradient is needed (the model's input).
+    pub dx: Option<&'a mut [f32]>,
     /// The second input's gradient (residual add).
-    pub dx2: &'a mut [f32],
+    pub dx2: Option<&'a mut [f32]>,
     /// Add into `dx` (another consumer of the same tensor wrote it first) instead of overwriting.
     pub acc: bool,
     /// The same for `dx2`.
@@ -93,13 +76,22 @@ pub(crate) struct Bwd<'a> {
     pub p: &'a [f32],
     /// Parameter gradients, accumulated.
     pub g: &'a mut [f32],
-    pub saved: &'a [u64],
+    pub saved: Saved<'a>,
     pub scratch: &'a mut [u64],
     pub threads: usize,
-    /// `dx` already holds the output gradient (`dy` is empty): work in place.
-    pub inplace: bool,
     /// The layer's packed input (DropIT), where it keeps one.
     pub packed: Option<(&'a [u64], Format)>,
+}
+
+/// The buffer of a tensor that a layer which never runs in place reads.
+pub(crate) fn not_in_place<'a>(t: Input<'a>, kind: &str) -> Result<&'a [f32]> {
+    t.buf()
+        .ok_or_else(|| planner_bug(kind, "run in place, which it cannot"))
+}
+
+/// The held input of a layer that declared one.
+pub(crate) fn held<'a>(x: Option<&'a [f32]>, kind: &str) -> Result<&'a [f32]> {
+    x.ok_or_else(|| planner_bug(kind, "its input was not held"))
 }
 
 /// `c = alpha · a · b + beta · c` with the GEMM's packing buffers in `scratch`.
@@ -191,9 +183,14 @@ pub(crate) fn packed_input<'a>(
 
 /// The error for a DropIT layer planned without its packed region (a planner bug).
 pub(crate) fn missing(kind: &str) -> crate::error::Error {
+    planner_bug(kind, "no packed-input region was planned")
+}
+
+/// An error for a call the planner set up wrongly.
+pub(crate) fn planner_bug(kind: &str, detail: &str) -> crate::error::Error {
     crate::error::Error::Config {
-        what: alloc::format!("{kind} with DropIT"),
-        detail: "no packed-input region was planned".into(),
+        what: alloc::format!("{kind} layer"),
+        detail: detail.into(),
     }
 }
 
@@ -207,206 +204,164 @@ pub(crate) fn put(d: &mut f32, v: f32, acc: bool) {
     }
 }
 
-/// A layer of the model.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Layer {
-    /// Fully connected over the channel dimension.
-    Linear(Linear),
-    /// 2-D convolution, NHWC.
-    Conv2d(Conv2d),
-    /// Batch normalization over N, H, W per channel.
-    BatchNorm2d(BatchNorm2d),
-    /// max(x, 0).
-    Relu(Relu),
-    /// Max pooling.
-    MaxPool2d(MaxPool2d),
-    /// Average pooling.
-    AvgPool2d(AvgPool2d),
-    /// Mean over H and W.
-    GlobalAvgPool(GlobalAvgPool),
-    /// `[h, w, c]` → `[1, 1, h·w·c]`.
-    Flatten(Flatten),
-    /// Elementwise sum of two tensors (residual connections).
-    Add(Add),
-    /// Layer normalization over the channel dimension.
-    LayerNorm(LayerNorm),
-    /// GELU activation.
-    Gelu(Gelu),
-    /// Multi-head self-attention on a fused q|k|v input.
-    Attention(Attention),
-    /// Learned cls token and positions: patches → tokens.
-    PosEmbed(PosEmbed),
-    /// One token of a sequence.
-    TokenSelect(TokenSelect),
-    /// Dropout.
-    Dropout(Dropout),
-}
+/// Lists every layer: its module (one file) and the types it defines, each with the line that
+/// documents its variant of [`Layer`]. Adding a layer is one file and one line here.
+macro_rules! layers {
+    ($($m:ident { $($v:ident: $doc:literal),+ $(,)? })+) => {
+        $(mod $m; $(pub use $m::$v;)+)+
 
-macro_rules! each {
-    ($self:expr, $l:ident => $e:expr) => {
-        match $self {
-            Layer::Linear($l) => $e,
-            Layer::Conv2d($l) => $e,
-            Layer::BatchNorm2d($l) => $e,
-            Layer::Relu($l) => $e,
-            Layer::MaxPool2d($l) => $e,
-            Layer::AvgPool2d($l) => $e,
-            Layer::GlobalAvgPool($l) => $e,
-            Layer::Flatten($l) => $e,
-            Layer::Add($l) => $e,
-            Layer::LayerNorm($l) => $e,
-            Layer::Gelu($l) => $e,
-            Layer::Attention($l) => $e,
-            Layer::PosEmbed($l) => $e,
-            Layer::TokenSelect($l) => $e,
-            Layer::Dropout($l) => $e,
+        /// A layer of the model.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Layer {
+            $($(#[doc = $doc] $v($v),)+)+
+        }
+
+        $($(impl From<$v> for Layer {
+            fn from(l: $v) -> Self {
+                Layer::$v(l)
+            }
+        })+)+
+
+        impl Layer {
+            /// The kind, as PyTorch names it.
+            pub fn kind(&self) -> &'static str {
+                match self { $($(Layer::$v(_) => <$v as Op>::KIND,)+)+ }
+            }
+
+            fn op_arity(&self) -> usize {
+                match self { $($(Layer::$v(l) => l.arity(),)+)+ }
+            }
+
+            fn op_out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+                match self { $($(Layer::$v(l) => l.out_shape(name, x),)+)+ }
+            }
+
+            fn op_params(&self) -> Params {
+                match self { $($(Layer::$v(l) => l.params(),)+)+ }
+            }
+
+            fn op_needs(&self, d: &Dims) -> Needs {
+                match self { $($(Layer::$v(l) => l.needs(d),)+)+ }
+            }
+
+            fn op_init(&self, p: &mut [f32], s: &mut [f32], r: &mut Xoshiro256PlusPlus) {
+                match self { $($(Layer::$v(l) => l.init(p, s, r),)+)+ }
+            }
+
+            fn op_forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+                match self { $($(Layer::$v(l) => l.forward(f),)+)+ }
+            }
+
+            fn op_backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+                match self { $($(Layer::$v(l) => l.backward(b),)+)+ }
+            }
+
+            fn op_input_save(&self) -> Option<&InputSave> {
+                match self { $($(Layer::$v(l) => l.input_save(),)+)+ }
+            }
+
+            fn op_input_save_mut(&mut self) -> Option<&mut InputSave> {
+                match self { $($(Layer::$v(l) => l.input_save_mut(),)+)+ }
+            }
+
+            fn op_set_lean(&mut self, lean: bool) {
+                match self { $($(Layer::$v(l) => l.set_lean(lean),)+)+ }
+            }
         }
     };
 }
 
+layers! {
+    linear { Linear: "Fully connected over the channel dimension." }
+    conv2d { Conv2d: "2-D convolution, NHWC." }
+    batchnorm { BatchNorm2d: "Batch normalization over N, H, W per channel." }
+    relu { Relu: "max(x, 0)." }
+    pool {
+        MaxPool2d: "Max pooling.",
+        AvgPool2d: "Average pooling.",
+        GlobalAvgPool: "Mean over H and W.",
+    }
+    flatten { Flatten: "`[h, w, c]` → `[1, 1, h·w·c]`." }
+    add { Add: "Elementwise sum of two tensors (residual connections)." }
+    layernorm { LayerNorm: "Layer normalization over the channel dimension." }
+    gelu { Gelu: "GELU activation." }
+    attention { Attention: "Multi-head self-attention on a fused q|k|v input." }
+    tokens {
+        PosEmbed: "Learned cls token and positions: patches → tokens.",
+        TokenSelect: "One token of a sequence.",
+    }
+    dropout { Dropout: "Dropout." }
+}
+
 impl Layer {
-    /// The kind, as PyTorch names it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Layer::Linear(_) => "Linear",
-            Layer::Conv2d(_) => "Conv2d",
-            Layer::BatchNorm2d(_) => "BatchNorm2d",
-            Layer::Relu(_) => "ReLU",
-            Layer::MaxPool2d(_) => "MaxPool2d",
-            Layer::AvgPool2d(_) => "AvgPool2d",
-            Layer::GlobalAvgPool(_) => "AdaptiveAvgPool2d(1)",
-            Layer::Flatten(_) => "Flatten",
-            Layer::Add(_) => "Add",
-            Layer::LayerNorm(_) => "LayerNorm",
-            Layer::Gelu(_) => "GELU",
-            Layer::Attention(_) => "MultiheadAttention",
-            Layer::PosEmbed(_) => "PosEmbed",
-            Layer::TokenSelect(_) => "TokenSelect",
-            Layer::Dropout(_) => "Dropout",
-        }
-    }
-
-    /// Whether the layer can write its output over its (first) input, and its input gradient
-    /// over its output gradient, for these shapes.
-    pub(crate) fn in_place(&self, x: Shape, y: Shape) -> bool {
-        match self {
-            Layer::Relu(_)
-            | Layer::Add(_)
-            | Layer::BatchNorm2d(_)
-            | Layer::Gelu(_)
-            | Layer::Dropout(_) => true,
-            Layer::Conv2d(c) => c.in_place(x, y),
-            _ => false,
-        }
-    }
-
     /// Inputs the layer takes (1, or 2 for [`Add`]).
     pub fn arity(&self) -> usize {
-        if matches!(self, Layer::Add(_)) { 2 } else { 1 }
+        self.op_arity()
     }
 
     /// The output shape for an input shape, or an error naming `name`, expected and given.
     pub fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
-        each!(self, l => l.out_shape(name, x))
+        self.op_out_shape(name, x)
+    }
+
+    /// Parameters then running statistics, with PyTorch's `state_dict` names, shapes and the
+    /// mapping from our layout.
+    pub fn params(&self) -> Params {
+        self.op_params()
     }
 
     /// Trained parameters.
     pub fn param_count(&self) -> usize {
-        each!(self, l => l.param_count())
+        self.params()
+            .iter()
+            .filter(|p| p.trained)
+            .map(ParamDecl::len)
+            .sum()
     }
 
     /// Non-trained state (running statistics).
     pub fn state_count(&self) -> usize {
-        match self {
-            Layer::BatchNorm2d(b) => 2 * b.c,
-            _ => 0,
-        }
+        self.params()
+            .iter()
+            .filter(|p| !p.trained)
+            .map(ParamDecl::len)
+            .sum()
     }
 
-    /// Whether backward reads the layer's own input, so the planner must hold that tensor.
-    pub(crate) fn holds_input(&self) -> bool {
-        match self {
-            Layer::Linear(l) => l.save.holds_input(),
-            Layer::Conv2d(c) => c.save.holds_input(),
-            // q, k and v themselves, unless a bf16 copy is kept instead.
-            Layer::Attention(a) => !a.lean,
-            _ => false,
-        }
+    /// What the layer saves for backward, its scratch and in-place ability, for `n` samples of
+    /// input shape `x` and output shape `y` on `threads` workers.
+    pub fn needs(&self, n: usize, x: Shape, y: Shape, threads: usize) -> Needs {
+        self.op_needs(&Dims { n, x, y, threads })
     }
 
-    /// The layer's DropIT settings, if it keeps its input packed.
-    pub(crate) fn sparse_save(&self) -> Option<&crate::saved::SparseSave> {
-        match self {
-            Layer::Linear(l) => l.save.sparse(),
-            Layer::Conv2d(c) => c.save.sparse(),
-            _ => None,
-        }
+    /// How a Linear or convolution keeps its input for the weight gradient (DropIT applies to
+    /// the layers that have one).
+    pub fn input_save(&self) -> Option<&InputSave> {
+        self.op_input_save()
     }
 
-    /// What the layer saves for backward beyond a held input, for `n` samples of shape `x`.
-    pub(crate) fn saved(&self, n: usize, x: Shape, y: Shape) -> Saved {
-        match self {
-            Layer::Relu(_) => Saved::Mask {
-                elems: n * y.numel(),
-            },
-            Layer::MaxPool2d(_) => Saved::Codes {
-                elems: n * y.numel(),
-            },
-            Layer::BatchNorm2d(b) => Saved::Norm {
-                elems: n * x.numel(),
-                channels: b.c,
-                lean: b.lean,
-            },
-            Layer::LayerNorm(l) => Saved::Norm {
-                elems: n * x.numel(),
-                channels: n * x.rows(),
-                lean: l.lean,
-            },
-            Layer::Gelu(g) => Saved::Input {
-                elems: n * x.numel(),
-                lean: g.lean,
-            },
-            Layer::Attention(a) => Saved::Attention {
-                rows: a.lse_rows(n, x.rows()),
-                qkv: if a.lean { n * x.numel() } else { 0 },
-            },
-            Layer::Dropout(_) => Saved::Mask {
-                elems: n * y.numel(),
-            },
-            _ => Saved::Nothing,
-        }
+    /// The same, to change it.
+    pub fn input_save_mut(&mut self) -> Option<&mut InputSave> {
+        self.op_input_save_mut()
     }
 
-    /// Scratch words while running forward or backward for `n` samples.
-    pub(crate) fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
-        match self {
-            Layer::Linear(l) => l.scratch_words(n * x.rows(), threads),
-            Layer::Conv2d(c) => c.scratch_words(n, x, y, threads),
-            Layer::BatchNorm2d(b) => b.scratch_words(n, threads),
-            Layer::LayerNorm(l) => l.scratch_words(n * x.rows(), threads),
-            Layer::Attention(a) => a.scratch_words(n, x, threads),
-            _ => 0,
-        }
+    /// Switches the layer's lean forms (bf16 normalized inputs, one-byte GELU slopes, …) on
+    /// or off; a layer without one ignores it.
+    pub fn set_lean(&mut self, lean: bool) {
+        self.op_set_lean(lean)
     }
 
     /// Fills freshly planned parameters.
     pub(crate) fn init(&self, p: &mut [f32], state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
-        match self {
-            Layer::Linear(l) => l.init(p, rng),
-            Layer::Conv2d(c) => c.init(p, rng),
-            Layer::BatchNorm2d(b) => b.init(p, state),
-            Layer::LayerNorm(l) => l.init(p),
-            Layer::PosEmbed(e) => e.init(p, rng),
-            _ => {}
-        }
+        self.op_init(p, state, rng)
     }
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
-        each!(self, l => l.forward(f))
+        self.op_forward(f)
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        each!(self, l => l.backward(b))
+        self.op_backward(b)
     }
 }
 

@@ -3,7 +3,8 @@
 use core::cmp::Ordering::{Equal, Less};
 
 use super::par::{each, split};
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::{Bwd, Fwd, not_in_place, put};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
@@ -78,7 +79,12 @@ impl MaxPool2d {
         MaxPool2d { k, stride, pad }
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+}
+
+impl Op for MaxPool2d {
+    const KIND: &'static str = "MaxPool2d";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if self.k * self.k > 256 {
             return shape_err(
                 name,
@@ -89,21 +95,29 @@ impl MaxPool2d {
         pooled(name, x, self.k, self.stride, self.pad)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    /// A byte per output: which window element won; PyTorch keeps the input and int64 indices,
+    /// counted here as the f32 output.
+    fn needs(&self, d: &Dims) -> Needs {
+        Needs::none()
+            .save(Entry::new("argmax u8", Elem::Byte, d.y_elems()))
+            .torch(4 * d.y_elems())
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
-        let codes: &mut [u8] = bytemuck::cast_slice_mut(&mut *f.saved);
+        // A frozen layer keeps no codes.
+        let codes: &mut [u8] = match f.mode {
+            Mode::Frozen => &mut [],
+            _ => f.saved.bytes(0)?,
+        };
         let (per, _) = split(f.n, f.threads);
         let (xn, yn) = (per * xs.numel(), per * ys.numel());
-        // A frozen layer keeps no codes.
         let codes = codes
             .chunks_mut(yn)
             .map(Some)
             .chain(core::iter::repeat_with(|| None));
-        let groups = f.x.chunks(xn).zip(f.y.chunks_mut(yn)).zip(codes);
+        let x = not_in_place(f.x, Self::KIND)?;
+        let groups = x.chunks(xn).zip(f.y.chunks_mut(yn)).zip(codes);
         each(groups, |((x, y), code)| {
             let samples = x
                 .chunks_exact(xs.numel())
@@ -122,6 +136,12 @@ impl MaxPool2d {
         })
     }
 
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        self.run_backward(b)
+    }
+}
+
+impl MaxPool2d {
     /// Max-pools one sample; `code(o, ch, k)` records which window element `k` won.
     fn forward_sample(
         &self,
@@ -151,15 +171,19 @@ impl MaxPool2d {
         }
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn run_backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
-        let codes: &[u8] = bytemuck::cast_slice(b.saved);
+        let codes = b.saved.bytes(0)?;
         let (per, _) = split(b.n, b.threads);
         let (xn, yn, acc) = (per * xs.numel(), per * ys.numel(), b.acc);
-        let groups =
-            b.dx.chunks_mut(xn)
-                .zip(b.dy.chunks(yn))
-                .zip(codes.chunks(yn));
+        let dy = not_in_place(b.dy, Self::KIND)?;
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        let groups = dx
+            .chunks_mut(xn)
+            .zip(dy.chunks(yn))
+            .zip(codes.chunks(yn));
         each(groups, |((dx, dy), code)| {
             if !acc {
                 dx.fill(0.0);
@@ -194,20 +218,26 @@ impl AvgPool2d {
         AvgPool2d { k, stride }
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+}
+
+impl Op for AvgPool2d {
+    const KIND: &'static str = "AvgPool2d";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         pooled(name, x, self.k, self.stride, 0)
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none()
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, ys, c) = (f.x_shape, f.y_shape, f.x_shape.c);
         let scale = 1.0 / (self.k * self.k) as f32;
         let (per, _) = split(f.n, f.threads);
         each(
-            f.x.chunks(per * xs.numel())
+            not_in_place(f.x, Self::KIND)?
+                .chunks(per * xs.numel())
                 .zip(f.y.chunks_mut(per * ys.numel())),
             |(x, y)| {
                 for (x, y) in x
@@ -232,14 +262,17 @@ impl AvgPool2d {
         )
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, ys, c) = (b.x_shape, b.y_shape, b.x_shape.c);
         let scale = 1.0 / (self.k * self.k) as f32;
         let (per, _) = split(b.n, b.threads);
-        let acc = b.acc;
+        let (acc, dy) = (b.acc, not_in_place(b.dy, Self::KIND)?);
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
         each(
-            b.dx.chunks_mut(per * xs.numel())
-                .zip(b.dy.chunks(per * ys.numel())),
+            dx.chunks_mut(per * xs.numel())
+                .zip(dy.chunks(per * ys.numel())),
             |(dx, dy)| {
                 if !acc {
                     dx.fill(0.0);
@@ -265,19 +298,22 @@ impl AvgPool2d {
     }
 }
 
-impl GlobalAvgPool {
-    pub(crate) fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+impl Op for GlobalAvgPool {
+    const KIND: &'static str = "AdaptiveAvgPool2d(1)";
+
+    fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
         Ok(Shape::flat(x.c))
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none()
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (xs, c) = (f.x_shape, f.x_shape.c);
         let scale = 1.0 / xs.rows() as f32;
-        for (x, y) in f.x.chunks_exact(xs.numel()).zip(f.y.chunks_exact_mut(c)) {
+        let x = not_in_place(f.x, Self::KIND)?;
+        for (x, y) in x.chunks_exact(xs.numel()).zip(f.y.chunks_exact_mut(c)) {
             y.fill(0.0);
             for row in x.chunks_exact(c) {
                 for (o, v) in y.iter_mut().zip(row) {
@@ -289,13 +325,17 @@ impl GlobalAvgPool {
         Ok(())
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (xs, c) = (b.x_shape, b.x_shape.c);
         let scale = 1.0 / xs.rows() as f32;
-        for (dx, dy) in b.dx.chunks_exact_mut(xs.numel()).zip(b.dy.chunks_exact(c)) {
+        let (acc, dy) = (b.acc, not_in_place(b.dy, Self::KIND)?);
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        for (dx, dy) in dx.chunks_exact_mut(xs.numel()).zip(dy.chunks_exact(c)) {
             for row in dx.chunks_exact_mut(c) {
                 for (d, g) in row.iter_mut().zip(dy) {
-                    put(d, g * scale, b.acc);
+                    put(d, g * scale, acc);
                 }
             }
         }

@@ -5,7 +5,8 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::par::{each, split};
-use super::{Bwd, Fwd, put};
+use super::contract::{Dims, Layout, Needs, Op, ParamDecl, Params, params};
+use super::{Bwd, Fwd, not_in_place, put};
 use crate::error::{Result, shape_err};
 use crate::init::normal;
 use crate::shape::Shape;
@@ -41,7 +42,12 @@ impl PosEmbed {
         if self.cls { self.dim } else { 0 }
     }
 
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+}
+
+impl Op for PosEmbed {
+    const KIND: &'static str = "PosEmbed";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if x.c != self.dim || x.rows() != self.patches || self.dim == 0 || self.patches == 0 {
             return shape_err(
                 name,
@@ -52,12 +58,23 @@ impl PosEmbed {
         Ok(Shape::new(1, self.tokens(), self.dim))
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        self.cls_len() + self.tokens() * self.dim
+    /// timm's `cls_token` `[1, 1, D]` (when present), then `pos_embed` `[1, tokens, D]`.
+    fn params(&self) -> Params {
+        let (d, t) = (self.dim, self.tokens());
+        let pos = ParamDecl::param("pos_embed", &[1, t, d], Layout::Same);
+        if self.cls {
+            params([ParamDecl::param("cls_token", &[1, 1, d], Layout::Same), pos])
+        } else {
+            params([pos])
+        }
+    }
+
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none()
     }
 
     /// Normal with σ = 0.02, as ViT implementations do (timm truncates it at 2σ; so do we).
-    pub(crate) fn init(&self, p: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
+    fn init(&self, p: &mut [f32], _state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {
         for v in p {
             *v = loop {
                 let z = normal(rng);
@@ -68,13 +85,14 @@ impl PosEmbed {
         }
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (d, tk) = (self.dim, self.tokens());
         let (cls, pos) = f.p.split_at(self.cls_len());
         let (per, _) = split(f.n, f.threads);
+        let x = not_in_place(f.x, Self::KIND)?;
         let work =
             f.y.chunks_mut(per * tk * d)
-                .zip(f.x.chunks(per * self.patches * d));
+                .zip(x.chunks(per * self.patches * d));
         each(work, |(y, x)| {
             for (ys, xs) in y
                 .chunks_exact_mut(tk * d)
@@ -89,22 +107,23 @@ impl PosEmbed {
         })
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (d, tk) = (self.dim, self.tokens());
         let (gc, gp) = b.g.split_at_mut(self.cls_len());
-        for ys in b.dy.chunks_exact(tk * d) {
+        let dy = not_in_place(b.dy, Self::KIND)?;
+        for ys in dy.chunks_exact(tk * d) {
             gc.iter_mut().zip(ys).for_each(|(g, dy)| *g += dy);
             gp.iter_mut().zip(ys).for_each(|(g, dy)| *g += dy);
         }
-        if b.dx.is_empty() {
+        let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());
-        }
+        };
         let (per, _) = split(b.n, b.threads);
         let acc = b.acc;
         let skip = self.cls_len();
-        let work =
-            b.dx.chunks_mut(per * self.patches * d)
-                .zip(b.dy.chunks(per * tk * d));
+        let work = dx
+            .chunks_mut(per * self.patches * d)
+            .zip(dy.chunks(per * tk * d));
         each(work, |(dx, dy)| {
             for (xs, ys) in dx
                 .chunks_exact_mut(self.patches * d)
@@ -127,30 +146,37 @@ pub struct TokenSelect {
     pub index: usize,
 }
 
-impl TokenSelect {
-    pub(crate) fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+impl Op for TokenSelect {
+    const KIND: &'static str = "TokenSelect";
+
+    fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if self.index >= x.rows() {
             return shape_err(name, format_args!("more than {} tokens", self.index), x);
         }
         Ok(Shape::flat(x.c))
     }
 
-    pub(crate) fn param_count(&self) -> usize {
-        0
+    fn needs(&self, _d: &Dims) -> Needs {
+        Needs::none()
     }
 
-    pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let (d, row) = (f.y_shape.c, f.x_shape.numel());
-        for (y, x) in f.y.chunks_exact_mut(d).zip(f.x.chunks_exact(row)) {
+        let x = not_in_place(f.x, Self::KIND)?;
+        for (y, x) in f.y.chunks_exact_mut(d).zip(x.chunks_exact(row)) {
             y.copy_from_slice(&x[self.index * d..][..d]);
         }
         Ok(())
     }
 
-    pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let (d, row) = (b.y_shape.c, b.x_shape.numel());
-        for (dx, dy) in b.dx.chunks_exact_mut(row).zip(b.dy.chunks_exact(d)) {
-            if !b.acc {
+        let (acc, dy) = (b.acc, not_in_place(b.dy, Self::KIND)?);
+        let Some(dx) = b.dx.as_deref_mut() else {
+            return Ok(());
+        };
+        for (dx, dy) in dx.chunks_exact_mut(row).zip(dy.chunks_exact(d)) {
+            if !acc {
                 dx.fill(0.0);
             }
             let at = &mut dx[self.index * d..][..d];
