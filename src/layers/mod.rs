@@ -274,6 +274,7 @@ macro_rules! layers {
 layers! {
     linear { Linear: "Fully connected over the channel dimension." }
     conv2d { Conv2d: "2-D convolution, NHWC." }
+    depthwise { DepthwiseConv2d: "Depthwise 2-D convolution (groups = channels), NHWC." }
     batchnorm { BatchNorm2d: "Batch normalization over N, H, W per channel." }
     relu { Relu: "max(x, 0)." }
     pool {
