@@ -17,6 +17,7 @@ use contract::{Dims, Input, Mode, Op, Params, Saved, SavedMut};
 
 use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
+use dropit_simd::mask::{apply_mask, mask_in_place};
 use dropit_simd::pack::{pack, select_and_pack};
 use dropit_simd::select::{Histogram, RadixSelect, Threshold};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -192,6 +193,39 @@ pub(crate) fn planner_bug(kind: &str, detail: &str) -> crate::error::Error {
         what: alloc::format!("{kind} layer"),
         detail: detail.into(),
     }
+}
+
+/// Backward of an activation that saved one bit per element (entry 0): the output gradient
+/// passes where the bit is set (ReLU, ReLU6).
+pub(crate) fn mask_backward(b: &mut Bwd<'_>, kind: &str) -> Result<()> {
+    let bits = b.saved.bits(0)?;
+    let (dy, acc) = (b.dy.buf(), b.acc);
+    let Some(dx) = b.dx.as_deref_mut() else {
+        return Ok(());
+    };
+    if bits.len() * 64 < dx.len() || dy.is_some_and(|dy| dy.len() != dx.len()) {
+        return Err(planner_bug(kind, "the mask or dY does not match dX"));
+    }
+    let c = par::elem_chunk(dx.len(), b.threads);
+    let Some(dy) = dy else {
+        return par::each(dx.chunks_mut(c).zip(bits.chunks(c / 64)), |(d, bits)| {
+            Ok(mask_in_place(d, bits)?)
+        });
+    };
+    par::each(
+        dy.chunks(c).zip(dx.chunks_mut(c)).zip(bits.chunks(c / 64)),
+        |((dy, dx), bits)| {
+            if !acc {
+                return Ok(apply_mask(dy, bits, dx)?);
+            }
+            for (i, (d, &g)) in dx.iter_mut().zip(dy).enumerate() {
+                if (bits[i / 64] >> (i % 64)) & 1 == 1 {
+                    *d += g;
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Writes or accumulates `v` into `d` depending on `acc`.

@@ -1,10 +1,10 @@
 //! ReLU. Saves one bit per element — whether the output is positive — never the output itself.
 
-use dropit_simd::mask::{apply_mask, mask_in_place, relu_forward};
+use dropit_simd::mask::relu_forward;
 
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, planner_bug};
+use super::{Bwd, Fwd, mask_backward};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -56,33 +56,6 @@ impl Op for Relu {
     }
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
-        let bits = b.saved.bits(0)?;
-        let (dy, acc) = (b.dy.buf(), b.acc);
-        let Some(dx) = b.dx.as_deref_mut() else {
-            return Ok(());
-        };
-        let c = elem_chunk(dx.len(), b.threads);
-        let Some(dy) = dy else {
-            return each(dx.chunks_mut(c).zip(bits.chunks(c / 64)), |(d, bits)| {
-                Ok(mask_in_place(d, bits)?)
-            });
-        };
-        if dy.len() != dx.len() {
-            return Err(planner_bug(Self::KIND, "dY and dX differ in length"));
-        }
-        each(
-            dy.chunks(c).zip(dx.chunks_mut(c)).zip(bits.chunks(c / 64)),
-            |((dy, dx), bits)| {
-                if !acc {
-                    return Ok(apply_mask(dy, bits, dx)?);
-                }
-                for (i, (d, &g)) in dx.iter_mut().zip(dy).enumerate() {
-                    if (bits[i / 64] >> (i % 64)) & 1 == 1 {
-                        *d += g;
-                    }
-                }
-                Ok(())
-            },
-        )
+        mask_backward(b, Self::KIND)
     }
 }
