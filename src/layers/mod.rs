@@ -311,6 +311,7 @@ layers! {
     depthwise { DepthwiseConv2d: "Depthwise 2-D convolution (groups = channels), NHWC." }
     batchnorm { BatchNorm2d: "Batch normalization over N, H, W per channel." }
     relu { Relu: "max(x, 0)." }
+    relu6 { Relu6: "min(max(x, 0), 6)." }
     pool {
         MaxPool2d: "Max pooling.",
         AvgPool2d: "Average pooling.",

@@ -1,0 +1,71 @@
+//! ReLU6, `min(max(x, 0), 6)` (MobileNets). Saves one bit per element — whether the input lay
+//! strictly inside (0, 6), where the gradient passes — never the output itself.
+
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::par::{each, elem_chunk};
+use super::{Bwd, Fwd, mask_backward};
+use crate::error::Result;
+use crate::shape::Shape;
+
+/// `ReLU6()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relu6;
+
+/// `min(max(v, 0), 6)`, NaN passed on (as PyTorch's clamp does).
+#[inline(always)]
+fn clamp6(v: f32) -> f32 {
+    if v.is_nan() { v } else { v.clamp(0.0, 6.0) }
+}
+
+impl Op for Relu6 {
+    const KIND: &'static str = "ReLU6";
+
+    fn out_shape(&self, _name: &str, x: Shape) -> Result<Shape> {
+        Ok(x)
+    }
+
+    /// One bit per element; PyTorch keeps the f32 input.
+    fn needs(&self, d: &Dims) -> Needs {
+        Needs::none()
+            .save(Entry::new("1-bit mask", Elem::Bit, d.y_elems()))
+            .in_place(true)
+            .torch(4 * d.y_elems())
+    }
+
+    fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
+        let c = elem_chunk(f.y.len(), f.threads);
+        let bits: &mut [u64] = match f.mode {
+            Mode::Frozen => &mut [],
+            _ => f.saved.bits(0)?,
+        };
+        let masks = bits
+            .chunks_mut(c / 64)
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        each(
+            f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(masks),
+            |((y, x), bits)| {
+                if let Some(x) = x {
+                    y.copy_from_slice(x);
+                }
+                let Some(bits) = bits else {
+                    y.iter_mut().for_each(|v| *v = clamp6(*v));
+                    return Ok(());
+                };
+                // The gradient passes where 0 < x < 6 (PyTorch's hardtanh backward); NaN blocks.
+                for (y, word) in y.chunks_mut(64).zip(bits.iter_mut()) {
+                    *word = 0;
+                    for (j, v) in y.iter_mut().enumerate() {
+                        *word |= u64::from(*v > 0.0 && *v < 6.0) << j;
+                        *v = clamp6(*v);
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
+        mask_backward(b, Self::KIND)
+    }
+}
