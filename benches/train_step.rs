@@ -1,4 +1,4 @@
-//! Training-step time of the reference workloads (README) (mlp at batch 128, cnn and vit at batch 64), dense and
+//! Training-step time of the reference workloads (README) (mlp at batch 128, cnn, vit and mobilenet at batch 64), dense and
 //! DropIT γ=0.9 (plain and lean), one and two worker threads, on fixed synthetic batches (time
 //! hardly depends on the values), side by side in one run so they compare as ratios.
 
@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
         ("mlp", Model::mlp().unwrap(), 128),
         ("cnn", Model::cnn().unwrap(), 64),
         ("vit", Model::vit().unwrap(), 64),
+        ("mobilenet", Model::mobilenet().unwrap(), 64),
     ] {
         let (x, y) = batch(n);
         for threads in [1, 2] {

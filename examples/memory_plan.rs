@@ -1,5 +1,5 @@
 //! Prints the memory plan of a reference workload:
-//! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model mlp | cnn | vit, batch,
+//! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model mlp | cnn | vit | mobilenet, batch,
 //! γ, lean).
 
 use dropit::{DropIt, Model, Trainer, TrainerConfig};
@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mlp" => Model::mlp()?,
         "cnn" => Model::cnn()?,
         "vit" => Model::vit()?,
-        other => return Err(format!("unknown model {other:?} (mlp | cnn | vit)").into()),
+        "mobilenet" => Model::mobilenet()?,
+        other => {
+            return Err(format!("unknown model {other:?} (mlp | cnn | vit | mobilenet)").into());
+        }
     };
     let cfg = match name.as_str() {
         "vit" => TrainerConfig::adamw_recipe(batch, 1),

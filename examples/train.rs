@@ -22,7 +22,7 @@ const STD: f32 = 0.3530;
 const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 const USAGE: &str =
-    "usage: train [--model mlp|cnn|vit] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
+    "usage: train [--model mlp|cnn|vit|mobilenet] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
              [--batch N] [--data [DIR]] [--budget BYTES] [--threads N] [--seed N] [--json]
 
   --model    reference workload, as the README describes it (default cnn)
@@ -30,7 +30,7 @@ const USAGE: &str =
   --lean     the other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v)
   --epochs   passes over the training set (default 1)
   --steps    stop after this many steps (default: no cap)
-  --batch    batch size (default 128 for mlp, 64 for cnn and vit)
+  --batch    batch size (default 128 for mlp, 64 for the others)
   --data     Fashion-MNIST directory; without DIR, the Debian package's; absent, the bundled subset
   --budget   fit each run in this many bytes (picks γ and formats; --gamma is then ignored)
   --threads  worker threads (default: all cores)
@@ -106,8 +106,12 @@ fn parse() -> Result<Args, String> {
         }
     }
     match a.model.as_str() {
-        "mlp" | "cnn" | "vit" => {}
-        m => return Err(format!("--model {m:?}: expected mlp, cnn or vit")),
+        "mlp" | "cnn" | "vit" | "mobilenet" => {}
+        m => {
+            return Err(format!(
+                "--model {m:?}: expected mlp, cnn, vit or mobilenet"
+            ));
+        }
     }
     if a.epochs == 0 || a.batch == Some(0) || a.threads == 0 || a.steps == Some(0) {
         return Err("--epochs, --steps, --batch and --threads must be at least 1".into());
@@ -145,6 +149,7 @@ fn train_one(
     let model = match a.model.as_str() {
         "mlp" => Model::mlp()?,
         "vit" => Model::vit()?,
+        "mobilenet" => Model::mobilenet()?,
         _ => Model::cnn()?,
     };
     let batch = a.batch.unwrap_or(if a.model == "mlp" { 128 } else { 64 });

@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 
 use crate::error::{Result, config_err, shape_err};
 use crate::layers::{
-    Add, Attention, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Gelu, GlobalAvgPool, Layer,
-    LayerNorm, Linear, MaxPool2d, PosEmbed, Relu, TokenSelect,
+    Add, Attention, AvgPool2d, BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten, Gelu,
+    GlobalAvgPool, Layer, LayerNorm, Linear, MaxPool2d, PosEmbed, Relu, Relu6, TokenSelect,
 };
 use crate::shape::Shape;
 
@@ -303,6 +303,63 @@ impl ModelBuilder {
         self.relu(&format!("{name}.relu2"), y)
     }
 
+    /// `ReLU6`.
+    pub fn relu6(&mut self, name: &str, x: TensorId) -> Result<TensorId> {
+        self.layer(name, Relu6, x)
+    }
+
+    /// A depthwise `k×k` convolution (groups = channels) without bias.
+    pub fn depthwise_conv2d(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<TensorId> {
+        let c = self.check(name, x)?.c;
+        self.layer(name, DepthwiseConv2d::new(c, k, stride, pad), x)
+    }
+
+    /// A MobileNetV2 inverted-residual block, named as torchvision's: `{name}.conv.0`
+    /// expand 1×1 (to `expand`× the input channels; left out when `expand` is 1)–BN–ReLU6,
+    /// `{name}.conv.1` depthwise 3×3 with the block's stride–BN–ReLU6, `{name}.conv.2` project
+    /// 1×1 to `cout`, `{name}.conv.3` BN; plus the input (`{name}.add`) when stride is 1 and
+    /// the channels match.
+    pub fn inverted_residual(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        cout: usize,
+        stride: usize,
+        expand: usize,
+    ) -> Result<TensorId> {
+        let cin = self.check(name, x)?.c;
+        if expand == 0 || stride == 0 || cout == 0 {
+            return config_err(
+                name,
+                format!("expansion {expand}, stride {stride} and width {cout} must be ≥ 1"),
+            );
+        }
+        let mut h = x;
+        let mut at = 0;
+        if expand != 1 {
+            h = self.conv2d(&format!("{name}.conv.0.0"), h, cin * expand, 1, 1, 0)?;
+            h = self.batchnorm2d(&format!("{name}.conv.0.1"), h)?;
+            h = self.relu6(&format!("{name}.conv.0.2"), h)?;
+            at = 1;
+        }
+        h = self.depthwise_conv2d(&format!("{name}.conv.{at}.0"), h, 3, stride, 1)?;
+        h = self.batchnorm2d(&format!("{name}.conv.{at}.1"), h)?;
+        h = self.relu6(&format!("{name}.conv.{at}.2"), h)?;
+        h = self.conv2d(&format!("{name}.conv.{}", at + 1), h, cout, 1, 1, 0)?;
+        h = self.batchnorm2d(&format!("{name}.conv.{}", at + 2), h)?;
+        if stride == 1 && cin == cout {
+            h = self.add(&format!("{name}.add"), x, h)?;
+        }
+        Ok(h)
+    }
+
     /// Finishes the model; `logits` must be a `[1, 1, classes]` tensor.
     pub fn build(self, logits: TensorId) -> Result<Model> {
         let s = self.check("model output", logits)?;
@@ -383,6 +440,23 @@ impl Model {
         let x = b.select_token("cls", x, 0)?;
         let x = b.layernorm("norm", x)?;
         let x = b.linear("head", x, c.classes)?;
+        b.build(x)
+    }
+
+    /// The reference `mobilenet`, a MobileNetV2-style network for 28×28×1 Fashion-MNIST: stem
+    /// conv3×3/2 (→16)–BN–ReLU6; four inverted-residual blocks of expansion 4, widths 16, 24,
+    /// 32, 48, strides 1, 2, 1, 2; global average pool; Linear(48, 10). Names follow
+    /// torchvision's `mobilenet_v2` (`features.N…`, `classifier`).
+    pub fn mobilenet() -> Result<Model> {
+        let mut b = ModelBuilder::new(Shape::new(28, 28, 1));
+        let x = b.conv2d("features.0.0", b.input(), 16, 3, 2, 1)?;
+        let x = b.batchnorm2d("features.0.1", x)?;
+        let mut x = b.relu6("features.0.2", x)?;
+        for (i, (width, stride)) in [(16, 1), (24, 2), (32, 1), (48, 2)].into_iter().enumerate() {
+            x = b.inverted_residual(&format!("features.{}", i + 1), x, width, stride, 4)?;
+        }
+        let x = b.global_avgpool("avgpool", x)?;
+        let x = b.linear("classifier", x, 10)?;
         b.build(x)
     }
 

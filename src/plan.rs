@@ -39,8 +39,8 @@ pub(crate) struct Plan {
     pub params: Vec<Range<usize>>,
     /// Per node: its running statistics as a float range inside the state region.
     pub state: Vec<Range<usize>>,
-    /// Per node: what it declared for the planned batch (nothing saved when frozen).
-    pub needs: Vec<Needs>,
+    /// Workers the plan is made for.
+    pub threads: usize,
     /// Per tensor: its buffer (sized for the planned batch).
     pub tensors: Vec<Range<usize>>,
     /// Per tensor: its gradient's buffer (empty for the model input).
@@ -151,8 +151,10 @@ fn reads_once(n: &Node, t: usize) -> bool {
     reads(n).iter().filter(|&&u| u == t).count() == 1
 }
 
-/// Step 1: every node's declaration for the planned batch; frozen nodes keep nothing.
-fn declare(model: &Model, batch: usize, threads: usize) -> Vec<Needs> {
+/// Step 1: every node's declaration for the planned batch; frozen nodes keep nothing. (Not
+/// kept in the plan: the trainer asks each layer again for the batch at hand, and the memory
+/// report asks again too.)
+pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> Vec<Needs> {
     model
         .nodes
         .iter()
@@ -423,7 +425,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         train_start,
         params,
         state,
-        needs,
+        threads,
         tensors,
         grads,
         acc: acts.acc,

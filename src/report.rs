@@ -57,12 +57,13 @@ impl MemoryReport {
     pub(crate) fn new(model: &Model, plan: &Plan) -> Self {
         let bytes = |r: &core::ops::Range<usize>| r.len() * 8;
         let mut counted = alloc::vec![false; model.shapes.len()];
+        let declared = crate::plan::declare(model, plan.batch, plan.threads);
         let layers: Vec<LayerMemory> = model
             .nodes
             .iter()
             .enumerate()
             .map(|(i, node)| {
-                let needs = &plan.needs[i];
+                let needs = &declared[i];
                 let t = node.inputs[0];
                 let mut saved_bytes = bytes(&plan.ctx[i]);
                 let mut parts: Vec<String> = Vec::new();

@@ -404,8 +404,9 @@ impl<'a> Trainer<'a> {
         for (i, node) in self.model.nodes.iter().enumerate().rev().take(trained) {
             let inplace = plan.inplace_bwd[i];
             let grad = |t: usize| Some(plan.grads[t].clone()).filter(|r| !r.is_empty());
+            let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
             let tensors = [
-                plan.needs[i]
+                call.needs
                     .holds_input
                     .then(|| plan.tensors[node.inputs[0]].clone()),
                 (!inplace).then(|| plan.grads[node.output].clone()),
@@ -414,7 +415,6 @@ impl<'a> Trainer<'a> {
                     .then(|| grad(node.inputs[1]))
                     .flatten(),
             ];
-            let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
             let v = call.carve(w, tensors, plan.regions.grads.clone())?;
             let [x, dy, dx, dx2] = v.tensors;
             let (ts, pr) = (plan.train_start, plan.params[i].clone());

@@ -79,3 +79,37 @@ fn depthwise_and_relu6_match_pytorch() {
         );
     }
 }
+
+#[test]
+fn mobilenet_is_built_as_described_and_learns() {
+    let m = Model::mobilenet().unwrap();
+    let kinds: Vec<&str> = m.nodes().iter().map(|n| n.layer.kind()).collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    // Stem + 4 × (expand, project) convs, 4 depthwise, 1 residual (the first block: 16 → 16).
+    assert_eq!(count("Conv2d"), 9);
+    assert_eq!(count("Conv2d(depthwise)"), 4);
+    assert_eq!(count("Add"), 1);
+    assert_eq!(count("ReLU6"), 9);
+    let dw = m.find("features.2.conv.1.0").unwrap();
+    assert_eq!(m.shapes_of(dw).1, Shape::new(7, 7, 64));
+    assert_eq!(m.output_shape(m.nodes().len() - 2), Shape::flat(48));
+    // DropIT on every conv but the stem, and not on the head.
+    let d = m.clone().with_dropit(&dropit::DropIt::new(0.9)).unwrap();
+    let sparse: Vec<&str> = d
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.layer.input_save(), Some(dropit::InputSave::Sparse(_))))
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(sparse.len(), 12, "{sparse:?}");
+    assert!(!sparse.contains(&"features.0.0") && !sparse.contains(&"classifier"));
+    // A fixed batch is learned.
+    let (x, y) = (common::data(16 * 784, 3), common::labels(16, 10, 4));
+    let mut t = Trainer::new(d, config(16)).unwrap();
+    let first = t.step(&x, &y).unwrap().loss;
+    for _ in 0..40 {
+        t.step(&x, &y).unwrap();
+    }
+    let last = t.step(&x, &y).unwrap().loss;
+    assert!(last < 0.5 * first, "loss {first} → {last}");
+}

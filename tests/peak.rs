@@ -72,32 +72,44 @@ fn dropit_peaks_and_budget() {
     }
 }
 
-/// The reference vit at batch 64 under the AdamW recipe: dense, γ = 0.9, γ = 0.9 lean.
-fn vit_peaks() {
-    let n = 64;
+/// A reference workload at batch 64: dense, γ = 0.9, γ = 0.9 lean. Returns the peak ratios
+/// (γ = 0.9, lean) to dense.
+fn peaks(name: &str, model: fn() -> dropit::Result<Model>, cfg: TrainerConfig) -> (f64, f64) {
+    let n = cfg.batch;
     let (x, y) = (data(n * 784, 3), labels(n, 10, 4));
     let run = |d: DropIt| {
-        let m = Model::vit().unwrap().with_dropit(&d).unwrap();
-        peak_of(
-            || Trainer::new(m, TrainerConfig::adamw_recipe(n, 100)).unwrap(),
-            &x,
-            &y,
-        )
+        let m = model().unwrap().with_dropit(&d).unwrap();
+        peak_of(|| Trainer::new(m, cfg).unwrap(), &x, &y)
     };
     let (dense, _) = run(DropIt::dense());
     let (sparse, _) = run(DropIt::new(0.9));
     let (lean, arena) = run(DropIt::new(0.9).lean(true));
     let (r, rl) = (sparse as f64 / dense as f64, lean as f64 / dense as f64);
     println!(
-        "vit batch 64 peak: dense {dense} B, γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3})"
+        "{name} batch {n} peak: dense {dense} B, γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3})"
     );
     assert!(lean <= arena + Trainer::BOOKKEEPING_MAX);
+    (r, rl)
+}
+
+fn vit_peaks() {
+    let (r, rl) = peaks("vit", Model::vit, TrainerConfig::adamw_recipe(64, 100));
     assert!(r <= 0.70, "γ=0.9 peak ratio {r}");
     assert!(rl <= 0.40, "γ=0.9 lean peak ratio {rl}");
+}
+
+fn mobilenet_peaks() {
+    let (r, rl) = peaks(
+        "mobilenet",
+        Model::mobilenet,
+        TrainerConfig::sgd_recipe(64, 100),
+    );
+    assert!(r < 1.0 && rl < r, "peak ratios {r}, {rl}");
 }
 
 fn main() {
     dropit_peaks_and_budget();
     vit_peaks();
-    println!("peak: 2 passed, 0 failed");
+    mobilenet_peaks();
+    println!("peak: 3 passed, 0 failed");
 }
