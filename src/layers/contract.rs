@@ -95,6 +95,15 @@ impl Needs {
         Self::default()
     }
 
+    /// An elementwise activation that keeps one bit per output element and runs in place;
+    /// PyTorch keeps an f32 tensor of the output's size.
+    pub fn one_bit_mask(elems: usize) -> Self {
+        Self::none()
+            .save(Entry::new("1-bit mask", Elem::Bit, elems))
+            .in_place(true)
+            .torch(4 * elems)
+    }
+
     /// With a saved entry.
     pub fn save(mut self, e: Entry) -> Self {
         // MAX_ENTRIES bounds every layer's declaration; a fourth entry is a bug caught by the

@@ -393,6 +393,28 @@ impl Conv2d {
     }
 }
 
+/// The output shape of a convolution window `g` over `x` (`hw`: its output height and width, or
+/// why it cannot fit), with `c` channels; the error names the layer and the window.
+pub(super) fn window_out(
+    name: &str,
+    x: Shape,
+    g: &ConvGeom,
+    hw: dropit_simd::Result<(usize, usize)>,
+    c: usize,
+) -> Result<Shape> {
+    match hw {
+        Ok((ho, wo)) => Ok(Shape::new(ho, wo, c)),
+        Err(e) => shape_err(
+            name,
+            format_args!(
+                "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
+                g.kh, g.kw, g.stride, g.pad
+            ),
+            x,
+        ),
+    }
+}
+
 impl Op for Conv2d {
     const KIND: &'static str = "Conv2d";
 
@@ -400,17 +422,8 @@ impl Op for Conv2d {
         if x.c != self.cin || self.cout == 0 {
             return shape_err(name, format_args!("input [h, w, {}]", self.cin), x);
         }
-        match self.geom(1, x).out_hw() {
-            Ok((ho, wo)) => Ok(Shape::new(ho, wo, self.cout)),
-            Err(e) => shape_err(
-                name,
-                format_args!(
-                    "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
-                    self.k.0, self.k.1, self.stride, self.pad
-                ),
-                x,
-            ),
-        }
+        let g = self.geom(1, x);
+        window_out(name, x, &g, g.out_hw(), self.cout)
     }
 
     /// `weight` `[cout, cin, kh, kw]` (ours `[kh, kw, cin, cout]`), `bias` `[cout]`.

@@ -11,6 +11,7 @@ use dropit_simd::depthwise;
 use dropit_simd::spmm::{self, ConvGeom};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::conv2d::window_out;
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::par::{each, max_groups, split};
 use super::{Bwd, Fwd, held, missing, not_in_place, pack_input, packed_input};
@@ -82,17 +83,8 @@ impl Op for DepthwiseConv2d {
         if x.c != self.c || self.c == 0 {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
         }
-        match depthwise::out_hw(&self.geom(1, x)) {
-            Ok((ho, wo)) => Ok(Shape::new(ho, wo, self.c)),
-            Err(e) => shape_err(
-                name,
-                format_args!(
-                    "a {}×{} kernel, stride {:?}, padding {:?} that fits ({e})",
-                    self.k.0, self.k.1, self.stride, self.pad
-                ),
-                x,
-            ),
-        }
+        let g = self.geom(1, x);
+        window_out(name, x, &g, depthwise::out_hw(&g), self.c)
     }
 
     /// `weight` `[c, 1, kh, kw]` (ours `[kh, kw, c]`), `bias` `[c]`.

@@ -5,7 +5,7 @@
 //! (`loss_and_grads` twice gives the same mask, so finite differences see one function).
 
 use super::par::{each, elem_chunk};
-use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::contract::{Dims, Mode, Needs, Op};
 use super::{Bwd, Fwd, planner_bug, put};
 use crate::error::{Result, config_err};
 use crate::shape::Shape;
@@ -33,10 +33,7 @@ impl Op for Dropout {
 
     /// One bit per element; PyTorch keeps a mask of the output's size (counted as f32).
     fn needs(&self, d: &Dims) -> Needs {
-        Needs::none()
-            .save(Entry::new("1-bit mask", Elem::Bit, d.y_elems()))
-            .in_place(true)
-            .torch(4 * d.y_elems())
+        Needs::one_bit_mask(d.y_elems())
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

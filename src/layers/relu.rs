@@ -2,7 +2,7 @@
 
 use dropit_simd::mask::relu_forward;
 
-use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::contract::{Dims, Mode, Needs, Op};
 use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, mask_backward};
 use crate::error::Result;
@@ -21,10 +21,7 @@ impl Op for Relu {
 
     /// One bit per output; PyTorch keeps the f32 output.
     fn needs(&self, d: &Dims) -> Needs {
-        Needs::none()
-            .save(Entry::new("1-bit mask", Elem::Bit, d.y_elems()))
-            .in_place(true)
-            .torch(4 * d.y_elems())
+        Needs::one_bit_mask(d.y_elems())
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

@@ -1,7 +1,7 @@
 //! ReLU6, `min(max(x, 0), 6)` (MobileNets). Saves one bit per element — whether the input lay
 //! strictly inside (0, 6), where the gradient passes — never the output itself.
 
-use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::contract::{Dims, Mode, Needs, Op};
 use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, mask_backward};
 use crate::error::Result;
@@ -26,10 +26,7 @@ impl Op for Relu6 {
 
     /// One bit per element; PyTorch keeps the f32 input.
     fn needs(&self, d: &Dims) -> Needs {
-        Needs::none()
-            .save(Entry::new("1-bit mask", Elem::Bit, d.y_elems()))
-            .in_place(true)
-            .torch(4 * d.y_elems())
+        Needs::one_bit_mask(d.y_elems())
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
