@@ -106,9 +106,10 @@ impl Needs {
 
     /// With a saved entry.
     pub fn save(mut self, e: Entry) -> Self {
-        // MAX_ENTRIES bounds every layer's declaration; a fourth entry is a bug caught by the
-        // contract test.
-        let _ = self.saved.push(e);
+        // MAX_ENTRIES bounds every layer's declaration; one more is a bug of that layer, caught
+        // in tests (they run with debug assertions over every layer).
+        let pushed = self.saved.push(e);
+        debug_assert!(pushed.is_ok(), "more than {MAX_ENTRIES} saved entries");
         self
     }
 
@@ -150,15 +151,6 @@ impl Needs {
         self.packed = None;
         self.torch_bytes = 0;
         self
-    }
-
-    /// The report's short description of the own context.
-    pub fn describe(&self) -> alloc::string::String {
-        if self.saved.is_empty() {
-            return "-".into();
-        }
-        let parts: alloc::vec::Vec<&str> = self.saved.iter().map(|e| e.what).collect();
-        parts.join(" + ")
     }
 }
 
