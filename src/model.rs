@@ -396,13 +396,18 @@ impl Model {
     /// conv3×3(→32)–BN–ReLU, BasicBlocks 32 (s1), 64 (s2), 128 (s2), global average pool,
     /// Linear(128, classes).
     pub fn resnet8(input: Shape, classes: usize) -> Result<Model> {
+        Self::resnet8_widths(input, classes, [32, 64, 128])
+    }
+
+    /// [`Model::resnet8`] with other stage widths (the stem has the first stage's width).
+    pub fn resnet8_widths(input: Shape, classes: usize, widths: [usize; 3]) -> Result<Model> {
         let mut b = ModelBuilder::new(input);
-        let x = b.conv2d("conv1", b.input(), 32, 3, 1, 1)?;
+        let x = b.conv2d("conv1", b.input(), widths[0], 3, 1, 1)?;
         let x = b.batchnorm2d("bn1", x)?;
         let x = b.relu("relu", x)?;
-        let x = b.basic_block("layer1.0", x, 32, 1)?;
-        let x = b.basic_block("layer2.0", x, 64, 2)?;
-        let x = b.basic_block("layer3.0", x, 128, 2)?;
+        let x = b.basic_block("layer1.0", x, widths[0], 1)?;
+        let x = b.basic_block("layer2.0", x, widths[1], 2)?;
+        let x = b.basic_block("layer3.0", x, widths[2], 2)?;
         let x = b.global_avgpool("avgpool", x)?;
         let x = b.linear("fc", x, classes)?;
         b.build(x)

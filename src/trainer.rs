@@ -308,6 +308,24 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// All running statistics, node by node (each node's slice is [`Trainer::state_range`]).
+    pub fn state(&self) -> &[f32] {
+        let r = &self.plan.regions.state;
+        &f32s(&self.arena.words_ref()[r.clone()])[..self.plan.state.last().map_or(0, |s| s.end)]
+    }
+
+    /// All running statistics, writable.
+    pub fn state_mut(&mut self) -> &mut [f32] {
+        let r = self.plan.regions.state.clone();
+        let end = self.plan.state.last().map_or(0, |s| s.end);
+        &mut f32s_mut(&mut self.arena.words()[r])[..end]
+    }
+
+    /// Where node `node`'s running statistics lie in [`Trainer::state`].
+    pub fn state_range(&self, node: usize) -> core::ops::Range<usize> {
+        self.plan.state[node].clone()
+    }
+
     /// Where node `node`'s parameters lie in [`Trainer::params`].
     pub fn param_range(&self, node: usize) -> core::ops::Range<usize> {
         self.plan.params[node].clone()
@@ -543,6 +561,39 @@ impl<'a> Trainer<'a> {
             correct: out.correct,
             samples: n,
         })
+    }
+
+    /// The logits of a batch (`x`: `n` samples NHWC), with running statistics and nothing saved
+    /// for backward, written into `out` (`n × classes`, row by row).
+    pub fn predict(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        self.with_workers(|t| t.predict_here(x, out))
+    }
+
+    fn predict_here(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let per = self.model.input_shape().numel();
+        let n = x.len() / per.max(1);
+        if n == 0 || n > self.plan.batch || n * per != x.len() {
+            return shape_err(
+                "predict: input batch",
+                alloc::format!(
+                    "1 to {} samples of {} ({per} floats each)",
+                    self.plan.batch,
+                    self.model.input_shape()
+                ),
+                alloc::format!("{} floats", x.len()),
+            );
+        }
+        let classes = self.model.classes;
+        if out.len() != n * classes {
+            return shape_err(
+                "predict: logits",
+                alloc::format!("{n} × {classes} = {} floats", n * classes),
+                alloc::format!("{} floats", out.len()),
+            );
+        }
+        self.forward(x, n, false)?;
+        out.copy_from_slice(self.logits(n));
+        Ok(())
     }
 
     /// Every buffer of the plan: per layer, and totals by category.
