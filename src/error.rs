@@ -61,6 +61,14 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// A checkpoint that cannot be loaded (or saved) as it is: names the tensor or field.
+    #[error("checkpoint {what}: {detail}")]
+    Checkpoint {
+        /// The tensor, metadata field or part of the file.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),
@@ -85,6 +93,14 @@ pub(crate) fn shape_err<T>(
 /// `Err(Error::Config)`.
 pub(crate) fn config_err<T>(what: &str, detail: impl core::fmt::Display) -> Result<T> {
     Err(Error::Config {
+        what: what.into(),
+        detail: alloc::format!("{detail}"),
+    })
+}
+
+/// `Err(Error::Checkpoint)`.
+pub(crate) fn ckpt_err<T>(what: &str, detail: impl core::fmt::Display) -> Result<T> {
+    Err(Error::Checkpoint {
         what: what.into(),
         detail: alloc::format!("{detail}"),
     })

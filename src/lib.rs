@@ -26,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 mod arena;
+pub mod checkpoint;
 #[cfg(feature = "std")]
 pub mod data;
 mod dropit;

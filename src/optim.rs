@@ -2,7 +2,7 @@
 //! Both update the whole flat parameter region in place, with state in the arena.
 
 /// An optimizer and its hyper-parameters (the learning rate comes from a [`Schedule`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Optimizer {
     /// PyTorch's SGD: `g += wd·p; buf = μ·buf + g; p -= lr·(nesterov ? g + μ·buf : buf)`.
     Sgd {
@@ -96,7 +96,7 @@ impl Optimizer {
 }
 
 /// How the learning rate decays after warmup.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Decay {
     /// Constant.
     Constant,
@@ -117,7 +117,7 @@ pub enum Decay {
 }
 
 /// A learning-rate schedule: linear warmup, then a decay.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schedule {
     /// Rate after warmup.
     pub base_lr: f32,

@@ -5,7 +5,7 @@ use dropit_simd::format::{Format, PosForm, ValueType};
 use dropit_simd::select::{kept_count, kept_in_blocks};
 
 /// How a Linear or Conv2d layer keeps its input for the weight gradient.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub enum InputSave {
     /// The input tensor is held as it is (shared with every other layer that reads it).
     #[default]
@@ -31,7 +31,7 @@ impl InputSave {
 }
 
 /// Over what the top-k is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     /// One top-k over the whole batch tensor (the paper's choice).
     #[default]
@@ -43,7 +43,7 @@ pub enum Scope {
 }
 
 /// Where kept positions are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Positions {
     /// The smallest form for the layer's n and k.
     #[default]
@@ -53,7 +53,7 @@ pub enum Positions {
 }
 
 /// How grad_W is computed from the packed input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum GradPath {
     /// Straight from the packed form (the sparse-recovery GEMM).
     Direct,
@@ -73,7 +73,7 @@ impl GradPath {
 }
 
 /// DropIT settings of one layer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparseSave {
     /// Fraction of elements kept: 1 − γ.
     pub keep: f32,

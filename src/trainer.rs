@@ -1,7 +1,5 @@
 //! Plan + model + optimizer: `step()`, `evaluate()`, `memory_report()`.
 
-use alloc::vec;
-
 use dropit_simd::format::ValueType;
 
 use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
@@ -20,7 +18,7 @@ use crate::shape::Shape;
 use core::ops::Range;
 
 /// How to train.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainerConfig {
     /// Largest batch a step takes (the plan is sized for it).
     pub batch: usize,
@@ -143,11 +141,19 @@ impl Trainer<'static> {
         Err(Error::BudgetTooSmall { needed })
     }
 
-    /// Plans `model` and allocates its arena (the only allocation of its working memory).
+    /// Plans `model` and allocates its arena (the only allocation of its working memory). An
+    /// arena the system cannot give is an error, not an abort.
     pub fn new(model: Model, cfg: TrainerConfig) -> Result<Self> {
         let plan = Self::checked_plan(&model, &cfg)?;
-        let arena = Storage::Owned(vec![0u64; plan.total_words]);
-        Self::finish(model, cfg, plan, arena)
+        let mut words = alloc::vec::Vec::new();
+        if words.try_reserve_exact(plan.total_words).is_err() {
+            return Err(Error::ArenaTooSmall {
+                needed: plan.total_words.saturating_mul(8),
+                given: 0,
+            });
+        }
+        words.resize(plan.total_words, 0u64);
+        Self::finish(model, cfg, plan, Storage::Owned(words))
     }
 }
 
@@ -251,6 +257,42 @@ impl<'a> Trainer<'a> {
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// How it trains.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.cfg
+    }
+
+    /// Sets the step count (a restored checkpoint's): the schedule and AdamW's bias
+    /// correction continue from it.
+    pub(crate) fn set_steps(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// The optimizer state: for each state slot in turn (SGD: momentum; AdamW: first, then
+    /// second moment), one float per trained parameter, laid out as [`Trainer::grads`].
+    pub(crate) fn optimizer_state(&self) -> &[f32] {
+        let r = &self.plan.regions.opt;
+        let n = self.trained_count() * self.cfg.optimizer.state_slots();
+        &f32s(&self.arena.words_ref()[r.clone()])[..n]
+    }
+
+    /// The same, writable.
+    pub(crate) fn optimizer_state_mut(&mut self) -> &mut [f32] {
+        let r = self.plan.regions.opt.clone();
+        let n = self.trained_count() * self.cfg.optimizer.state_slots();
+        &mut f32s_mut(&mut self.arena.words()[r])[..n]
+    }
+
+    /// Trained parameters (those from [`Trainer::param_range`] of the first unfrozen node on).
+    pub(crate) fn trained_count(&self) -> usize {
+        self.plan.params.last().map_or(0, |p| p.end) - self.plan.train_start
+    }
+
+    /// First trained parameter.
+    pub(crate) fn train_start(&self) -> usize {
+        self.plan.train_start
     }
 
     /// Bytes of the arena.

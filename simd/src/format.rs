@@ -16,6 +16,7 @@ use crate::{Error, Result};
 pub const BLOCK16: usize = 1 << 16;
 
 /// How kept values are stored.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ValueType {
     /// Exact.
@@ -37,6 +38,7 @@ impl ValueType {
 }
 
 /// How the positions of kept values are stored.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PosForm {
     /// One bit per element: `n/8` bytes whatever `k` is. Best when more than ~1/16 is kept.

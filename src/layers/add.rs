@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::shape::Shape;
 
 /// `a + b`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Add;
 
 impl Op for Add {

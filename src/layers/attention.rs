@@ -20,7 +20,7 @@ use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
 /// `MultiheadAttention(dim, heads)` on a fused qkv input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attention {
     /// Model width D (the output channels; the input has 3·D).
     pub dim: usize,

@@ -16,7 +16,7 @@ use crate::shape::Shape;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// `BatchNorm2d(c)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNorm2d {
     /// Channels.
     pub c: usize,
@@ -90,6 +90,10 @@ impl Op for BatchNorm2d {
         let (m, v) = state.split_at_mut(self.c);
         m.fill(0.0);
         v.fill(1.0);
+    }
+
+    fn counters(&self) -> &'static [&'static str] {
+        &["num_batches_tracked"]
     }
 
     fn set_lean(&mut self, lean: bool) {

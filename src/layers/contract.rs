@@ -245,6 +245,14 @@ impl ParamDecl {
         self.torch_shape.iter().product()
     }
 
+    /// Elements, or `None` when the shape's product overflows (a corrupt declaration read from
+    /// a file).
+    pub fn len_checked(&self) -> Option<usize> {
+        self.torch_shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -472,6 +480,12 @@ pub(crate) trait Op {
     /// The same, to change it.
     fn input_save_mut(&mut self) -> Option<&mut InputSave> {
         None
+    }
+
+    /// Step counters PyTorch keeps as int64 buffers of the same module (BatchNorm's
+    /// `num_batches_tracked`): checkpoints write the trainer's step there and ignore it on load.
+    fn counters(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Switches the layer's lean forms on or off (no-op without one).

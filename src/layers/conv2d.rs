@@ -19,7 +19,7 @@ use crate::shape::Shape;
 use dropit_simd::spmm;
 
 /// `Conv2d(cin, cout, kernel, stride, padding)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
     /// Input channels.
     pub cin: usize,

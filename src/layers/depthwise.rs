@@ -22,7 +22,7 @@ use crate::saved::InputSave;
 use crate::shape::Shape;
 
 /// `Conv2d(c, c, k, stride, padding, groups=c)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DepthwiseConv2d {
     /// Channels (in and out).
     pub c: usize,

@@ -12,7 +12,7 @@ use crate::shape::Shape;
 
 /// `Dropout(p)`: in training, zeroes each element with probability `p` and scales the rest by
 /// `1 / (1 − p)`; in evaluation, the identity.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Dropout {
     /// Probability of dropping an element, in `[0, 1)`.
     pub p: f32,

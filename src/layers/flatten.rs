@@ -8,7 +8,7 @@ use crate::shape::Shape;
 
 /// `Flatten()`. (Channels-last order: a checkpoint's first Linear after a flatten differs from
 /// PyTorch's NCHW flatten by a permutation of its input features.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Flatten;
 
 impl Op for Flatten {

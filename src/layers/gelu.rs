@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::shape::Shape;
 
 /// `GELU(approximate = "none" | "tanh")`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Gelu {
     /// The tanh approximation instead of erf.
     pub tanh: bool,

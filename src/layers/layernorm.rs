@@ -13,7 +13,7 @@ use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
 /// `LayerNorm(c)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerNorm {
     /// Channels (the normalized dimension).
     pub c: usize,

@@ -19,7 +19,7 @@ use dropit_simd::pack::unpack;
 use dropit_simd::spmm;
 
 /// `Linear(in, out)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Linear {
     /// Input features (channels of the input).
     pub inp: usize,

@@ -245,7 +245,7 @@ macro_rules! layers {
         $(mod $m; $(pub use $m::$v;)+)+
 
         /// A layer of the model.
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         pub enum Layer {
             $($(#[doc = $doc] $v($v),)+)+
         }
@@ -296,6 +296,10 @@ macro_rules! layers {
 
             fn op_input_save_mut(&mut self) -> Option<&mut InputSave> {
                 match self { $($(Layer::$v(l) => l.input_save_mut(),)+)+ }
+            }
+
+            fn op_counters(&self) -> &'static [&'static str] {
+                match self { $($(Layer::$v(l) => l.counters(),)+)+ }
             }
 
             fn op_set_lean(&mut self, lean: bool) {
@@ -385,6 +389,11 @@ impl Layer {
     /// or off; a layer without one ignores it.
     pub fn set_lean(&mut self, lean: bool) {
         self.op_set_lean(lean)
+    }
+
+    /// Int64 step counters PyTorch keeps for the same module (`num_batches_tracked`).
+    pub fn counters(&self) -> &'static [&'static str] {
+        self.op_counters()
     }
 
     /// Fills freshly planned parameters.

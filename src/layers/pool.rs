@@ -9,7 +9,7 @@ use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 
 /// `MaxPool2d(k, stride, padding)`; padding counts as −∞.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MaxPool2d {
     /// Window side.
     pub k: usize,
@@ -20,7 +20,7 @@ pub struct MaxPool2d {
 }
 
 /// `AvgPool2d(k, stride)` without padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AvgPool2d {
     /// Window side.
     pub k: usize,
@@ -29,7 +29,7 @@ pub struct AvgPool2d {
 }
 
 /// Mean over H and W: `[h, w, c]` → `[1, 1, c]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct GlobalAvgPool;
 
 fn pooled(name: &str, x: Shape, k: usize, s: usize, p: usize) -> Result<Shape> {

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::shape::Shape;
 
 /// `ReLU()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Relu;
 
 impl Op for Relu {

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::shape::Shape;
 
 /// `ReLU6()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Relu6;
 
 /// `min(max(v, 0), 6)`, NaN passed on (as PyTorch's clamp does).

@@ -14,7 +14,7 @@ use crate::shape::Shape;
 /// `[h, w, D]` patches → `[1, h·w (+1), D]` tokens: an optional learned cls token first, then
 /// the patches in row-major order, each plus its learned position. Parameters: the cls token
 /// (`D`, when present), then the positions (`tokens × D`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PosEmbed {
     /// Channels D.
     pub dim: usize,
@@ -140,7 +140,7 @@ impl Op for PosEmbed {
 
 /// `x[:, index]`: one token of `[1, T, D]` (any `[h, w, D]`; tokens count row-major) as
 /// `[1, 1, D]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TokenSelect {
     /// The token kept (0: the cls token).
     pub index: usize,

@@ -1,0 +1,260 @@
+//! Checkpoints: exact resume, PyTorch weights in, validation of corrupt bytes, torn flash writes.
+mod common;
+
+use common::{data, labels};
+use dropit::{DropIt, Error, Model, Trainer, TrainerConfig, VitConfig};
+use proptest::prelude::*;
+
+fn small_cnn() -> Model {
+    Model::resnet8_widths(dropit::Shape::new(28, 28, 1), 10, [8, 16, 32]).unwrap()
+}
+
+fn small_vit(dropout: f32) -> Model {
+    Model::vision_transformer(&VitConfig {
+        dim: 32,
+        depth: 2,
+        heads: 2,
+        mlp: 64,
+        dropout,
+        ..VitConfig::default()
+    })
+    .unwrap()
+}
+
+fn trainer(model: Model, vit: bool, threads: usize) -> Trainer<'static> {
+    let mut cfg = if vit {
+        TrainerConfig::adamw_recipe(8, 40)
+    } else {
+        TrainerConfig::sgd_recipe(8, 40)
+    };
+    cfg.threads = threads;
+    cfg.seed = 5;
+    Trainer::new(model, cfg).unwrap()
+}
+
+/// Losses of steps `from..to` on fixed batches.
+fn run(t: &mut Trainer<'_>, from: u64, to: u64) -> Vec<u32> {
+    (from..to)
+        .map(|s| {
+            let (x, y) = (data(8 * 784, 40 + s), labels(8, 10, 80 + s));
+            t.step(&x, &y).unwrap().loss.to_bits()
+        })
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|p| p.to_bits()).collect()
+}
+
+#[test]
+fn resume_is_bitwise_exact() {
+    let policy = DropIt::new(0.9).lean(true);
+    let cases: [(&str, fn() -> Model, bool); 3] = [
+        ("mlp", || Model::mlp().unwrap(), false),
+        ("cnn", small_cnn, false),
+        ("vit", || small_vit(0.1), true),
+    ];
+    for (name, make, vit) in cases {
+        for threads in [1, 2] {
+            let model = || make().with_dropit(&policy).unwrap();
+            let mut whole = trainer(model(), vit, threads);
+            let want = run(&mut whole, 0, 6);
+            let mut first = trainer(model(), vit, threads);
+            let mut got = run(&mut first, 0, 3);
+            let bytes = first.checkpoint().unwrap();
+            drop(first);
+            let mut resumed = Trainer::from_checkpoint(&bytes).unwrap();
+            assert_eq!(resumed.steps(), 3);
+            assert_eq!(resumed.model(), &model(), "{name}: architecture");
+            got.extend(run(&mut resumed, 3, 6));
+            assert_eq!(got, want, "{name}, {threads} threads: losses");
+            assert_eq!(
+                bits(resumed.params()),
+                bits(whole.params()),
+                "{name}: params"
+            );
+            assert_eq!(
+                bits(resumed.state()),
+                bits(whole.state()),
+                "{name}: statistics"
+            );
+            // The same evaluation too (running statistics restored).
+            let (x, y) = (data(8 * 784, 7), labels(8, 10, 8));
+            assert_eq!(
+                resumed.evaluate(&x, &y).unwrap(),
+                whole.evaluate(&x, &y).unwrap()
+            );
+        }
+    }
+}
+
+/// A PyTorch reference fixture (written by `tests/fixtures/torch_checkpoints.py`).
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/checkpoints/{name}.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(path).unwrap()
+}
+
+/// `x` and `logits` of an io fixture, read with the checkpoint reader's own parser.
+fn io(name: &str) -> (Vec<f32>, Vec<f32>) {
+    let bytes = fixture(&format!("{name}_io"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |t: &str| -> Vec<f32> {
+        st.tensor(t)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    (f32s("x"), f32s("logits"))
+}
+
+fn small_mlp() -> Model {
+    let mut b = dropit::ModelBuilder::new(dropit::Shape::new(28, 28, 1));
+    let x = b.flatten("flatten", b.input()).unwrap();
+    let x = b.linear("fc1", x, 32).unwrap();
+    let x = b.relu("relu1", x).unwrap();
+    let x = b.linear("fc2", x, 32).unwrap();
+    let x = b.relu("relu2", x).unwrap();
+    let x = b.linear("fc3", x, 10).unwrap();
+    b.build(x).unwrap()
+}
+
+#[test]
+fn pytorch_weights_give_pytorchs_logits() {
+    let cases: [(&str, fn() -> Model, bool); 3] = [
+        ("mlp", small_mlp, false),
+        ("cnn", small_cnn, false),
+        ("vit", || small_vit(0.0), true),
+    ];
+    for (name, make, vit) in cases {
+        let mut t = trainer(make(), vit, 1);
+        t.load_weights(&fixture(&format!("{name}_torch"))).unwrap();
+        let (x, want) = io(name);
+        let mut got = vec![0.0; want.len()];
+        t.predict(&x, &mut got).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        println!("{name}: max relative logit error against PyTorch {worst:.2e}");
+        assert!(worst <= 1e-5, "{name}: {worst}");
+        // Our weights-only file holds the same tensors, and loads back to the same logits.
+        let ours = t.weights().unwrap();
+        let mut u = trainer(make(), vit, 1);
+        u.load_weights(&ours).unwrap();
+        let mut again = vec![0.0; want.len()];
+        u.predict(&x, &mut again).unwrap();
+        assert_eq!(bits(&again), bits(&got));
+    }
+}
+
+#[test]
+fn loading_names_the_first_problem() {
+    let mut t = trainer(small_mlp(), false, 1);
+    // Another model's file: its first tensor is a stranger here.
+    let e = t.load_weights(&fixture("cnn_torch")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { what, .. } if what.contains('.')),
+        "{e}"
+    );
+    // A missing tensor is named.
+    let mut other = trainer(Model::mlp().unwrap(), false, 1);
+    let e = other.load_weights(&fixture("mlp_torch")).unwrap_err();
+    assert!(e.to_string().contains("fc1.weight"), "{e}");
+    // A checkpoint needs its metadata; a weights file is not one.
+    let Err(e) = Trainer::from_checkpoint(&fixture("mlp_torch")) else {
+        panic!("a weights file loaded as a checkpoint");
+    };
+    assert!(e.to_string().contains("dropit."), "{e}");
+}
+
+fn saved() -> (Vec<u8>, Vec<u32>) {
+    let mut t = trainer(small_mlp(), false, 1);
+    run(&mut t, 0, 2);
+    (t.checkpoint().unwrap(), bits(t.params()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        prop_assert!(Trainer::from_checkpoint(&bytes).is_err());
+        let mut t = trainer(small_mlp(), false, 1);
+        prop_assert!(t.load_weights(&bytes).is_err());
+    }
+
+    #[test]
+    fn truncated_or_flipped_checkpoints_are_refused(cut in 0.0f64..1.0, flip in 0.0f64..1.0,
+                                                    bit in 0u8..8) {
+        let (bytes, params) = saved();
+        let at = (cut * bytes.len() as f64) as usize;
+        prop_assert!(Trainer::from_checkpoint(&bytes[..at]).is_err());
+        let mut bad = bytes.clone();
+        let i = (flip * bytes.len() as f64) as usize;
+        bad[i] ^= 1 << bit;
+        // Any flip is caught (checksum, header or JSON), except one that turns a header
+        // padding space into other whitespace: then the same state loads.
+        if let Ok(t) = Trainer::from_checkpoint(&bad) {
+            prop_assert_eq!(bits(t.params()), params);
+        }
+    }
+}
+
+#[test]
+fn torn_flash_writes_leave_the_last_checkpoint() {
+    let mut t = trainer(small_mlp(), false, 1);
+    run(&mut t, 0, 1);
+    let size = t.checkpoint().unwrap().len();
+    let mut flash = vec![0xFFu8; 2 * (size + dropit::checkpoint::SLOT_HEADER) + 16];
+    assert!(Trainer::load_from(&flash).is_err());
+    assert_eq!(t.save_to(&mut flash).unwrap(), 1);
+    let first = bits(t.params());
+    run(&mut t, 1, 2);
+    // The next save, torn after k byte writes, for many k: the loader finds seq 1 intact, or
+    // (only once complete) seq 2.
+    let mut done = flash.clone();
+    assert_eq!(t.save_to(&mut done).unwrap(), 2);
+    let changed: Vec<usize> = (0..flash.len()).filter(|&i| flash[i] != done[i]).collect();
+    // The writes in order: spoil the slot's magic, the checkpoint, then its header.
+    let mut order: Vec<usize> = changed
+        .iter()
+        .copied()
+        .filter(|&i| i % (flash.len() / 2) >= 32)
+        .collect();
+    order.extend(
+        changed
+            .iter()
+            .copied()
+            .filter(|&i| i % (flash.len() / 2) < 32),
+    );
+    for k in (0..=order.len()).step_by((order.len() / 97).max(1)) {
+        let mut torn = flash.clone();
+        // The magic goes first.
+        let slot = order
+            .first()
+            .map_or(0, |&i| i / (flash.len() / 2) * (flash.len() / 2));
+        torn[slot..slot + 8].fill(0);
+        for &i in &order[..k] {
+            torn[i] = done[i];
+        }
+        let (u, seq) = Trainer::load_from(&torn).unwrap();
+        match seq {
+            1 => assert_eq!(bits(u.params()), first),
+            2 => {
+                assert_eq!(k, order.len());
+                assert_eq!(bits(u.params()), bits(t.params()));
+            }
+            s => panic!("sequence {s}"),
+        }
+    }
+    let (u, seq) = Trainer::load_from(&done).unwrap();
+    assert_eq!((seq, bits(u.params())), (2, bits(t.params())));
+    // Too small a buffer is an error, not a panic.
+    assert!(t.save_to(&mut [0u8; 100]).is_err());
+}
