@@ -507,6 +507,43 @@ impl Model {
         Ok(self)
     }
 
+    /// Freezes every node up to and including the last one named `name` or under it
+    /// (`name.…`): `freeze_until("layer1")` freezes the stem and the first stage of a ResNet.
+    /// As with [`Model::freeze`], frozen nodes run forward only, keep nothing for backward and
+    /// have no gradients or optimizer state.
+    pub fn freeze_until(self, name: &str) -> Result<Model> {
+        let under = |n: &Node| n.name == name || n.name.starts_with(&format!("{name}."));
+        match self.nodes.iter().rposition(under) {
+            Some(last) => self.freeze(last + 1),
+            None => config_err("freeze", format!("no layer is named {name:?} or under it")),
+        }
+    }
+
+    /// Freezes exactly the named layers (each entry a name, or a prefix `name` standing for
+    /// it and everything under it). They must be the leading run of the execution order —
+    /// what the planner can freeze — and an error names the first layer that breaks the run.
+    pub fn freeze_layers(self, names: &[&str]) -> Result<Model> {
+        let hit = |n: &Node| {
+            names
+                .iter()
+                .any(|p| n.name == *p || n.name.starts_with(&format!("{p}.")))
+        };
+        let count = self.nodes.iter().filter(|n| hit(n)).count();
+        if let Some(gap) = self.nodes[..count].iter().find(|n| !hit(n)) {
+            return config_err(
+                "freeze",
+                format!(
+                    "frozen layers must lead the model; {} runs before a frozen layer but is not frozen",
+                    gap.name
+                ),
+            );
+        }
+        if count == 0 {
+            return config_err("freeze", format!("none of {names:?} names a layer"));
+        }
+        self.freeze(count)
+    }
+
     /// Nodes frozen by [`Model::freeze`].
     pub fn frozen(&self) -> usize {
         self.frozen

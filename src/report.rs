@@ -15,6 +15,8 @@ pub struct LayerMemory {
     pub name: String,
     /// Layer kind.
     pub kind: &'static str,
+    /// Frozen: runs forward only, no gradients or optimizer state.
+    pub frozen: bool,
     /// Output shape of one sample.
     pub output: Shape,
     /// What is saved for backward.
@@ -93,6 +95,7 @@ impl MemoryReport {
                 LayerMemory {
                     name: node.name.clone(),
                     kind: node.layer.kind(),
+                    frozen: i < plan.frozen,
                     output: model.shapes[node.output],
                     saved: if parts.is_empty() {
                         "-".into()
@@ -135,10 +138,15 @@ impl fmt::Display for MemoryReport {
         )?;
         for l in &self.layers {
             let out = alloc::format!("{}", l.output);
+            let saved = if l.frozen {
+                alloc::format!("frozen {}", l.saved)
+            } else {
+                l.saved.clone()
+            };
             writeln!(
                 f,
                 "{:<22} {:<20} {:<15} {:<22} {:>12} {:>12}",
-                l.name, l.kind, out, l.saved, l.saved_bytes, l.dense_bytes
+                l.name, l.kind, out, saved, l.saved_bytes, l.dense_bytes
             )?;
         }
         writeln!(

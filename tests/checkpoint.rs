@@ -258,3 +258,40 @@ fn torn_flash_writes_leave_the_last_checkpoint() {
     // Too small a buffer is an error, not a panic.
     assert!(t.save_to(&mut [0u8; 100]).is_err());
 }
+
+#[test]
+fn freezing_by_name_for_fine_tuning() {
+    let model = small_cnn();
+    let k = model.find("layer2.0.conv1").unwrap();
+    let by_count = model.clone().freeze(k).unwrap();
+    assert_eq!(model.clone().freeze_until("layer1").unwrap(), by_count);
+    let named = model
+        .clone()
+        .freeze_layers(&["conv1", "bn1", "relu", "layer1"]);
+    assert_eq!(named.unwrap(), by_count);
+    let gap = model.clone().freeze_layers(&["layer1"]).unwrap_err();
+    assert!(gap.to_string().contains("conv1"), "{gap}");
+    assert!(model.clone().freeze_until("nope").is_err());
+    // The report marks frozen layers; a frozen model's checkpoint has no optimizer state for
+    // them, and resumes exactly.
+    let mut t = trainer(by_count.clone(), false, 1);
+    let report = t.memory_report();
+    assert!(
+        report.layers[..k]
+            .iter()
+            .all(|l| l.frozen && l.saved_bytes == 0)
+    );
+    assert!(!report.layers[k].frozen);
+    assert!(format!("{report}").contains("frozen"));
+    run(&mut t, 0, 2);
+    let bytes = t.checkpoint().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.tensor("optim.conv1.weight.momentum_buffer").is_err());
+    assert!(
+        st.tensor("optim.layer2.0.conv1.weight.momentum_buffer")
+            .is_ok()
+    );
+    let mut u = Trainer::from_checkpoint(&bytes).unwrap();
+    assert_eq!(u.model().frozen(), k);
+    assert_eq!(run(&mut u, 2, 4), run(&mut t, 2, 4));
+}
