@@ -2,11 +2,13 @@
 //! accuracy, measured peak memory and step time.
 //!
 //! `cargo run --release --example train` trains the cnn on the bundled subset with γ = 0 and 0.9.
-//! `--help` lists the flags.
+//! `--help` lists the flags; `--save PATH` writes each run's checkpoint, `--load PATH` continues
+//! one.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
 use dropit::data::{Batcher, Dataset, fashion_mnist};
 use dropit::memory::PeakAlloc;
 use dropit::{DropIt, EvalStats, Model, Trainer, TrainerConfig};
@@ -21,102 +23,84 @@ const STD: f32 = 0.3530;
 /// Where Debian's `dataset-fashion-mnist` puts the full set (`--data` without a directory).
 const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-const USAGE: &str =
-    "usage: train [--model mlp|cnn|vit|mobilenet] [--gamma G[,G...]] [--lean] [--epochs N] [--steps N]
-             [--batch N] [--data [DIR]] [--budget BYTES] [--threads N] [--seed N] [--json]
-
-  --model    reference workload, as the README describes it (default cnn)
-  --gamma    DropIT drop ratios to run one after the other (default 0,0.9; 0 = dense)
-  --lean     the other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v)
-  --epochs   passes over the training set (default 1)
-  --steps    stop after this many steps (default: no cap)
-  --batch    batch size (default 128 for mlp, 64 for the others)
-  --data     Fashion-MNIST directory; without DIR, the Debian package's; absent, the bundled subset
-  --budget   fit each run in this many bytes (picks γ and formats; --gamma is then ignored)
-  --threads  worker threads (default: all cores)
-  --seed     seed of initialisation and shuffling (default 0)
-  --json     one JSON object per run on stdout";
-
+/// Trains a reference workload on Fashion-MNIST, dense and with DropIT side by side.
+#[derive(Parser, Debug)]
+#[command(name = "train")]
 struct Args {
+    /// Reference workload, as the README describes it.
+    #[arg(long, default_value = "cnn", value_parser = ["mlp", "cnn", "vit", "mobilenet"])]
     model: String,
+    /// DropIT drop ratios to run one after the other (0 = dense).
+    #[arg(long = "gamma", value_delimiter = ',', default_value = "0,0.9", value_parser = gamma)]
     gammas: Vec<f32>,
+    /// The other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v).
+    #[arg(long)]
     lean: bool,
-    epochs: usize,
-    steps: Option<usize>,
-    batch: Option<usize>,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Stop at this step (the schedule still spans --epochs; with --load, counted from the
+    /// start of the checkpoint's run).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Batch size [default: 128 for mlp, 64 for the others].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Option<u64>,
+    /// Fashion-MNIST directory; without DIR, Debian's dataset-fashion-mnist; absent, the bundled
+    /// subset.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = DEBIAN_DIR)]
     data: Option<PathBuf>,
+    /// Fit each run in this many bytes (picks γ and formats; --gamma is then ignored).
+    #[arg(long)]
     budget: Option<usize>,
-    threads: usize,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    /// Seed of initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// One JSON object per run on stdout.
+    #[arg(long)]
     json: bool,
+    /// Save the checkpoint of each run here (with several γ, `-g<γ>` before the extension).
+    #[arg(long, value_name = "PATH")]
+    save: Option<PathBuf>,
+    /// Continue training from this checkpoint (its model, DropIT policy and configuration;
+    /// --model, --gamma, --lean, --batch and --budget are then ignored).
+    #[arg(long, value_name = "PATH")]
+    load: Option<PathBuf>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        model: "cnn".into(),
-        gammas: vec![0.0, 0.9],
-        lean: false,
-        epochs: 1,
-        steps: None,
-        batch: None,
-        data: None,
-        budget: None,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        seed: 0,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1).peekable();
-    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
-        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse()
-            .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+fn gamma(s: &str) -> Result<f32, String> {
+    s.trim()
+        .parse::<f32>()
+        .ok()
+        .filter(|g| (0.0..1.0).contains(g))
+        .ok_or_else(|| format!("{s:?} is not a number in [0, 1)"))
+}
+
+impl Args {
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        )
     }
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--model" => a.model = it.next().ok_or("--model needs a value")?,
-            "--gamma" => {
-                let v = it.next().ok_or("--gamma needs a value")?;
-                a.gammas = v
-                    .split(',')
-                    .map(|g| {
-                        g.trim()
-                            .parse::<f32>()
-                            .ok()
-                            .filter(|g| (0.0..1.0).contains(g))
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| format!("--gamma: {v:?} is not a list of numbers in [0, 1)"))?;
-            }
-            "--lean" => a.lean = true,
-            "--epochs" => a.epochs = num("--epochs", it.next())?,
-            "--steps" => a.steps = Some(num("--steps", it.next())?),
-            "--batch" => a.batch = Some(num("--batch", it.next())?),
-            "--data" => {
-                a.data = Some(match it.peek() {
-                    Some(d) if !d.starts_with("--") => PathBuf::from(it.next().unwrap_or_default()),
-                    _ => PathBuf::from(DEBIAN_DIR),
-                })
-            }
-            "--budget" => a.budget = Some(num("--budget", it.next())?),
-            "--threads" => a.threads = num("--threads", it.next())?,
-            "--seed" => a.seed = num("--seed", it.next())?,
-            "--json" => a.json = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown flag {other:?}")),
+
+    /// Where run `gamma` of `of` runs is saved.
+    fn save_path(&self, gamma: f32, of: usize) -> Option<PathBuf> {
+        let p = self.save.clone()?;
+        if of <= 1 {
+            return Some(p);
         }
+        let stem = p
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let ext = p
+            .extension()
+            .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+        Some(p.with_file_name(format!("{stem}-g{gamma:.2}{ext}")))
     }
-    match a.model.as_str() {
-        "mlp" | "cnn" | "vit" | "mobilenet" => {}
-        m => {
-            return Err(format!(
-                "--model {m:?}: expected mlp, cnn, vit or mobilenet"
-            ));
-        }
-    }
-    if a.epochs == 0 || a.batch == Some(0) || a.threads == 0 || a.steps == Some(0) {
-        return Err("--epochs, --steps, --batch and --threads must be at least 1".into());
-    }
-    Ok(a)
 }
 
 /// One finished run.
@@ -145,33 +129,57 @@ fn train_one(
     train: &Dataset,
     test: &Dataset,
     gamma: f32,
-) -> Result<Run, Box<dyn std::error::Error>> {
+) -> Result<(Run, Trainer<'static>), Box<dyn std::error::Error>> {
     let model = match a.model.as_str() {
         "mlp" => Model::mlp()?,
         "vit" => Model::vit()?,
         "mobilenet" => Model::mobilenet()?,
         _ => Model::cnn()?,
     };
-    let batch = a.batch.unwrap_or(if a.model == "mlp" { 128 } else { 64 });
-    let mut batcher = Batcher::new(train, batch, &[MEAN], &[STD], a.seed)?;
-    let total = a.steps.map_or(a.epochs * batcher.batches_per_epoch(), |s| {
-        s.min(a.epochs * batcher.batches_per_epoch())
-    });
-    let mut cfg = match a.model.as_str() {
-        "vit" => TrainerConfig::adamw_recipe(batch, total as u64),
-        _ => TrainerConfig::sgd_recipe(batch, total as u64),
-    };
-    cfg.threads = a.threads;
-    cfg.seed = a.seed;
     let before = ALLOC.current();
     ALLOC.reset_peak();
-    let (mut t, policy) = match a.budget {
-        Some(b) => Trainer::with_budget(model, cfg, &DropIt::dense().lean(a.lean), b)?,
-        None => {
+    // A loaded checkpoint brings its own model, policy, configuration and step.
+    let loaded = a.load.as_ref().map(Trainer::load).transpose()?;
+    let batch = loaded.as_ref().map_or_else(
+        || {
+            a.batch
+                .map_or(if a.model == "mlp" { 128 } else { 64 }, |b| b as usize)
+        },
+        |t| t.config().batch,
+    );
+    let mut batcher = Batcher::new(train, batch, &[MEAN], &[STD], a.seed)?;
+    // The schedule spans the epochs; --steps stops early (a later --load continues to it).
+    let epochs = a.epochs as usize * batcher.batches_per_epoch();
+    let last = a.steps.map_or(epochs, |s| (s as usize).min(epochs));
+    let mut cfg = match a.model.as_str() {
+        "vit" => TrainerConfig::adamw_recipe(batch, epochs as u64),
+        _ => TrainerConfig::sgd_recipe(batch, epochs as u64),
+    };
+    cfg.threads = a.threads();
+    cfg.seed = a.seed;
+    let (mut t, policy) = match (loaded, a.budget) {
+        (Some(t), _) => {
+            // Continue the data order where the checkpoint stopped.
+            for _ in 0..t.steps() {
+                batcher.next_batch(train);
+            }
+            let gamma = t
+                .model()
+                .nodes()
+                .iter()
+                .find_map(|n| match n.layer.input_save() {
+                    Some(dropit::InputSave::Sparse(s)) => Some(1.0 - s.keep),
+                    _ => None,
+                });
+            (t, DropIt::new(gamma.unwrap_or(0.0)))
+        }
+        (None, Some(b)) => Trainer::with_budget(model, cfg, &DropIt::dense().lean(a.lean), b)?,
+        (None, None) => {
             let p = DropIt::new(gamma).lean(a.lean);
             (Trainer::new(model.with_dropit(&p)?, cfg)?, p)
         }
     };
+    let total = last.saturating_sub(t.steps() as usize);
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")?
             .progress_chars("=> "),
@@ -215,7 +223,7 @@ fn train_one(
     })?;
     test_stats.loss = (loss_sum / test_stats.samples.max(1) as f64) as f32;
     let report = t.memory_report();
-    Ok(Run {
+    let run = Run {
         gamma: policy.gamma,
         lean: policy.lean,
         batch,
@@ -228,20 +236,12 @@ fn train_one(
         step_ms: median(&mut times),
         allocs,
         final_loss: last,
-    })
+    };
+    Ok((run, t))
 }
 
 fn main() {
-    let a = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("train: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
-        }
-    };
+    let a = Args::parse();
     if let Err(e) = run(&a) {
         eprintln!("train: {e}");
         std::process::exit(1);
@@ -262,17 +262,23 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             dir.display(),
             train.len(),
             test.len(),
-            a.threads
+            a.threads()
         );
     }
-    let gammas = if a.budget.is_some() {
+    let gammas = if a.budget.is_some() || a.load.is_some() {
         vec![f32::NAN]
     } else {
         a.gammas.clone()
     };
     let mut runs = Vec::new();
-    for g in gammas {
-        let r = train_one(a, &train, &test, g)?;
+    for &g in &gammas {
+        let (r, t) = train_one(a, &train, &test, g)?;
+        if let Some(path) = a.save_path(r.gamma, gammas.len()) {
+            t.save(&path)?;
+            if !a.json {
+                println!("saved {} (step {})", path.display(), t.steps());
+            }
+        }
         if a.json {
             println!(
                 "{{\"model\":\"{}\",\"gamma\":{},\"lean\":{},\"batch\":{},\"epochs\":{},\"steps\":{},\"test_acc\":{:.4},\"test_loss\":{:.4},\"peak_bytes\":{},\"planned_bytes\":{},\"saved_bytes\":{},\"dense_saved_bytes\":{},\"step_ms_median\":{:.3},\"allocs_in_steps\":{},\"final_loss\":{:.4},\"threads\":{},\"seed\":{},\"train_images\":{}}}",
@@ -291,7 +297,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 r.step_ms,
                 r.allocs,
                 r.final_loss,
-                a.threads,
+                a.threads(),
                 a.seed,
                 train.len()
             );
