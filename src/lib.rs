@@ -53,3 +53,5 @@ pub use report::{LayerMemory, MemoryReport};
 pub use saved::{GradPath, InputSave, Positions, Scope, SparseSave};
 pub use shape::Shape;
 pub use trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
+#[cfg(feature = "ndarray")]
+pub mod array;

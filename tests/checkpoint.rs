@@ -5,6 +5,9 @@ use common::{data, labels};
 use dropit::{DropIt, Error, Model, Trainer, TrainerConfig, VitConfig};
 use proptest::prelude::*;
 
+/// A workload: name, how to build it, whether it takes the AdamW recipe.
+type Case = (&'static str, fn() -> Model, bool);
+
 fn small_cnn() -> Model {
     Model::resnet8_widths(dropit::Shape::new(28, 28, 1), 10, [8, 16, 32]).unwrap()
 }
@@ -49,7 +52,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn resume_is_bitwise_exact() {
     let policy = DropIt::new(0.9).lean(true);
-    let cases: [(&str, fn() -> Model, bool); 3] = [
+    let cases: [Case; 3] = [
         ("mlp", || Model::mlp().unwrap(), false),
         ("cnn", small_cnn, false),
         ("vit", || small_vit(0.1), true),
@@ -125,7 +128,7 @@ fn small_mlp() -> Model {
 
 #[test]
 fn pytorch_weights_give_pytorchs_logits() {
-    let cases: [(&str, fn() -> Model, bool); 3] = [
+    let cases: [Case; 3] = [
         ("mlp", small_mlp, false),
         ("cnn", small_cnn, false),
         ("vit", || small_vit(0.0), true),

@@ -14,7 +14,7 @@
 //! Loading checks everything before it copies anything: the header and offsets (the
 //! `safetensors` parser: no overlaps, no gaps, sizes against the buffer), the checksum, the
 //! architecture (rebuilt layer by layer), and every tensor's name, dtype and shape. The first
-//! problem is an [`Error::Checkpoint`](crate::Error::Checkpoint) naming the tensor or field.
+//! problem is an [`Error::Checkpoint`] naming the tensor or field.
 
 #[cfg(feature = "std")]
 mod file;
