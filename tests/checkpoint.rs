@@ -298,3 +298,88 @@ fn freezing_by_name_for_fine_tuning() {
     assert_eq!(u.model().frozen(), k);
     assert_eq!(run(&mut u, 2, 4), run(&mut t, 2, 4));
 }
+
+/// An f32 tensor to write with the `safetensors` crate.
+struct F32s(Vec<usize>, Vec<u8>);
+
+impl safetensors::View for &F32s {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.0
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.1)
+    }
+    fn data_len(&self) -> usize {
+        self.1.len()
+    }
+}
+
+fn f32s(shape: &[usize], v: &[f32]) -> F32s {
+    F32s(
+        shape.to_vec(),
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+/// Our checkpoints (trained a few steps further, DropIT on) load into PyTorch's modules and give
+/// our logits — checked by `tests/fixtures/torch_checkpoints.py check` where PyTorch is
+/// installed (Debian's `python3-torch`); elsewhere only the files are written.
+#[test]
+fn pytorch_reads_our_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("dropit-torch-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let torch = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let cases: [Case; 3] = [
+        ("mlp", small_mlp, false),
+        ("cnn", small_cnn, false),
+        ("vit", || small_vit(0.0), true),
+    ];
+    for (name, make, vit) in cases {
+        let model = make().with_dropit(&DropIt::new(0.9)).unwrap();
+        let mut t = trainer(model, vit, 1);
+        t.load_weights(&fixture(&format!("{name}_torch"))).unwrap();
+        run(&mut t, 0, 3);
+        let (x, _) = io(name);
+        let mut logits = vec![0.0; 8 * 10];
+        t.predict(&x, &mut logits).unwrap();
+        let ckpt = dir.join(format!("{name}_ours.safetensors"));
+        t.save(&ckpt).unwrap();
+        let io_path = dir.join(format!("{name}_ours_io.safetensors"));
+        let tensors = [
+            ("logits", f32s(&[8, 10], &logits)),
+            ("x", f32s(&[8, 28, 28, 1], &x)),
+        ];
+        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (*n, t)), None).unwrap();
+        std::fs::write(&io_path, bytes).unwrap();
+        if !torch {
+            println!("SKIP {name}: no PyTorch here to read {}", ckpt.display());
+            continue;
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/torch_checkpoints.py"
+        );
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["check", name])
+            .arg(&ckpt)
+            .arg("--io")
+            .arg(&io_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{}", text.lines().last().unwrap_or_default());
+        assert!(
+            out.status.success(),
+            "{name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
