@@ -66,6 +66,18 @@ fn resume_is_bitwise_exact() {
             let mut got = run(&mut first, 0, 3);
             let bytes = first.checkpoint().unwrap();
             drop(first);
+            // In a fresh process: this test binary continues the checkpoint (`resume_child`).
+            let (in_child, child_losses) = continue_in_child(&bytes);
+            assert_eq!(
+                child_losses,
+                want[3..],
+                "{name}, {threads} threads: child's losses"
+            );
+            assert_eq!(
+                bits(in_child.params()),
+                bits(whole.params()),
+                "{name}: child's params"
+            );
             let mut resumed = Trainer::from_checkpoint(&bytes).unwrap();
             assert_eq!(resumed.steps(), 3);
             assert_eq!(resumed.model(), &model(), "{name}: architecture");
@@ -89,6 +101,47 @@ fn resume_is_bitwise_exact() {
             );
         }
     }
+}
+
+/// Run by `continue_in_child` in a fresh process: loads the checkpoint at `$DROPIT_RESUME`,
+/// takes steps 3..6, and saves the result and the losses beside it.
+#[test]
+fn resume_child() {
+    let Ok(path) = std::env::var("DROPIT_RESUME") else {
+        return;
+    };
+    let mut t = Trainer::load(&path).unwrap();
+    let losses: Vec<String> = run(&mut t, 3, 6).iter().map(u32::to_string).collect();
+    t.save(format!("{path}.out")).unwrap();
+    std::fs::write(format!("{path}.losses"), losses.join(",")).unwrap();
+}
+
+/// Continues `checkpoint` for steps 3..6 in a child process; returns its trainer and losses.
+fn continue_in_child(checkpoint: &[u8]) -> (Trainer<'static>, Vec<u32>) {
+    let path = std::env::temp_dir().join(format!(
+        "dropit-resume-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, checkpoint).unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "resume_child", "--test-threads", "1"])
+        .env("DROPIT_RESUME", &path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child failed");
+    let p = path.display();
+    let t = Trainer::load(format!("{p}.out")).unwrap();
+    let losses = std::fs::read_to_string(format!("{p}.losses")).unwrap();
+    for f in [
+        path.clone(),
+        format!("{p}.out").into(),
+        format!("{p}.losses").into(),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+    (t, losses.split(',').map(|l| l.parse().unwrap()).collect())
 }
 
 /// A PyTorch reference fixture (written by `tests/fixtures/torch_checkpoints.py`).
