@@ -436,3 +436,30 @@ fn pytorch_reads_our_checkpoints() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Files found to ask for gigabytes of arena from a few hundred bytes of metadata
+/// (`tests/fuzz/regressions/`): refused before anything is allocated.
+#[test]
+fn metadata_cannot_ask_for_huge_arenas() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/regressions");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            let Err(e) = Trainer::from_checkpoint_within(&bytes, 256 << 20) else {
+                panic!("{} loaded", path.display());
+            };
+            assert!(
+                e.to_string().contains("limit") || e.to_string().contains("large"),
+                "{e}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+    // The same files' models load within a larger limit only where the plan really fits.
+    let (bytes, _) = saved();
+    assert!(Trainer::from_checkpoint_within(&bytes, 1000).is_err());
+    assert!(Trainer::from_checkpoint_within(&bytes, usize::MAX).is_ok());
+}

@@ -95,6 +95,37 @@ fn bounded(what: &str, v: &serde_json::Value) -> Result<()> {
     }
 }
 
+/// Refuses a configuration no training run can have written: learning rates, momenta and
+/// decays out of range, or not finite.
+fn validate(cfg: &TrainerConfig) -> Result<()> {
+    use crate::optim::{Decay, Optimizer};
+    let unit = |v: f32| (0.0..1.0).contains(&v);
+    let ok_f = |v: f32| v.is_finite() && v >= 0.0;
+    let opt = match cfg.optimizer {
+        Optimizer::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => unit(momentum) && ok_f(weight_decay),
+        Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => unit(beta1) && unit(beta2) && eps.is_finite() && eps > 0.0 && ok_f(weight_decay),
+    };
+    let s = &cfg.schedule;
+    let decay = match s.decay {
+        Decay::Constant => true,
+        Decay::Cosine { min_lr, .. } => ok_f(min_lr),
+        Decay::Step { every, gamma } => every > 0 && ok_f(gamma),
+    };
+    if !(opt && decay && ok_f(s.base_lr)) {
+        return ckpt_err(KEY_CONFIG, alloc::format!("{cfg:?} is out of range"));
+    }
+    Ok(())
+}
+
 /// A parsed file: its tensors by name and its metadata, the checksum verified when present.
 struct Parsed<'b> {
     st: SafeTensors<'b>,
@@ -269,12 +300,23 @@ impl Trainer<'_> {
     }
 }
 
+/// The largest arena [`Trainer::from_checkpoint`] plans for a file: a file's metadata alone
+/// decides the batch and the input size, so a few hundred bytes could otherwise ask for
+/// gigabytes. [`Trainer::from_checkpoint_within`] sets another limit.
+pub const LOAD_ARENA_MAX: usize = 1 << 30;
+
 impl Trainer<'static> {
     /// Rebuilds a trainer from [`Trainer::checkpoint`] bytes: the architecture and the
     /// configuration from the metadata, then every parameter, running statistic and optimizer
     /// state, and the step. Training continues exactly where it stopped (bitwise, for the same
-    /// number of threads).
+    /// number of threads). A plan above [`LOAD_ARENA_MAX`] bytes is refused.
     pub fn from_checkpoint(bytes: &[u8]) -> Result<Self> {
+        Self::from_checkpoint_within(bytes, LOAD_ARENA_MAX)
+    }
+
+    /// [`Trainer::from_checkpoint`], refusing a plan above `max_arena` bytes (checked before
+    /// anything is allocated).
+    pub fn from_checkpoint_within(bytes: &[u8], max_arena: usize) -> Result<Self> {
         let file = Parsed::new(bytes, true)?;
         if file.need(KEY_VERSION)? != VERSION {
             return ckpt_err(
@@ -304,8 +346,18 @@ impl Trainer<'static> {
                 what: KEY_STEP.into(),
                 detail: alloc::format!("{e}"),
             })?;
+        validate(&cfg)?;
         let model = spec.build()?;
         Self::check_sizes(&model, &cfg, &file)?;
+        let need = Trainer::plan_bytes(&model, &cfg)?;
+        if need > max_arena {
+            return ckpt_err(
+                KEY_CONFIG,
+                alloc::format!(
+                    "the plan needs {need} bytes, above the limit of {max_arena} (Trainer::from_checkpoint_within sets another)"
+                ),
+            );
+        }
         let mut t = Trainer::new(model, cfg)?;
         let places = places(&t);
         file.no_strangers(&t, &places, true)?;

@@ -58,6 +58,14 @@ impl Spec {
         }
         let mut b = ModelBuilder::new(s);
         for n in self.nodes {
+            if let Some(crate::InputSave::Sparse(sp)) = n.layer.input_save()
+                && !(sp.keep > 0.0 && sp.keep <= 1.0)
+            {
+                return ckpt_err(
+                    &alloc::format!("model node {}", n.name),
+                    alloc::format!("DropIT keeps {} of the input, not in (0, 1]", sp.keep),
+                );
+            }
             let at = |i: usize| n.inputs.get(i).copied().map(TensorId);
             let (arity, two) = (n.layer.arity(), matches!(n.layer, Layer::Add(_)));
             if n.inputs.len() != arity {
