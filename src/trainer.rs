@@ -509,7 +509,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Forward and backward without an update: returns the loss and leaves the gradients in
-    /// [`Trainer::grads`]. Batch-norm layers use batch statistics, as in a step.
+    /// [`Trainer::grads`]. Batch-norm layers use batch statistics, as in a step, and move their
+    /// running statistics only when the loss and every gradient are finite (else `skipped`).
     pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
         self.with_workers(|t| t.loss_and_grads_here(x, labels))
     }
@@ -556,16 +557,44 @@ impl<'a> Trainer<'a> {
             });
         }
         self.backward(n)?;
+        // A non-finite gradient (from a finite loss), or staged state that cannot be committed
+        // (a batch norm variance that overflowed), is skipped like a non-finite loss.
+        let skipped = !self.grads().iter().all(|g| g.is_finite()) || !self.commit(n, false)?;
+        if !skipped {
+            self.commit(n, true)?;
+        }
         Ok(StepStats {
             loss: out.loss,
             correct: out.correct,
             lr,
-            skipped: false,
+            skipped,
         })
     }
 
+    /// The accepted step's staged state (batch norm's running statistics) into place; with
+    /// `apply` false, only whether every layer can commit.
+    fn commit(&mut self, n: usize, apply: bool) -> Result<bool> {
+        let plan = &self.plan;
+        let w = self.arena.words();
+        for (i, node) in self.model.nodes.iter().enumerate().skip(plan.frozen) {
+            let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
+            let v = call.carve(w, [None, None, None, None], plan.regions.state.clone())?;
+            let saved = Saved::split(v.ctx, &call.needs.saved)?;
+            if !apply {
+                if !node.layer.can_commit(&saved) {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let state = &mut f32s_mut(v.aux)[plan.state[i].clone()];
+            node.layer.commit(state, &saved)?;
+        }
+        Ok(true)
+    }
+
     /// One training step on a batch (`x`: `n` samples NHWC, `labels`: `n` class indices).
-    /// A non-finite loss skips the update (the weights are untouched) and says so.
+    /// A non-finite loss or gradient skips the step and says so: parameters, optimizer state,
+    /// running statistics and the step count are untouched.
     pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
         let stats = self.loss_and_grads(x, labels)?;
         if stats.skipped {

@@ -7,7 +7,9 @@
 //! (the AVX2 and AVX-512 GEMM builds round alike); other builds round differently (no FMA in
 //! the baseline GEMM, fused `wide` kernels on NEON) and check determinism only.
 //!
-//! The planned arena of each workload at batch 64 is pinned too, as an upper bound.
+//! The planned arena of each workload at batch 64 is pinned too, as an upper bound. (The cnn's
+//! grew by 5 376 bytes on purpose: each batch norm stages its batch mean and variance, 8 bytes a
+//! channel, until the step is accepted.)
 mod common;
 
 use common::{data, labels};
@@ -132,12 +134,12 @@ const PLAN_BYTES: &[(&str, &str, usize, usize)] = &[
     ("mlp", "g0.9", 2, 10437552),
     ("mlp", "g0.9-lean", 1, 9605656),
     ("mlp", "g0.9-lean", 2, 10431000),
-    ("cnn", "dense", 1, 79734904),
-    ("cnn", "dense", 2, 81435768),
-    ("cnn", "g0.9", 1, 56021744),
-    ("cnn", "g0.9", 2, 57722608),
-    ("cnn", "g0.9-lean", 1, 37797824),
-    ("cnn", "g0.9-lean", 2, 39498688),
+    ("cnn", "dense", 1, 79740280),
+    ("cnn", "dense", 2, 81441144),
+    ("cnn", "g0.9", 1, 56027120),
+    ("cnn", "g0.9", 2, 57727984),
+    ("cnn", "g0.9-lean", 1, 37803200),
+    ("cnn", "g0.9-lean", 2, 39504064),
     ("vit", "dense", 1, 94294432),
     ("vit", "dense", 2, 94687648),
     ("vit", "g0.9", 1, 64403872),

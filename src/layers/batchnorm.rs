@@ -6,7 +6,7 @@
 //! normalized input x̂ and 1/σ per channel.
 
 use super::par::{each, max_groups, split};
-use super::contract::{Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::contract::{Saved, Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::{Bwd, Fwd, planner_bug, put};
 use dropit_simd::format::Value;
 
@@ -66,8 +66,9 @@ impl Op for BatchNorm2d {
         ])
     }
 
-    /// Saves 1/σ per channel and the normalized input x̂ (bf16 when lean); PyTorch keeps x̂
-    /// and its statistics as f32.
+    /// Saves 1/σ per channel and the normalized input x̂ (bf16 when lean), and stages the
+    /// batch's mean and variance until the step is accepted; PyTorch keeps x̂ and its
+    /// statistics as f32.
     fn needs(&self, d: &Dims) -> Needs {
         let (e, c) = (d.x_elems(), self.c);
         let xhat = match self.lean {
@@ -77,6 +78,7 @@ impl Op for BatchNorm2d {
         Needs::none()
             .save(Entry::new("1/σ f32", Elem::F32, c))
             .save(xhat)
+            .save(Entry::new("batch mean, var f32", Elem::F32, 2 * c))
             .scratch(self.scratch_words(d.n, d.threads))
             .in_place(true)
             .torch(8 * (words_for_f32(e) + words_for_f32(c)))
@@ -90,6 +92,23 @@ impl Op for BatchNorm2d {
         let (m, v) = state.split_at_mut(self.c);
         m.fill(0.0);
         v.fill(1.0);
+    }
+
+    fn can_commit(&self, saved: &Saved<'_>) -> bool {
+        saved.f32(2).is_ok_and(|s| s.iter().all(|v| v.is_finite()))
+    }
+
+    /// The accepted step's batch statistics into the running ones (PyTorch's momentum update).
+    fn commit(&self, state: &mut [f32], saved: &Saved<'_>) -> Result<()> {
+        let c = self.c;
+        let (smean, svar) = saved.f32(2)?.split_at(c);
+        let (rmean, rvar) = state.split_at_mut(c);
+        let mo = self.momentum;
+        for i in 0..c {
+            rmean[i] = (1.0 - mo) * rmean[i] + mo * smean[i];
+            rvar[i] = (1.0 - mo) * rvar[i] + mo * svar[i];
+        }
+        Ok(())
     }
 
     fn counters(&self) -> &'static [&'static str] {
@@ -140,8 +159,9 @@ impl Op for BatchNorm2d {
         })?;
         combine(parts, c, c, var, m);
         let inv = f.saved.f32(0)?;
-        let (rmean, rvar) = f.state.split_at_mut(c);
-        let mo = self.momentum;
+        // The running statistics move only when the step is accepted (`commit`): stage the
+        // batch's mean and unbiased variance.
+        let (smean, svar) = f.saved.f32(2)?.split_at_mut(c);
         for i in 0..c {
             inv[i] = (1.0 / libm::sqrt(var[i] + self.eps as f64)) as f32;
             let unbiased = if m > 1.0 {
@@ -149,8 +169,8 @@ impl Op for BatchNorm2d {
             } else {
                 var[i]
             };
-            rmean[i] = (1.0 - mo) * rmean[i] + mo * mean[i] as f32;
-            rvar[i] = (1.0 - mo) * rvar[i] + mo * unbiased as f32;
+            smean[i] = mean[i] as f32;
+            svar[i] = unbiased as f32;
         }
         let (inv, mean): (&[f32], &[f64]) = (inv, mean);
         let (gb, chunk) = ((gamma, beta), chunk);

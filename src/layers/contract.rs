@@ -482,6 +482,19 @@ pub(crate) trait Op {
         None
     }
 
+    /// Whether what forward staged can be committed (batch norm: its statistics are finite —
+    /// a batch of huge but finite values could make the variance overflow). A step with a
+    /// layer that cannot commit is skipped.
+    fn can_commit(&self, _saved: &Saved<'_>) -> bool {
+        true
+    }
+
+    /// Commits what forward staged once the step is accepted (finite loss and gradients): batch
+    /// norm's running statistics. A skipped step changes nothing.
+    fn commit(&self, _state: &mut [f32], _saved: &Saved<'_>) -> Result<()> {
+        Ok(())
+    }
+
     /// Step counters PyTorch keeps as int64 buffers of the same module (BatchNorm's
     /// `num_batches_tracked`): checkpoints write the trainer's step there and ignore it on load.
     fn counters(&self) -> &'static [&'static str] {

@@ -298,6 +298,14 @@ macro_rules! layers {
                 match self { $($(Layer::$v(l) => l.input_save_mut(),)+)+ }
             }
 
+            fn op_can_commit(&self, saved: &Saved<'_>) -> bool {
+                match self { $($(Layer::$v(l) => l.can_commit(saved),)+)+ }
+            }
+
+            fn op_commit(&self, state: &mut [f32], saved: &Saved<'_>) -> Result<()> {
+                match self { $($(Layer::$v(l) => l.commit(state, saved),)+)+ }
+            }
+
             fn op_counters(&self) -> &'static [&'static str] {
                 match self { $($(Layer::$v(l) => l.counters(),)+)+ }
             }
@@ -403,6 +411,14 @@ impl Layer {
 
     pub(crate) fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         self.op_forward(f)
+    }
+
+    pub(crate) fn can_commit(&self, saved: &Saved<'_>) -> bool {
+        self.op_can_commit(saved)
+    }
+
+    pub(crate) fn commit(&self, state: &mut [f32], saved: &Saved<'_>) -> Result<()> {
+        self.op_commit(state, saved)
     }
 
     pub(crate) fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {

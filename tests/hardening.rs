@@ -1,0 +1,89 @@
+//! Failure behaviour: a skipped step changes nothing.
+mod common;
+
+use common::{data, labels};
+use dropit::{Model, Shape, Trainer, TrainerConfig, VitConfig};
+
+/// A workload: name, how to build it, its recipe.
+type Case = (&'static str, fn() -> Model, TrainerConfig);
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|p| p.to_bits()).collect()
+}
+
+fn batch(s: u64) -> (Vec<f32>, Vec<u32>) {
+    (data(8 * 784, 300 + s), labels(8, 10, 400 + s))
+}
+
+/// Steps on batches 0..4; `poison` (if any) comes between batches 1 and 2 and must be skipped.
+fn train(model: Model, cfg: TrainerConfig, poison: Option<&[f32]>) -> Trainer<'static> {
+    let mut t = Trainer::new(model, cfg).unwrap();
+    for s in 0..4 {
+        if s == 2
+            && let Some(x) = poison
+        {
+            let st = t.step(x, &batch(9).1).unwrap();
+            assert!(st.skipped, "a poisoned batch was not skipped: {st:?}");
+            assert_eq!(t.steps(), 2);
+        }
+        let (x, y) = batch(s);
+        assert!(!t.step(&x, &y).unwrap().skipped);
+    }
+    t
+}
+
+/// After a poisoned batch, parameters, running statistics and evaluation are bitwise those of
+/// a trainer that never saw it: a NaN input, an infinite input, and (for the cnn) a huge finite
+/// one whose batch-norm variance overflows f32. (The vit's layer norms take the huge batch in
+/// their stride: a finite step.)
+#[test]
+fn poisoned_batches_change_nothing() {
+    let cnn = || Model::resnet8_widths(Shape::new(28, 28, 1), 10, [8, 16, 32]).unwrap();
+    let vit = || {
+        Model::vision_transformer(&VitConfig {
+            dim: 32,
+            depth: 2,
+            heads: 2,
+            mlp: 64,
+            ..VitConfig::default()
+        })
+        .unwrap()
+    };
+    let mut nan = batch(9).0;
+    nan[100] = f32::NAN;
+    let mut inf = batch(9).0;
+    inf[5] = f32::INFINITY;
+    let huge: Vec<f32> = batch(9).0.iter().map(|v| v * 1e25).collect();
+    let cases: [Case; 2] = [
+        ("cnn", cnn, TrainerConfig::sgd_recipe(8, 100)),
+        ("vit", vit, TrainerConfig::adamw_recipe(8, 100)),
+    ];
+    for (name, model, cfg) in cases {
+        let clean = train(model(), cfg, None);
+        // A huge finite batch is only poison where batch norm's variance overflows.
+        let poisons = [("NaN", &nan), ("inf", &inf), ("1e25", &huge)];
+        for (what, poison) in poisons
+            .into_iter()
+            .filter(|p| name == "cnn" || p.0 != "1e25")
+        {
+            let mut t = train(model(), cfg, Some(poison));
+            assert_eq!(
+                bits(t.params()),
+                bits(clean.params()),
+                "{name} {what}: params"
+            );
+            assert_eq!(
+                bits(t.state()),
+                bits(clean.state()),
+                "{name} {what}: statistics"
+            );
+            let (x, y) = batch(20);
+            let mut c = train(model(), cfg, None);
+            assert_eq!(
+                t.evaluate(&x, &y).unwrap(),
+                c.evaluate(&x, &y).unwrap(),
+                "{name} {what}: evaluation"
+            );
+        }
+    }
+}
