@@ -59,6 +59,72 @@ impl TrainerConfig {
     }
 }
 
+impl TrainerConfig {
+    /// Checks every setting the way PyTorch's optimizers do: a finite, non-negative learning
+    /// rate (and decay floor), momentum and Adam's betas in [0, 1), a positive finite eps, a
+    /// finite non-negative weight decay, label smoothing in [0, 1), at least one sample and one
+    /// thread. The error names the setting and the value.
+    pub fn validate(&self) -> Result<()> {
+        use crate::optim::{Decay, Optimizer};
+        let bad = |what: &str, v: f32, rule: &str| {
+            config_err::<()>(what, alloc::format!("{v} is not {rule}"))
+        };
+        let unit = |what: &str, v: f32| match (0.0..1.0).contains(&v) {
+            true => Ok(()),
+            false => bad(what, v, "in [0, 1)"),
+        };
+        let nonneg = |what: &str, v: f32| match v.is_finite() && v >= 0.0 {
+            true => Ok(()),
+            false => bad(what, v, "finite and ≥ 0"),
+        };
+        match self.optimizer {
+            Optimizer::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                unit("SGD momentum", momentum)?;
+                nonneg("SGD weight decay", weight_decay)?;
+            }
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                unit("AdamW beta1", beta1)?;
+                unit("AdamW beta2", beta2)?;
+                if !(eps.is_finite() && eps > 0.0) {
+                    bad("AdamW eps", eps, "finite and > 0")?;
+                }
+                nonneg("AdamW weight decay", weight_decay)?;
+            }
+        }
+        nonneg("learning rate", self.schedule.base_lr)?;
+        match self.schedule.decay {
+            Decay::Constant => {}
+            Decay::Cosine { min_lr, .. } => nonneg("cosine schedule's final rate", min_lr)?,
+            Decay::Step { every, gamma } => {
+                nonneg("step schedule's factor", gamma)?;
+                if every == 0 {
+                    return config_err("step schedule's period", "0 steps");
+                }
+            }
+        }
+        unit("label smoothing", self.label_smoothing)?;
+        if self.batch == 0 {
+            return config_err("batch size", "must be at least 1");
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return config_err(
+                "threads",
+                alloc::format!("{} is not in 1..={MAX_THREADS}", self.threads),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What one training step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -173,20 +239,9 @@ impl<'a> Trainer<'a> {
     }
 
     fn checked_plan(model: &Model, cfg: &TrainerConfig) -> Result<Plan> {
-        if cfg.threads == 0 || cfg.threads > MAX_THREADS {
-            return config_err(
-                "threads",
-                alloc::format!("{} is not in 1..={MAX_THREADS}", cfg.threads),
-            );
-        }
+        cfg.validate()?;
         if cfg.threads > 1 && !cfg!(feature = "parallel") {
             return config_err("threads", "more than one needs the `parallel` feature");
-        }
-        if !(0.0..1.0).contains(&cfg.label_smoothing) {
-            return config_err(
-                "label smoothing",
-                alloc::format!("{} is not in [0, 1)", cfg.label_smoothing),
-            );
         }
         plan(model, cfg.batch, cfg.optimizer.state_slots(), cfg.threads)
     }

@@ -87,3 +87,64 @@ fn poisoned_batches_change_nothing() {
         }
     }
 }
+
+/// Settings no training can use are refused where they are set, naming the setting.
+#[test]
+fn out_of_range_settings_are_errors() {
+    let m = || Model::mlp().unwrap();
+    let refuse = |cfg: TrainerConfig, what: &str| {
+        let Err(e) = Trainer::new(m(), cfg) else {
+            panic!("{what}: accepted");
+        };
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    };
+    let sgd = TrainerConfig::sgd_recipe(8, 100);
+    let adam = TrainerConfig::adamw_recipe(8, 100);
+    for lr in [f32::NAN, -0.1, f32::INFINITY] {
+        let mut c = sgd;
+        c.schedule.base_lr = lr;
+        refuse(c, "learning rate");
+    }
+    let mut c = sgd;
+    c.optimizer = dropit::Optimizer::sgd(f32::NAN, 0.0);
+    refuse(c, "SGD momentum");
+    c.optimizer = dropit::Optimizer::sgd(0.9, -1.0);
+    refuse(c, "SGD weight decay");
+    let mut c = adam;
+    if let dropit::Optimizer::AdamW { beta1, .. } = &mut c.optimizer {
+        *beta1 = 1.0;
+    }
+    refuse(c, "AdamW beta1");
+    let mut c = adam;
+    if let dropit::Optimizer::AdamW { eps, .. } = &mut c.optimizer {
+        *eps = 0.0;
+    }
+    refuse(c, "AdamW eps");
+    // Batch norm and layer norm eps and momentum, when the layer is added.
+    let mut b = dropit::ModelBuilder::new(Shape::new(4, 4, 2));
+    for bn in [
+        dropit::layers::BatchNorm2d {
+            eps: 0.0,
+            ..dropit::layers::BatchNorm2d::new(2)
+        },
+        dropit::layers::BatchNorm2d {
+            momentum: 1.5,
+            ..dropit::layers::BatchNorm2d::new(2)
+        },
+    ] {
+        assert!(b.layer("bn", bn, b.input()).is_err());
+    }
+    let ln = dropit::layers::LayerNorm {
+        eps: -1.0,
+        ..dropit::layers::LayerNorm::new(2)
+    };
+    assert!(b.layer("ln", ln, b.input()).is_err());
+    // A NaN normalization mean in the batcher.
+    let d = dropit::data::Dataset {
+        images: vec![0; 16],
+        labels: vec![0],
+        shape: Shape::new(4, 4, 1),
+        classes: 2,
+    };
+    assert!(dropit::data::Batcher::new(&d, 1, &[f32::NAN], &[1.0], 0).is_err());
+}

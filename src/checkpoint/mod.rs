@@ -95,37 +95,6 @@ fn bounded(what: &str, v: &serde_json::Value) -> Result<()> {
     }
 }
 
-/// Refuses a configuration no training run can have written: learning rates, momenta and
-/// decays out of range, or not finite.
-fn validate(cfg: &TrainerConfig) -> Result<()> {
-    use crate::optim::{Decay, Optimizer};
-    let unit = |v: f32| (0.0..1.0).contains(&v);
-    let ok_f = |v: f32| v.is_finite() && v >= 0.0;
-    let opt = match cfg.optimizer {
-        Optimizer::Sgd {
-            momentum,
-            weight_decay,
-            ..
-        } => unit(momentum) && ok_f(weight_decay),
-        Optimizer::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => unit(beta1) && unit(beta2) && eps.is_finite() && eps > 0.0 && ok_f(weight_decay),
-    };
-    let s = &cfg.schedule;
-    let decay = match s.decay {
-        Decay::Constant => true,
-        Decay::Cosine { min_lr, .. } => ok_f(min_lr),
-        Decay::Step { every, gamma } => every > 0 && ok_f(gamma),
-    };
-    if !(opt && decay && ok_f(s.base_lr)) {
-        return ckpt_err(KEY_CONFIG, alloc::format!("{cfg:?} is out of range"));
-    }
-    Ok(())
-}
-
 /// A parsed file: its tensors by name and its metadata, the checksum verified when present.
 struct Parsed<'b> {
     st: SafeTensors<'b>,
@@ -346,7 +315,10 @@ impl Trainer<'static> {
                 what: KEY_STEP.into(),
                 detail: alloc::format!("{e}"),
             })?;
-        validate(&cfg)?;
+        cfg.validate().map_err(|e| Error::Checkpoint {
+            what: KEY_CONFIG.into(),
+            detail: alloc::format!("{e}"),
+        })?;
         let model = spec.build()?;
         Self::check_sizes(&model, &cfg, &file)?;
         let need = Trainer::plan_bytes(&model, &cfg)?;

@@ -45,6 +45,9 @@ impl Batcher {
         if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return config_err("normalization std", "must be positive and finite");
         }
+        if mean.iter().any(|m| !m.is_finite()) {
+            return config_err("normalization mean", "must be finite");
+        }
         let mut b = Batcher {
             order: (0..data.len() as u32).collect(),
             pos: 0,

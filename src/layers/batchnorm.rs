@@ -49,6 +49,15 @@ impl Op for BatchNorm2d {
     const KIND: &'static str = "BatchNorm2d";
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if !(self.eps.is_finite() && self.eps > 0.0) || !(0.0..=1.0).contains(&self.momentum) {
+            return crate::error::config_err(
+                name,
+                alloc::format!(
+                    "eps {} must be finite and > 0, momentum {} in [0, 1]",
+                    self.eps, self.momentum
+                ),
+            );
+        }
         if x.c != self.c {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
         }

@@ -43,6 +43,12 @@ impl Op for LayerNorm {
     const KIND: &'static str = "LayerNorm";
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return crate::error::config_err(
+                name,
+                alloc::format!("eps {} must be finite and > 0", self.eps),
+            );
+        }
         if x.c != self.c || self.c == 0 {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
         }
