@@ -49,7 +49,7 @@ impl Op for BatchNorm2d {
     const KIND: &'static str = "BatchNorm2d";
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
-        if !(self.eps.is_finite() && self.eps > 0.0) || !(0.0..=1.0).contains(&self.momentum) {
+        if !(self.eps.is_finite() && self.eps > 0.0 && (0.0..=1.0).contains(&self.momentum)) {
             return crate::error::config_err(
                 name,
                 alloc::format!(
