@@ -62,13 +62,23 @@ impl ModelBuilder {
         TensorId(0)
     }
 
-    /// The shape of a tensor.
-    pub fn shape(&self, t: TensorId) -> Shape {
-        self.shapes[t.0]
+    /// The shape of a tensor, or `None` for a tensor this builder did not make.
+    pub fn shape(&self, t: TensorId) -> Option<Shape> {
+        self.shapes.get(t.0).copied()
     }
 
+    /// The shape of an existing, non-empty tensor.
     fn check(&self, name: &str, t: TensorId) -> Result<Shape> {
         match self.shapes.get(t.0) {
+            Some(&s)
+                if s.h
+                    .checked_mul(s.w)
+                    .and_then(|v| v.checked_mul(s.c))
+                    .is_none() =>
+            {
+                shape_err(name, "a shape whose size fits in usize", s)
+            }
+            Some(&s) if s.numel() == 0 => shape_err(name, "a non-empty input", s),
             Some(&s) => Ok(s),
             None => config_err(name, format!("tensor {} does not exist", t.0)),
         }
@@ -108,6 +118,9 @@ impl ModelBuilder {
 
     /// `a + b` (a residual join); the shapes must agree.
     pub fn add(&mut self, name: &str, a: TensorId, b: TensorId) -> Result<TensorId> {
+        if a == b {
+            return config_err(name, "adds a tensor to itself; scale it instead");
+        }
         let (sa, sb) = (self.check(name, a)?, self.check(name, b)?);
         if sa != sb {
             return shape_err(name, format_args!("both inputs {sa}"), sb);
@@ -559,9 +572,27 @@ impl Model {
         self.nodes.iter().position(|n| n.name == name)
     }
 
-    /// Mutable access to a layer (to change its save policy before planning).
+    /// Mutable access to a layer (to change its save policy before planning). A change of its
+    /// shapes is caught when the model is handed to a trainer ([`Model::check_shapes`]).
     pub fn layer_mut(&mut self, node: usize) -> Option<&mut Layer> {
         self.nodes.get_mut(node).map(|n| &mut n.layer)
+    }
+
+    /// Every node's output shape, computed again from its input: an error names the first node
+    /// whose layer no longer fits the shapes it was built with (after [`Model::layer_mut`]).
+    pub fn check_shapes(&self) -> Result<()> {
+        for n in &self.nodes {
+            let x = self.shapes[n.inputs[0]];
+            let y = n.layer.out_shape(&n.name, x)?;
+            if y != self.shapes[n.output] {
+                return shape_err(
+                    &n.name,
+                    format_args!("output {} (as built)", self.shapes[n.output]),
+                    y,
+                );
+            }
+        }
+        Ok(())
     }
 }
 

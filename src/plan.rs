@@ -332,21 +332,23 @@ impl Activations {
     }
 }
 
+/// The saved region's layout: held tensors' ranges, each node's context, packed inputs.
+type Saved = (
+    Vec<Range<usize>>,
+    Vec<Range<usize>>,
+    Vec<Option<PackedInput>>,
+);
+
 /// Step 5, the saved region: held tensors, each node's own context, and the DropIT-packed
 /// inputs — one per (tensor, settings), shared by every reader with those settings. Returns
 /// the held tensors' ranges, the contexts and the packed inputs.
-#[allow(clippy::type_complexity)]
 fn lay_saved(
     model: &Model,
     batch: usize,
     needs: &[Needs],
     held: &[bool],
     cur: &mut usize,
-) -> (
-    Vec<Range<usize>>,
-    Vec<Range<usize>>,
-    Vec<Option<PackedInput>>,
-) {
+) -> Result<Saved> {
     let numel = |t: usize| batch * model.shapes[t].numel();
     let mut tensors = vec![0..0; model.shapes.len()];
     for t in (0..model.shapes.len()).filter(|&t| held[t]) {
@@ -368,6 +370,16 @@ fn lay_saved(
             continue;
         }
         let one = model.shapes[t].numel();
+        if sp.kept(batch, one) == 0 {
+            return config_err(
+                &n.name,
+                alloc::format!(
+                    "DropIT keeps {} of {} elements: none, so its weight gradient would be zero",
+                    sp.keep,
+                    batch * one
+                ),
+            );
+        }
         let p = PackedInput {
             words: take(cur, words_for_bytes(sp.bytes(batch, one))),
             format: sp.format(batch, one),
@@ -376,7 +388,7 @@ fn lay_saved(
         packed[i] = Some(p.clone());
         owners.push((t, *sp, p));
     }
-    (tensors, ctx, packed)
+    Ok((tensors, ctx, packed))
 }
 
 /// Plans `model` for batches of up to `batch` samples, with `opt_slots` optimizer floats per
@@ -405,7 +417,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let regions_opt = take(&mut cur, opt_slots * tw);
     let regions_state = take(&mut cur, words_for_f32(sf));
     let saved_start = cur;
-    let (mut tensors, ctx, packed) = lay_saved(model, batch, &needs, &readers.held, &mut cur);
+    let (mut tensors, ctx, packed) = lay_saved(model, batch, &needs, &readers.held, &mut cur)?;
     let regions_saved = saved_start..cur;
     let pool = cur;
     let regions_pool = take(&mut cur, pool_words);

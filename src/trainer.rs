@@ -240,6 +240,7 @@ impl<'a> Trainer<'a> {
 
     fn checked_plan(model: &Model, cfg: &TrainerConfig) -> Result<Plan> {
         cfg.validate()?;
+        model.check_shapes()?;
         if cfg.threads > 1 && !cfg!(feature = "parallel") {
             return config_err("threads", "more than one needs the `parallel` feature");
         }

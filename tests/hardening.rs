@@ -148,3 +148,51 @@ fn out_of_range_settings_are_errors() {
     };
     assert!(dropit::data::Batcher::new(&d, 1, &[f32::NAN], &[1.0], 0).is_err());
 }
+
+/// Zero-size shapes, foreign tensors, `add(t, t)`, a layer changed after building, and a γ that
+/// keeps nothing: each an error naming the layer, never a panic in a step.
+#[test]
+fn bad_models_are_refused_before_training() {
+    use dropit::layers::{Conv2d, Layer, Linear};
+    use dropit::{DropIt, Error, ModelBuilder};
+    // A 0-element input, a conv with no input channels.
+    let mut b = ModelBuilder::new(Shape::new(0, 4, 1));
+    assert!(matches!(
+        b.flatten("f", b.input()),
+        Err(Error::Shape { .. })
+    ));
+    let mut b = ModelBuilder::new(Shape::new(4, 4, 0));
+    assert!(b.layer("c", Conv2d::new(0, 3, 3, 1, 1), b.input()).is_err());
+    // A flatten whose size overflows.
+    let mut b = ModelBuilder::new(Shape::new(1 << 32, 1 << 32, 1));
+    assert!(b.flatten("f", b.input()).is_err());
+    // A tensor of another builder.
+    let mut other = ModelBuilder::new(Shape::new(4, 4, 1));
+    let far = other.flatten("f", other.input()).unwrap();
+    let far = other.linear("l", far, 3).unwrap();
+    let b = ModelBuilder::new(Shape::new(4, 4, 1));
+    assert_eq!(b.shape(far), None);
+    // A tensor added to itself.
+    let mut b = ModelBuilder::new(Shape::new(4, 4, 2));
+    assert!(b.add("a", b.input(), b.input()).is_err());
+    // A layer whose shapes change after building is caught when planned.
+    let mut m = Model::mlp().unwrap();
+    let fc2 = m.find("fc2").unwrap();
+    *m.layer_mut(fc2).unwrap() = Layer::Linear(Linear::new(512, 64));
+    let Err(e) = Trainer::new(m, TrainerConfig::sgd_recipe(8, 10)) else {
+        panic!("a reshaped layer trained");
+    };
+    assert!(
+        e.to_string().contains("fc2") || e.to_string().contains("fc3"),
+        "{e}"
+    );
+    // γ so close to 1 that no element is kept.
+    let m = Model::mlp()
+        .unwrap()
+        .with_dropit(&DropIt::new(0.99999))
+        .unwrap();
+    let Err(e) = Trainer::new(m, TrainerConfig::sgd_recipe(8, 10)) else {
+        panic!("k = 0 planned");
+    };
+    assert!(e.to_string().contains("fc2"), "{e}");
+}
