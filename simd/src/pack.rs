@@ -235,13 +235,21 @@ fn validate(n: usize, k: usize, positions: Positions<'_>, values: usize) -> Resu
                 counts.len(),
             )?;
             check_len("block offsets", k, offsets.len())?;
-            let total: usize = counts.iter().map(|&c| c as usize).sum();
-            let last = counts.len().saturating_sub(1);
-            let start_last = counts[..last].iter().map(|&c| c as usize).sum::<usize>();
-            total == k
-                && offsets[start_last.min(k)..]
-                    .iter()
-                    .all(|&o| (last << 16) + (o as usize) < n)
+            let total = counts
+                .iter()
+                .try_fold(0usize, |a, &c| a.checked_add(c as usize));
+            // Each block's offsets rise strictly and stay inside the block (the last one may
+            // be short): the kernels index by them without further checks.
+            total == Some(k) && {
+                let mut start = 0;
+                counts.iter().enumerate().all(|(b, &c)| {
+                    let seg = &offsets[start..start + c as usize];
+                    start += c as usize;
+                    let len = (n - b * crate::format::BLOCK16).min(crate::format::BLOCK16);
+                    seg.windows(2).all(|p| p[0] < p[1])
+                        && seg.last().is_none_or(|&o| (o as usize) < len)
+                })
+            }
         }
         Positions::U32(idx) => {
             check_len("indices", k, idx.len())?;

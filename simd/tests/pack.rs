@@ -248,4 +248,19 @@ fn bad_input_is_an_error_not_a_panic() {
         unpack(&Buf::new(bm, 100, 0).packed(), &mut d[..5]),
         Err(Error::Length { .. })
     ));
+    // Block16 offsets that repeat or fall back inside a block, which the sparse kernels would
+    // index out of range with.
+    let b16 = Format::new(ValueType::F32, PosForm::Block16);
+    for spoil in [|o: &mut [u16]| o[4] = o[3], |o: &mut [u16]| o.swap(2, 3)] {
+        let mut b = Buf::new(b16, 100, 10);
+        pack(&x, &t, &mut b.packed_mut()).unwrap();
+        if let dropit_simd::format::PositionsMut::Block16 { offsets, .. } = b.packed_mut().positions
+        {
+            spoil(offsets);
+        }
+        assert!(unpack(&b.packed(), &mut d).is_err());
+        let mut gw = vec![0.0; 10 * 3];
+        let dy = vec![1.0; 10 * 3];
+        assert!(dropit_simd::spmm::linear_grad_w(&b.packed(), 10, 10, &dy, 3, &mut gw).is_err());
+    }
 }
