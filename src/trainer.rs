@@ -812,14 +812,15 @@ impl<'p> Call<'p> {
                 alloc::format!("node {i} declares more than was planned"),
             );
         }
-        let some = tensors.clone().map(|t| t.is_some());
+        let some = tensors.each_ref().map(Option::is_some);
+        let [t0, t1, t2, t3] = tensors.map(Option::unwrap_or_default);
         let [t0, t1, t2, t3, params, aux, ctx, scratch, packed] = carve(
             w,
             [
-                tensors[0].clone().unwrap_or_default(),
-                tensors[1].clone().unwrap_or_default(),
-                tensors[2].clone().unwrap_or_default(),
-                tensors[3].clone().unwrap_or_default(),
+                t0,
+                t1,
+                t2,
+                t3,
                 plan.regions.params.clone(),
                 aux,
                 ctx,
@@ -827,12 +828,8 @@ impl<'p> Call<'p> {
                 plan.packed[i].as_ref().map_or(0..0, |p| p.words.clone()),
             ],
         )?;
-        let mut ts = [Some(t0), Some(t1), Some(t2), Some(t3)];
-        for (t, on) in ts.iter_mut().zip(some) {
-            if !on {
-                *t = None;
-            }
-        }
+        let mut on = some.into_iter();
+        let ts = [t0, t1, t2, t3].map(|t| on.next().unwrap_or(false).then_some(t));
         Ok(Views {
             tensors: ts,
             params,
