@@ -100,7 +100,7 @@ fn pretrained(
     }
     let mut b = Batcher::new(data, 64, &[MEAN], &[STD], 1)?;
     for _ in 0..a.pretrain_steps {
-        let (x, y) = b.next_batch(data);
+        let (x, y) = b.next_batch();
         t.step(x, y)?;
     }
     println!("pre-trained on classes 0–4 for {} steps", a.pretrain_steps);
@@ -158,10 +158,10 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut b = Batcher::new(&new, t.config().batch, &[MEAN], &[STD], 2)?;
     // The data order continues where the checkpoint stopped.
     for _ in 0..t.steps() {
-        b.next_batch(&new);
+        b.next_batch();
     }
     while t.steps() < a.steps {
-        let (x, y) = b.next_batch(&new);
+        let (x, y) = b.next_batch();
         let s = t.step(x, y)?;
         if t.steps() % a.every == 0 || t.steps() == a.steps {
             t.save(&a.ckpt)?;

@@ -62,7 +62,7 @@ fn train(
     let mut b = Batcher::new(data, batch, &[MEAN], &[STD], seed)?;
     let mut last = 0.0;
     for _ in 0..steps {
-        let (x, y) = b.next_batch(data);
+        let (x, y) = b.next_batch();
         last = t.step(x, y)?.loss;
     }
     Ok(last)

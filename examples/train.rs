@@ -83,7 +83,7 @@ impl Args {
     fn threads(&self) -> usize {
         self.threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |t| t as usize,
+            |t| usize::try_from(t).unwrap_or(usize::MAX),
         )
     }
 
@@ -140,17 +140,20 @@ fn train_one(
     ALLOC.reset_peak();
     // A loaded checkpoint brings its own model, policy, configuration and step.
     let loaded = a.load.as_ref().map(Trainer::load).transpose()?;
-    let batch = loaded.as_ref().map_or_else(
-        || {
-            a.batch
-                .map_or(if a.model == "mlp" { 128 } else { 64 }, |b| b as usize)
-        },
-        |t| t.config().batch,
-    );
+    let batch = match (&loaded, a.batch) {
+        (Some(t), _) => t.config().batch,
+        (None, Some(b)) => usize::try_from(b).map_err(|_| format!("--batch {b}: too large"))?,
+        (None, None) if a.model == "mlp" => 128,
+        (None, None) => 64,
+    };
     let mut batcher = Batcher::new(train, batch, &[MEAN], &[STD], a.seed)?;
     // The schedule spans the epochs; --steps stops early (a later --load continues to it).
-    let epochs = a.epochs as usize * batcher.batches_per_epoch();
-    let last = a.steps.map_or(epochs, |s| (s as usize).min(epochs));
+    let epochs = (a.epochs as usize)
+        .checked_mul(batcher.batches_per_epoch())
+        .ok_or_else(|| format!("--epochs {}: too many steps to count", a.epochs))?;
+    let last = a.steps.map_or(epochs, |s| {
+        usize::try_from(s).unwrap_or(usize::MAX).min(epochs)
+    });
     let mut cfg = match a.model.as_str() {
         "vit" => TrainerConfig::adamw_recipe(batch, epochs as u64),
         _ => TrainerConfig::sgd_recipe(batch, epochs as u64),
@@ -161,7 +164,7 @@ fn train_one(
         (Some(t), _) => {
             // Continue the data order where the checkpoint stopped.
             for _ in 0..t.steps() {
-                batcher.next_batch(train);
+                batcher.next_batch();
             }
             let gamma = t
                 .model()
@@ -190,11 +193,12 @@ fn train_one(
         policy.gamma,
         if policy.lean { " lean" } else { "" }
     ));
-    let (mut times, mut allocs, mut last) = (Vec::with_capacity(total), 0, f32::NAN);
+    // Room for the first step times up front (a long run's vector grows outside the steps).
+    let (mut times, mut allocs, mut last) = (Vec::with_capacity(total.min(1 << 16)), 0, f32::NAN);
     // The loop runs on the trainer's workers, so steps hand no jobs over (and allocate nothing).
     t.with_workers(|t| -> dropit::Result<()> {
         for _ in 0..total {
-            let (x, y) = batcher.next_batch(train);
+            let (x, y) = batcher.next_batch();
             let (n0, t0) = (ALLOC.allocations(), Instant::now());
             let s = t.step(x, y)?;
             let dt = t0.elapsed().as_secs_f64();
@@ -213,6 +217,9 @@ fn train_one(
     bar.finish_and_clear();
     let peak = ALLOC.peak() - before;
     let mut test_stats = EvalStats::default();
+    if test.is_empty() {
+        return Err("the test set has no samples".into());
+    }
     let mut loss_sum = 0.0f64;
     Batcher::in_order(test, batch, &[MEAN], &[STD], |x, y| {
         let e = t.evaluate(x, y)?;
@@ -280,26 +287,35 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if a.json {
+            // serde_json writes a number that is not finite (no step ran: no loss, no time) as
+            // null, so the line is always JSON.
+            let round = |v: f64, places: i32| {
+                let s = 10f64.powi(places);
+                (v * s).round() / s
+            };
+            let step_ms = (r.steps > 0).then_some(round(r.step_ms, 3));
             println!(
-                "{{\"model\":\"{}\",\"gamma\":{},\"lean\":{},\"batch\":{},\"epochs\":{},\"steps\":{},\"test_acc\":{:.4},\"test_loss\":{:.4},\"peak_bytes\":{},\"planned_bytes\":{},\"saved_bytes\":{},\"dense_saved_bytes\":{},\"step_ms_median\":{:.3},\"allocs_in_steps\":{},\"final_loss\":{:.4},\"threads\":{},\"seed\":{},\"train_images\":{}}}",
-                a.model,
-                r.gamma,
-                r.lean,
-                r.batch,
-                a.epochs,
-                r.steps,
-                r.test.correct as f64 / r.test.samples.max(1) as f64,
-                r.test.loss,
-                r.peak,
-                r.planned,
-                r.saved,
-                r.dense_saved,
-                r.step_ms,
-                r.allocs,
-                r.final_loss,
-                a.threads(),
-                a.seed,
-                train.len()
+                "{}",
+                serde_json::json!({
+                    "model": a.model,
+                    "gamma": r.gamma,
+                    "lean": r.lean,
+                    "batch": r.batch,
+                    "epochs": a.epochs,
+                    "steps": r.steps,
+                    "test_acc": round(r.test.correct as f64 / r.test.samples as f64, 4),
+                    "test_loss": round(r.test.loss as f64, 4),
+                    "peak_bytes": r.peak,
+                    "planned_bytes": r.planned,
+                    "saved_bytes": r.saved,
+                    "dense_saved_bytes": r.dense_saved,
+                    "step_ms_median": step_ms,
+                    "allocs_in_steps": r.allocs,
+                    "final_loss": round(r.final_loss as f64, 4),
+                    "threads": a.threads(),
+                    "seed": a.seed,
+                    "train_images": train.len(),
+                })
             );
         }
         runs.push(r);

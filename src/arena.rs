@@ -13,6 +13,12 @@ pub(crate) const fn words_for_f32(n: usize) -> usize {
     n.div_ceil(2)
 }
 
+/// Largest tensor, in elements, that a model may hold (per sample) or a plan may lay out (for
+/// the whole batch): 16 bytes of headroom per element keep every size computed from a tensor's
+/// length — its f32 words, its gradient, a packed copy, byte offsets — below `isize::MAX`, on
+/// 32-bit targets too. Larger sizes are refused before anything is computed from them.
+pub(crate) const MAX_TENSOR_ELEMS: usize = isize::MAX as usize / 16;
+
 /// Words needed for `n` bytes.
 pub(crate) const fn words_for_bytes(n: usize) -> usize {
     n.div_ceil(8)

@@ -69,6 +69,13 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// An allocation the operating system refused (or a size that does not fit in memory at
+    /// all: `bytes` is then `usize::MAX`). Nothing was changed.
+    #[error("out of memory: {bytes} bytes could not be allocated")]
+    OutOfMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),
@@ -104,4 +111,27 @@ pub(crate) fn ckpt_err<T>(what: &str, detail: impl core::fmt::Display) -> Result
         what: what.into(),
         detail: alloc::format!("{detail}"),
     })
+}
+
+/// `Err(Error::OutOfMemory)` for `count` elements of `T` (`usize::MAX` bytes when the size
+/// itself overflows).
+pub(crate) fn oom<T, R>(count: usize) -> Result<R> {
+    Err(Error::OutOfMemory {
+        bytes: count.saturating_mul(core::mem::size_of::<T>()),
+    })
+}
+
+/// A vector of `len` copies of `v`, or `Err(OutOfMemory)` instead of aborting.
+pub(crate) fn try_vec<T: Clone>(len: usize, v: T) -> Result<alloc::vec::Vec<T>> {
+    let mut out = alloc::vec::Vec::new();
+    if out.try_reserve_exact(len).is_err() {
+        return oom::<T, _>(len);
+    }
+    out.resize(len, v);
+    Ok(out)
+}
+
+/// Room for `extra` more elements in `v`, or `Err(OutOfMemory)` instead of aborting.
+pub(crate) fn try_reserve<T>(v: &mut alloc::vec::Vec<T>, extra: usize) -> Result<()> {
+    v.try_reserve_exact(extra).or_else(|_| oom::<T, _>(extra))
 }

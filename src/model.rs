@@ -7,12 +7,26 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::arena::MAX_TENSOR_ELEMS;
 use crate::error::{Result, config_err, shape_err};
 use crate::layers::{
     Add, Attention, AvgPool2d, BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten, Gelu,
     GlobalAvgPool, Layer, LayerNorm, Linear, MaxPool2d, PosEmbed, Relu, Relu6, TokenSelect,
 };
 use crate::shape::Shape;
+
+/// `s` if it is non-empty and small enough to plan, else an error naming the layer and `what`.
+fn checked_shape(name: &str, what: &str, s: Shape) -> Result<Shape> {
+    match s.checked_numel() {
+        Some(0) => shape_err(name, format_args!("a non-empty {what}"), s),
+        Some(e) if e <= MAX_TENSOR_ELEMS => Ok(s),
+        _ => shape_err(
+            name,
+            format_args!("an {what} of at most {MAX_TENSOR_ELEMS} elements"),
+            s,
+        ),
+    }
+}
 
 /// A tensor of the model being built, by id: what each [`ModelBuilder`] call returns and takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,16 +84,7 @@ impl ModelBuilder {
     /// The shape of an existing, non-empty tensor.
     fn check(&self, name: &str, t: TensorId) -> Result<Shape> {
         match self.shapes.get(t.0) {
-            Some(&s)
-                if s.h
-                    .checked_mul(s.w)
-                    .and_then(|v| v.checked_mul(s.c))
-                    .is_none() =>
-            {
-                shape_err(name, "a shape whose size fits in usize", s)
-            }
-            Some(&s) if s.numel() == 0 => shape_err(name, "a non-empty input", s),
-            Some(&s) => Ok(s),
+            Some(&s) => checked_shape(name, "input", s),
             None => config_err(name, format!("tensor {} does not exist", t.0)),
         }
     }
@@ -105,6 +110,17 @@ impl ModelBuilder {
         inputs: [usize; 2],
         ys: Shape,
     ) -> Result<TensorId> {
+        checked_shape(name, "output", ys)?;
+        let counts = layer.params();
+        if counts
+            .iter()
+            .try_fold(0usize, |a, p| {
+                p.len_checked().and_then(|l| a.checked_add(l))
+            })
+            .is_none_or(|total| total > MAX_TENSOR_ELEMS)
+        {
+            return config_err(name, "parameters too many to address");
+        }
         let out = self.shapes.len();
         self.shapes.push(ys);
         self.nodes.push(Node {

@@ -19,8 +19,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use crate::arena::{words_for_bytes, words_for_f32};
-use crate::error::{Result, config_err};
+use crate::arena::{MAX_TENSOR_ELEMS, words_for_bytes, words_for_f32};
+use crate::error::{Error, Result, config_err};
 use crate::layers::Needs;
 use crate::model::{Model, Node};
 use crate::saved::SparseSave;
@@ -121,24 +121,53 @@ impl Pool {
                 })
                 .collect();
             busy.sort_by_key(|r| r.start);
-            let mut start = 0;
+            let mut start = 0usize;
             for r in &busy {
-                if r.start >= start + words {
+                if r.start >= start.saturating_add(words) {
                     break;
                 }
                 start = start.max(r.end);
             }
-            top = top.max(start + words);
-            at[b] = Some(start..start + words);
+            let end = start.saturating_add(words);
+            top = top.max(end);
+            at[b] = Some(start..end);
         }
         (at.into_iter().map(Option::unwrap_or_default).collect(), top)
     }
 }
 
-fn take(cursor: &mut usize, words: usize) -> Range<usize> {
-    let r = *cursor..*cursor + words;
-    *cursor += words;
-    r
+/// The next `words` of the arena. Sizes saturate rather than wrap (a layer's declaration of an
+/// absurd size is `usize::MAX`): a cursor past [`MAX_WORDS`] is `Err(OutOfMemory)`.
+fn take(cursor: &mut usize, words: usize) -> Result<Range<usize>> {
+    match cursor.checked_add(words).filter(|&end| end <= MAX_WORDS) {
+        Some(end) => {
+            let r = *cursor..end;
+            *cursor = end;
+            Ok(r)
+        }
+        None => Err(Error::OutOfMemory {
+            bytes: cursor.saturating_add(words).saturating_mul(8),
+        }),
+    }
+}
+
+/// The most words an arena can have (its bytes must fit in `isize`).
+const MAX_WORDS: usize = isize::MAX as usize / 8;
+
+/// Refuses a batch whose tensors are too large to lay out: every later size is computed from
+/// tensors of at most [`MAX_TENSOR_ELEMS`] elements, and cannot wrap.
+fn check_sizes(model: &Model, batch: usize) -> Result<()> {
+    for s in &model.shapes {
+        if s.numel()
+            .checked_mul(batch)
+            .is_none_or(|e| e > MAX_TENSOR_ELEMS)
+        {
+            return Err(Error::OutOfMemory {
+                bytes: s.numel().saturating_mul(batch).saturating_mul(4),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The tensors a node reads (one, or two for a residual add).
@@ -227,13 +256,13 @@ impl Readers {
 
 /// Step 3: parameters and running statistics, node by node, as float ranges.
 fn lay_params(model: &Model) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
-    let (mut pf, mut sf) = (0, 0);
+    let (mut pf, mut sf) = (0usize, 0usize);
     model
         .nodes
         .iter()
         .map(|n| {
-            let p = pf..pf + n.layer.param_count();
-            let s = sf..sf + n.layer.state_count();
+            let p = pf..pf.saturating_add(n.layer.param_count());
+            let s = sf..sf.saturating_add(n.layer.state_count());
             (pf, sf) = (p.end, s.end);
             (p, s)
         })
@@ -352,9 +381,12 @@ fn lay_saved(
     let numel = |t: usize| batch * model.shapes[t].numel();
     let mut tensors = vec![0..0; model.shapes.len()];
     for t in (0..model.shapes.len()).filter(|&t| held[t]) {
-        tensors[t] = take(cur, words_for_f32(numel(t)));
+        tensors[t] = take(cur, words_for_f32(numel(t)))?;
     }
-    let ctx: Vec<_> = needs.iter().map(|n| take(cur, n.saved_words())).collect();
+    let ctx = needs
+        .iter()
+        .map(|n| take(cur, n.saved_words()))
+        .collect::<Result<Vec<_>>>()?;
     let mut packed: Vec<Option<PackedInput>> = vec![None; model.nodes.len()];
     let mut owners: Vec<(usize, SparseSave, PackedInput)> = Vec::new();
     for (i, n) in model.nodes.iter().enumerate() {
@@ -381,7 +413,7 @@ fn lay_saved(
             );
         }
         let p = PackedInput {
-            words: take(cur, words_for_bytes(sp.bytes(batch, one))),
+            words: take(cur, words_for_bytes(sp.bytes(batch, one)))?,
             format: sp.format(batch, one),
             packs: true,
         };
@@ -397,6 +429,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     if batch == 0 {
         return config_err("batch size", "must be at least 1");
     }
+    check_sizes(model, batch)?;
     let needs = declare(model, batch, threads);
     let readers = Readers::of(model, &needs)?;
     let (params, state) = lay_params(model);
@@ -412,15 +445,15 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let train_start = params.get(frozen).map_or(pf, |r| r.start);
     let tw = words_for_f32(pf - train_start);
     let mut cur = 0;
-    let regions_params = take(&mut cur, words_for_f32(pf));
-    let regions_grads = take(&mut cur, tw);
-    let regions_opt = take(&mut cur, opt_slots * tw);
-    let regions_state = take(&mut cur, words_for_f32(sf));
+    let regions_params = take(&mut cur, words_for_f32(pf))?;
+    let regions_grads = take(&mut cur, tw)?;
+    let regions_opt = take(&mut cur, opt_slots.saturating_mul(tw))?;
+    let regions_state = take(&mut cur, words_for_f32(sf))?;
     let saved_start = cur;
     let (mut tensors, ctx, packed) = lay_saved(model, batch, &needs, &readers.held, &mut cur)?;
     let regions_saved = saved_start..cur;
     let pool = cur;
-    let regions_pool = take(&mut cur, pool_words);
+    let regions_pool = take(&mut cur, pool_words)?;
     let shift = |r: &Range<usize>| pool + r.start..pool + r.end;
     for t in (0..tensors.len()).filter(|&t| !readers.held[t]) {
         tensors[t] = shift(&placed[acts.act[t]]);
@@ -430,7 +463,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         .iter()
         .map(|g| g.map_or(0..0, |b| shift(&placed[b])))
         .collect();
-    let regions_scratch = take(&mut cur, scratch_words);
+    let regions_scratch = take(&mut cur, scratch_words)?;
     Ok(Plan {
         batch,
         frozen,

@@ -23,9 +23,18 @@ impl Shape {
         Shape { h: 1, w: 1, c: f }
     }
 
-    /// Elements per sample.
+    /// Elements per sample. A model's shapes are checked to fit when it is built; for any
+    /// other shape see [`Shape::checked_numel`].
     pub const fn numel(&self) -> usize {
         self.h * self.w * self.c
+    }
+
+    /// Elements per sample, or `None` when the product overflows `usize`.
+    pub const fn checked_numel(&self) -> Option<usize> {
+        match self.h.checked_mul(self.w) {
+            Some(hw) => hw.checked_mul(self.c),
+            None => None,
+        }
     }
 
     /// Rows of a `[rows, c]` view of one sample (every position is a row of channels).

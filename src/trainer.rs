@@ -4,7 +4,7 @@ use dropit_simd::format::ValueType;
 
 use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
 use crate::dropit::DropIt;
-use crate::error::{Error, Result, config_err, shape_err};
+use crate::error::{Error, Result, config_err, shape_err, try_vec};
 use crate::init::rng;
 use crate::layers::contract::{Input, Mode, Saved, SavedMut};
 use crate::layers::loss::softmax_cross_entropy;
@@ -32,6 +32,11 @@ pub struct TrainerConfig {
     pub label_smoothing: f32,
     /// Worker threads (1 = run on the caller's thread).
     pub threads: usize,
+    /// Clip the gradients' total L2 norm to this before each update, as PyTorch's
+    /// `clip_grad_norm_(max_norm)`: every gradient is scaled by `max / (norm + 1e-6)` when that
+    /// is below 1. `None` (the default) leaves them as they are.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl TrainerConfig {
@@ -45,6 +50,7 @@ impl TrainerConfig {
             seed: 0,
             label_smoothing: 0.0,
             threads: 1,
+            clip_grad_norm: None,
         }
     }
 
@@ -112,6 +118,11 @@ impl TrainerConfig {
             }
         }
         unit("label smoothing", self.label_smoothing)?;
+        if let Some(m) = self.clip_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            bad("gradient clipping norm", m, "finite and > 0")?;
+        }
         if self.batch == 0 {
             return config_err("batch size", "must be at least 1");
         }
@@ -134,8 +145,10 @@ pub struct StepStats {
     pub correct: usize,
     /// Learning rate used.
     pub lr: f32,
-    /// The loss was not finite: no update was made.
+    /// The loss or a gradient was not finite: no update was made.
     pub skipped: bool,
+    /// The gradients' total L2 norm before any clipping (not finite when skipped for it).
+    pub grad_norm: f32,
 }
 
 /// Loss and accuracy over evaluated batches.
@@ -197,7 +210,8 @@ impl Trainer<'static> {
                     ..base.clone()
                 };
                 let candidate = model.clone().with_dropit(&policy)?;
-                let bytes = Self::plan_bytes(&candidate, &cfg)? + Self::BOOKKEEPING_MAX;
+                let bytes =
+                    Self::plan_bytes(&candidate, &cfg)?.saturating_add(Self::BOOKKEEPING_MAX);
                 if bytes <= budget {
                     return Ok((Self::new(candidate, cfg)?, policy));
                 }
@@ -211,14 +225,7 @@ impl Trainer<'static> {
     /// arena the system cannot give is an error, not an abort.
     pub fn new(model: Model, cfg: TrainerConfig) -> Result<Self> {
         let plan = Self::checked_plan(&model, &cfg)?;
-        let mut words = alloc::vec::Vec::new();
-        if words.try_reserve_exact(plan.total_words).is_err() {
-            return Err(Error::ArenaTooSmall {
-                needed: plan.total_words.saturating_mul(8),
-                given: 0,
-            });
-        }
-        words.resize(plan.total_words, 0u64);
+        let words = try_vec(plan.total_words, 0u64)?;
         Self::finish(model, cfg, plan, Storage::Owned(words))
     }
 }
@@ -610,12 +617,15 @@ impl<'a> Trainer<'a> {
                 correct: out.correct,
                 lr,
                 skipped: true,
+                grad_norm: f32::NAN,
             });
         }
         self.backward(n)?;
+        // The norm in f64 cannot overflow, so it is finite exactly when every gradient is.
+        let norm = libm::sqrt(self.grads().iter().map(|&g| g as f64 * g as f64).sum());
         // A non-finite gradient (from a finite loss), or staged state that cannot be committed
         // (a batch norm variance that overflowed), is skipped like a non-finite loss.
-        let skipped = !self.grads().iter().all(|g| g.is_finite()) || !self.commit(n, false)?;
+        let skipped = !norm.is_finite() || !self.commit(n, false)?;
         if !skipped {
             self.commit(n, true)?;
         }
@@ -624,6 +634,7 @@ impl<'a> Trainer<'a> {
             correct: out.correct,
             lr,
             skipped,
+            grad_norm: norm as f32,
         })
     }
 
@@ -668,7 +679,13 @@ impl<'a> Trainer<'a> {
         );
         let slots = self.cfg.optimizer.state_slots();
         let s = &mut f32s_mut(s)[..slots * (np - ts)];
-        let (p, g) = (&mut f32s_mut(p)[ts..np], &f32s(g)[..np - ts]);
+        let (p, g) = (&mut f32s_mut(p)[ts..np], &mut f32s_mut(g)[..np - ts]);
+        if let Some(max) = self.cfg.clip_grad_norm {
+            let scale = max / (stats.grad_norm + 1e-6);
+            if scale < 1.0 {
+                g.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
         self.cfg.optimizer.update(stats.lr, self.step, p, g, s);
         Ok(stats)
     }

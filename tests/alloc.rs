@@ -91,15 +91,64 @@ fn batcher_reuses_buffers() {
     ));
     let (_, test) = dropit::data::fashion_mnist(&dir).unwrap();
     let mut b = dropit::data::Batcher::new(&test, 64, &[0.286], &[0.353], 3).unwrap();
-    b.next_batch(&test);
+    b.next_batch();
     let before = ALLOC.allocations();
     for _ in 0..3 * b.batches_per_epoch() {
-        b.next_batch(&test);
+        b.next_batch();
     }
     assert_eq!(ALLOC.allocations() - before, 0, "the batcher allocated");
 }
 
+/// Reading IDX holds the body once: a raw file costs its payload (plus the small header and
+/// reader buffers), and a gzip stream that declares 1 GiB but holds 1 MiB costs about what it
+/// holds, not what it declares; a gzip bomb behind a small header is refused after the header's
+/// bytes, not inflated whole.
+fn idx_memory_is_what_the_data_holds() {
+    use std::io::Write;
+    let idx = |len: u32, body: usize| {
+        let mut raw = vec![0, 0, 8, 1];
+        raw.extend_from_slice(&len.to_be_bytes());
+        raw.extend(std::iter::repeat_n(3u8, body));
+        raw
+    };
+    let raw = idx(1 << 20, 1 << 20);
+    let before = ALLOC.current();
+    ALLOC.reset_peak();
+    let read = dropit::data::read_idx(&raw).unwrap();
+    let peak = ALLOC.peak() - before;
+    assert_eq!(read.data.len(), 1 << 20);
+    assert!(
+        peak < (1 << 20) + (64 << 10),
+        "raw IDX of 1 MiB peaked at {peak} bytes"
+    );
+    drop(read);
+    let gzip = |raw: &[u8]| {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(raw).unwrap();
+        z.finish().unwrap()
+    };
+    for (what, gz, bound) in [
+        (
+            "declaring 1 GiB, holding 1 MiB",
+            gzip(&idx(1 << 30, 1 << 20)),
+            4 << 20,
+        ),
+        (
+            "declaring 16 bytes, inflating to 64 MiB",
+            gzip(&idx(16, 64 << 20)),
+            1 << 20,
+        ),
+    ] {
+        let before = ALLOC.current();
+        ALLOC.reset_peak();
+        assert!(dropit::data::read_idx(&gz).is_err(), "{what}");
+        let peak = ALLOC.peak() - before;
+        assert!(peak < bound, "gzip IDX {what} peaked at {peak} bytes");
+    }
+}
+
 fn steps_allocate_nothing_and_peak_is_the_plan() {
+    idx_memory_is_what_the_data_holds();
     batcher_reuses_buffers();
     check(Model::mlp().unwrap(), 32, 1);
     check(Model::cnn().unwrap(), 8, 1);

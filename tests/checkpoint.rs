@@ -438,10 +438,10 @@ fn pytorch_reads_our_checkpoints() {
 }
 
 /// Files found to ask for gigabytes of arena from a few hundred bytes of metadata
-/// (`tests/fuzz/regressions/`): refused before anything is allocated.
+/// (`fuzz/regressions/`): refused before anything is allocated.
 #[test]
 fn metadata_cannot_ask_for_huge_arenas() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/regressions");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -164,7 +164,7 @@ fn bad_models_are_refused_before_training() {
     let mut b = ModelBuilder::new(Shape::new(4, 4, 0));
     assert!(b.layer("c", Conv2d::new(0, 3, 3, 1, 1), b.input()).is_err());
     // A flatten whose size overflows.
-    let mut b = ModelBuilder::new(Shape::new(1 << 32, 1 << 32, 1));
+    let mut b = ModelBuilder::new(Shape::new(usize::MAX / 2, 4, 1));
     assert!(b.flatten("f", b.input()).is_err());
     // A tensor of another builder.
     let mut other = ModelBuilder::new(Shape::new(4, 4, 1));
@@ -195,4 +195,165 @@ fn bad_models_are_refused_before_training() {
         panic!("k = 0 planned");
     };
     assert!(e.to_string().contains("fc2"), "{e}");
+}
+
+/// Gradient-norm clipping: the reported norm is the gradients' L2 norm; with a bound below it,
+/// SGD (no momentum, rate 1) moves the parameters by exactly the clipped gradient, of norm
+/// `max`; with a bound above it, the step is bitwise the unclipped one.
+#[test]
+fn gradient_norm_clipping() {
+    use dropit::{Optimizer, Schedule};
+    let mut cfg = common::config(8);
+    cfg.optimizer = Optimizer::sgd(0.0, 0.0);
+    cfg.schedule = Schedule::constant(1.0);
+    let (x, y) = batch(0);
+    let mut probe = Trainer::new(Model::mlp().unwrap(), cfg).unwrap();
+    let st = probe.loss_and_grads(&x, &y).unwrap();
+    let g = probe.grads().to_vec();
+    let norm = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    assert!(
+        (st.grad_norm as f64 - norm).abs() <= 1e-6 * norm,
+        "{st:?} vs {norm}"
+    );
+    let moved = |clip: Option<f32>| {
+        let mut t = Trainer::new(
+            Model::mlp().unwrap(),
+            TrainerConfig {
+                clip_grad_norm: clip,
+                ..cfg
+            },
+        )
+        .unwrap();
+        let before = t.params().to_vec();
+        let st = t.step(&x, &y).unwrap();
+        assert!(!st.skipped);
+        let d: Vec<f32> = t.params().iter().zip(&before).map(|(a, b)| b - a).collect();
+        d
+    };
+    let plain = moved(None);
+    assert_eq!(bits(&plain), bits(&moved(Some(2.0 * norm as f32))));
+    let max = norm as f32 / 4.0;
+    let clipped = moved(Some(max));
+    let dn = clipped
+        .iter()
+        .map(|&v| v as f64 * v as f64)
+        .sum::<f64>()
+        .sqrt();
+    assert!((dn - max as f64).abs() < 1e-3 * max as f64, "{dn} vs {max}");
+    // The direction is the gradient's.
+    for (c, p) in clipped.iter().zip(&plain) {
+        assert!((c * 4.0 - p).abs() <= 1e-5 * (1.0 + p.abs()), "{c} vs {p}");
+    }
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let c = TrainerConfig {
+            clip_grad_norm: Some(bad),
+            ..cfg
+        };
+        assert!(Trainer::new(Model::mlp().unwrap(), c).is_err(), "{bad}");
+    }
+}
+
+/// Sizes that overflow or cannot fit are errors, never a wrapped size or an abort — on 32-bit
+/// targets too, where the cnn at batch 4096 (about 4.8 GB) cannot be addressed.
+#[test]
+fn sizes_that_overflow_are_errors() {
+    use dropit::layers::{Conv2d, MaxPool2d};
+    use dropit::{Error, ModelBuilder};
+    let cfg = |batch| TrainerConfig::sgd_recipe(batch, 10);
+    let cnn = Model::cnn().unwrap();
+    for batch in [usize::MAX, usize::MAX / 784, 1 << (usize::BITS - 8)] {
+        assert!(
+            matches!(
+                Trainer::plan_bytes(&cnn, &cfg(batch)),
+                Err(Error::OutOfMemory { .. })
+            ),
+            "batch {batch}"
+        );
+        assert!(matches!(
+            Trainer::new(cnn.clone(), cfg(batch)),
+            Err(Error::OutOfMemory { .. })
+        ));
+    }
+    match (usize::BITS, Trainer::plan_bytes(&cnn, &cfg(4096))) {
+        (64, Ok(b)) => assert!(b > 4_000_000_000, "{b}"),
+        (32, Err(Error::OutOfMemory { bytes })) => assert!(bytes > 1 << 31, "{bytes}"),
+        (bits, r) => panic!("{bits}-bit: {r:?}"),
+    }
+    // Geometry whose arithmetic would wrap.
+    let mut b = ModelBuilder::new(Shape::new(8, 8, 1));
+    assert!(
+        b.layer("c", Conv2d::new(1, 2, 3, 1, usize::MAX / 2 + 1), b.input())
+            .is_err()
+    );
+    assert!(
+        b.layer("p", MaxPool2d::new(1 << (usize::BITS / 2), 1, 0), b.input())
+            .is_err()
+    );
+    assert!(
+        b.layer("p", MaxPool2d::new(3, 1, usize::MAX / 2 + 1), b.input())
+            .is_err()
+    );
+    // A layer with more parameters than can be addressed.
+    let x = b.flatten("f", b.input()).unwrap();
+    assert!(b.linear("l", x, usize::MAX / 32).is_err());
+}
+
+/// Batchers check their dataset: fewer images than labels, labels out of range and an empty
+/// set are errors; a batch larger than the set is capped to it.
+#[test]
+fn batcher_checks_its_dataset() {
+    use dropit::data::{Batcher, Dataset};
+    let good = Dataset {
+        images: vec![7; 5 * 4],
+        labels: vec![0, 1, 2, 1, 0],
+        shape: Shape::new(2, 2, 1),
+        classes: 3,
+    };
+    let mut b = Batcher::new(&good, usize::MAX, &[0.5], &[0.25], 0).unwrap();
+    assert_eq!(b.batches_per_epoch(), 1);
+    assert_eq!(b.next_batch().1.len(), 5);
+    let short = Dataset {
+        images: vec![7; 4 * 4],
+        ..good.clone()
+    };
+    let wide = Dataset {
+        labels: vec![0, 1, 2, 3, 0],
+        ..good.clone()
+    };
+    let empty = Dataset {
+        images: vec![],
+        labels: vec![],
+        ..good.clone()
+    };
+    let zero = Dataset {
+        shape: Shape::new(0, 2, 1),
+        ..good.clone()
+    };
+    for (what, d) in [
+        ("short", short),
+        ("wide", wide),
+        ("empty", empty),
+        ("zero", zero),
+    ] {
+        let e = Batcher::new(&d, 2, &[0.5], &[0.25], 0).unwrap_err();
+        assert!(!e.to_string().is_empty(), "{what}");
+        assert!(
+            Batcher::in_order(&d, 2, &[0.5], &[0.25], |_, _| Ok(())).is_err(),
+            "{what}"
+        );
+    }
+}
+
+/// A gzip IDX file whose header claims far more than the stream holds is refused as truncated
+/// after reading what is there (its memory is bounded in `tests/alloc.rs`).
+#[test]
+fn idx_gzip_claiming_too_much_is_truncated() {
+    use std::io::Write;
+    let mut raw = vec![0, 0, 8, 1];
+    raw.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    raw.extend(std::iter::repeat_n(0u8, 1 << 16));
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&raw).unwrap();
+    let e = dropit::data::read_idx(&z.finish().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
 }

@@ -202,6 +202,13 @@ fn split(fmt: Format, n: usize, k: usize, len: usize) -> Result<(usize, usize, u
     if k > n {
         return Err(Error::KTooLarge { k, n });
     }
+    // At most 16 bytes per element: no size below can wrap.
+    if n > isize::MAX as usize / 16 {
+        return Err(Error::Invalid {
+            what: "packed tensor length (too large to address)",
+            value: n,
+        });
+    }
     crate::check_len("packed buffer bytes", fmt.bytes(n, k), len)?;
     let p = fmt.position_bytes(n, k);
     let v = fmt.value_bytes(k);

@@ -49,6 +49,24 @@ pub use error::Error;
 /// Result of a kernel call.
 pub type Result<T> = core::result::Result<T, Error>;
 
+/// Returns `Err(Error::Length)` unless `given` is the product of `dims` (an overflowing product
+/// is `expected: usize::MAX`, never a wrapped size).
+#[inline]
+pub(crate) fn check_dims(what: &'static str, dims: &[usize], given: usize) -> Result<()> {
+    let product = match dims.contains(&0) {
+        true => Some(0),
+        false => dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)),
+    };
+    match product {
+        Some(expected) => check_len(what, expected, given),
+        None => Err(Error::Length {
+            what,
+            expected: usize::MAX,
+            given,
+        }),
+    }
+}
+
 /// Returns `Err(Error::Length)` unless `given == expected`.
 #[inline]
 pub(crate) fn check_len(what: &'static str, expected: usize, given: usize) -> Result<()> {

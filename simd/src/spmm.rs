@@ -13,7 +13,7 @@
 use crate::format::Packed;
 use crate::isa::{Isa, isa};
 use crate::pack::for_each_kept;
-use crate::{Error, Result, check_len};
+use crate::{Error, Result, check_dims};
 
 /// Kept elements decoded per batch.
 const BATCH: usize = 512;
@@ -59,9 +59,9 @@ pub fn linear_grad_w(
     out: usize,
     gwt: &mut [f32],
 ) -> Result<()> {
-    check_len("linear grad_W: packed input (rows × in)", rows * inp, x.n)?;
-    check_len("linear grad_W: dY (rows × out)", rows * out, dy.len())?;
-    check_len("linear grad_W: grad_Wᵀ (in × out)", inp * out, gwt.len())?;
+    check_dims("linear grad_W: packed input (rows × in)", &[rows, inp], x.n)?;
+    check_dims("linear grad_W: dY (rows × out)", &[rows, out], dy.len())?;
+    check_dims("linear grad_W: grad_Wᵀ (in × out)", &[inp, out], gwt.len())?;
     if out == 0 {
         return Ok(());
     }
@@ -152,15 +152,23 @@ impl ConvGeom {
         if self.kh == 0 || self.kw == 0 {
             return bad("conv kernel size", 0);
         }
-        if self.h + 2 * self.pad.0 < self.kh {
+        // Padded sides, checked: sizes near usize::MAX must not wrap.
+        let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|pp| n.checked_add(pp));
+        let (Some(ph), Some(pw)) = (padded(self.h, self.pad.0), padded(self.w, self.pad.1)) else {
+            return bad(
+                "conv padding (the padded input size overflows)",
+                self.pad.0.max(self.pad.1),
+            );
+        };
+        if ph < self.kh {
             return bad("conv kernel height (exceeds padded input height)", self.kh);
         }
-        if self.w + 2 * self.pad.1 < self.kw {
+        if pw < self.kw {
             return bad("conv kernel width (exceeds padded input width)", self.kw);
         }
         Ok((
-            (self.h + 2 * self.pad.0 - self.kh) / self.stride.0 + 1,
-            (self.w + 2 * self.pad.1 - self.kw) / self.stride.1 + 1,
+            (ph - self.kh) / self.stride.0 + 1,
+            (pw - self.kw) / self.stride.1 + 1,
         ))
     }
 
@@ -199,15 +207,19 @@ fn taps(i: usize, pad: usize, s: usize, k: usize, out: usize, mut f: impl FnMut(
 /// `(a, b)` whose window covers it.
 pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
     let (ho, wo) = g.out_hw()?;
-    check_len("conv grad_W: packed input [n,h,w,cin]", g.input_len(), x.n)?;
-    check_len(
+    check_dims(
+        "conv grad_W: packed input [n,h,w,cin]",
+        &[g.n, g.h, g.w, g.cin],
+        x.n,
+    )?;
+    check_dims(
         "conv grad_W: dY [n,ho,wo,cout]",
-        g.n * ho * wo * g.cout,
+        &[g.n, ho, wo, g.cout],
         dy.len(),
     )?;
-    check_len(
+    check_dims(
         "conv grad_W: grad_W [kh,kw,cin,cout]",
-        g.weight_len(),
+        &[g.kh, g.kw, g.cin, g.cout],
         gw.len(),
     )?;
     if g.cout == 0 {
@@ -301,19 +313,19 @@ fn conv_apply_avx2(
 pub fn depthwise_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
     let (ho, wo) = crate::depthwise::out_hw(g)?;
     let c = g.cin;
-    check_len(
+    check_dims(
         "depthwise grad_W: packed input [n,h,w,c]",
-        g.input_len(),
+        &[g.n, g.h, g.w, c],
         x.n,
     )?;
-    check_len(
+    check_dims(
         "depthwise grad_W: dY [n,ho,wo,c]",
-        g.n * ho * wo * c,
+        &[g.n, ho, wo, c],
         dy.len(),
     )?;
-    check_len(
+    check_dims(
         "depthwise grad_W: grad_W [kh,kw,c]",
-        crate::depthwise::weight_len(g),
+        &[g.kh, g.kw, c],
         gw.len(),
     )?;
     if c == 0 {

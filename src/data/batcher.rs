@@ -1,5 +1,6 @@
 //! A seeded shuffling batcher: turns u8 images into normalized f32 batches in buffers it
-//! reuses, so that after the first batch it allocates nothing.
+//! reuses, so that after it is made it allocates nothing. It borrows its dataset, checked once,
+//! so it cannot be handed another one halfway.
 
 use std::vec::Vec;
 
@@ -7,11 +8,12 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
 use super::Dataset;
-use crate::error::{Result, config_err};
+use crate::error::{Result, config_err, try_reserve, try_vec};
 
 /// Yields `(images, labels)` batches of a dataset in a seeded random order, epoch after epoch.
 #[derive(Debug)]
-pub struct Batcher {
+pub struct Batcher<'d> {
+    data: &'d Dataset,
     order: Vec<u32>,
     pos: usize,
     batch: usize,
@@ -23,10 +25,25 @@ pub struct Batcher {
     epoch: usize,
 }
 
-impl Batcher {
+impl<'d> Batcher<'d> {
     /// Batches of up to `batch` samples; pixel `p` (0..=255) of channel `c` becomes
     /// `(p / 255 − mean[c]) / std[c]`. `mean` and `std` have one entry per channel (or one for all).
-    pub fn new(data: &Dataset, batch: usize, mean: &[f32], std: &[f32], seed: u64) -> Result<Self> {
+    /// An empty or inconsistent dataset ([`Dataset::check`]) is an error; the buffers hold at
+    /// most the whole dataset, whatever `batch` says, and are allocated here, fallibly.
+    pub fn new(
+        data: &'d Dataset,
+        batch: usize,
+        mean: &[f32],
+        std: &[f32],
+        seed: u64,
+    ) -> Result<Self> {
+        data.check()?;
+        if data.is_empty() {
+            return config_err("dataset", "has no samples");
+        }
+        if u32::try_from(data.len()).is_err() {
+            return config_err("dataset", "more than 2³² samples");
+        }
         let c = data.shape.c;
         if batch == 0 {
             return config_err("batch size", "must be at least 1");
@@ -48,15 +65,24 @@ impl Batcher {
         if mean.iter().any(|m| !m.is_finite()) {
             return config_err("normalization mean", "must be finite");
         }
+        // Capped at the dataset: the images of one batch are never more than all of them.
+        let batch = batch.min(data.len());
+        let mut order = try_vec(data.len(), 0u32)?;
+        order.iter_mut().zip(0u32..).for_each(|(o, i)| *o = i);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        // `check` made sure len × numel fits.
+        try_reserve(&mut x, batch * data.shape.numel())?;
+        try_reserve(&mut y, batch)?;
         let mut b = Batcher {
-            order: (0..data.len() as u32).collect(),
+            data,
+            order,
             pos: 0,
             batch,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             scale: std.iter().map(|s| 1.0 / (255.0 * s)).collect(),
             shift: mean.iter().zip(&std).map(|(m, s)| m / s).collect(),
-            x: Vec::with_capacity(batch * data.shape.numel()),
-            y: Vec::with_capacity(batch),
+            x,
+            y,
             epoch: 0,
         };
         b.shuffle();
@@ -82,7 +108,8 @@ impl Batcher {
     }
 
     /// The next batch; at the end of an epoch the order is reshuffled.
-    pub fn next_batch(&mut self, data: &Dataset) -> (&[f32], &[u32]) {
+    pub fn next_batch(&mut self) -> (&[f32], &[u32]) {
+        let data = self.data;
         if self.pos >= self.order.len() {
             self.pos = 0;
             self.epoch += 1;
@@ -114,9 +141,9 @@ impl Batcher {
         mut f: impl FnMut(&[f32], &[u32]) -> Result<()>,
     ) -> Result<()> {
         let mut b = Batcher::new(data, batch, mean, std, 0)?;
-        b.order = (0..data.len() as u32).collect();
+        b.order.iter_mut().zip(0u32..).for_each(|(o, i)| *o = i);
         for _ in 0..b.batches_per_epoch() {
-            let (x, y) = b.next_batch(data);
+            let (x, y) = b.next_batch();
             f(x, y)?;
         }
         Ok(())

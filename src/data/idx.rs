@@ -1,8 +1,11 @@
-//! IDX files (the MNIST format), raw or gzip-compressed.
+//! IDX files (the MNIST format), raw or gzip-compressed, read as a stream: the header is checked
+//! before any of the body is inflated or stored, and the body grows only as bytes arrive.
 
-use std::io::Read;
+use std::io::{self, BufRead, BufReader, Read};
 use std::string::String;
 use std::vec::Vec;
+
+use crate::error::{Error, Result};
 
 /// An IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,51 +19,86 @@ pub struct Idx {
 /// Largest IDX payload accepted (guards against a corrupt header asking for terabytes).
 const MAX_ELEMENTS: u64 = 1 << 34;
 
-/// Parses an IDX file of unsigned bytes (type 0x08); gzip input (magic 1f 8b) is inflated
-/// first. The payload must be exactly as long as the header says.
-pub fn read_idx(bytes: &[u8]) -> Result<Idx, String> {
-    let inflated;
-    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| std::format!("corrupt gzip stream: {e}"))?;
-        inflated = out;
-        &inflated[..]
+/// The body grows by at most this much ahead of the bytes actually read, so a small (or
+/// compressed) file that declares gigabytes costs no more memory than it holds.
+const GROW: usize = 1 << 20;
+
+/// Parses an IDX file of unsigned bytes (type 0x08); gzip input (magic 1f 8b) is inflated as it
+/// is read. The payload must be exactly as long as the header says. A format error is
+/// [`Error::Data`] (file `"IDX"`); memory the system refuses is [`Error::OutOfMemory`].
+pub fn read_idx(bytes: &[u8]) -> Result<Idx> {
+    read_idx_from(bytes, "IDX")
+}
+
+/// [`read_idx`] from a reader (a file, say): only the body is stored, once. `name` is the file
+/// named in errors.
+pub fn read_idx_from(r: impl Read, name: &str) -> Result<Idx> {
+    let mut r = BufReader::new(r);
+    let gzip = r
+        .fill_buf()
+        .map_err(|e| bad(name, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    let parsed = if gzip {
+        parse(flate2::bufread::MultiGzDecoder::new(r))
     } else {
-        bytes
+        parse(r)
     };
-    if raw.len() < 4 {
-        return Err(std::format!(
-            "{} bytes: too short for an IDX header",
-            raw.len()
-        ));
+    parsed.map_err(|e| match e {
+        Fault::Format(detail) => bad(name, detail),
+        Fault::Memory(bytes) => Error::OutOfMemory { bytes },
+    })
+}
+
+fn bad(name: &str, detail: impl core::fmt::Display) -> Error {
+    Error::Data {
+        file: name.into(),
+        detail: std::format!("{detail}"),
     }
-    if raw[0] != 0 || raw[1] != 0 {
-        return Err(std::format!(
-            "bad magic {:02x} {:02x}: not an IDX file",
-            raw[0],
-            raw[1]
-        ));
+}
+
+/// Why a stream is refused.
+enum Fault {
+    Format(String),
+    Memory(usize),
+}
+
+impl From<String> for Fault {
+    fn from(s: String) -> Self {
+        Fault::Format(s)
     }
-    if raw[2] != 0x08 {
+}
+
+fn io_fault(e: io::Error, at: &str) -> Fault {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => Fault::Format(std::format!("{at}: truncated")),
+        _ => Fault::Format(std::format!("{at}: {e}")),
+    }
+}
+
+fn parse(mut r: impl Read) -> core::result::Result<Idx, Fault> {
+    let mut head = [0u8; 4];
+    r.read_exact(&mut head)
+        .map_err(|e| io_fault(e, "IDX header (4 bytes)"))?;
+    if head[0] != 0 || head[1] != 0 {
+        return Err(
+            std::format!("bad magic {:02x} {:02x}: not an IDX file", head[0], head[1]).into(),
+        );
+    }
+    if head[2] != 0x08 {
         return Err(std::format!(
             "element type 0x{:02x}: only unsigned bytes (0x08) are read",
-            raw[2]
-        ));
+            head[2]
+        )
+        .into());
     }
-    let nd = raw[3] as usize;
+    let nd = head[3] as usize;
     if nd == 0 {
-        return Err("zero dimensions".into());
+        return Err(String::from("zero dimensions").into());
     }
-    let head = 4 + 4 * nd;
-    if raw.len() < head {
-        return Err(std::format!(
-            "header of {nd} dimensions truncated at {} bytes",
-            raw.len()
-        ));
-    }
-    let dims: Vec<usize> = raw[4..head]
+    let mut raw = [0u8; 4 * 255];
+    r.read_exact(&mut raw[..4 * nd])
+        .map_err(|e| io_fault(e, &std::format!("header of {nd} dimensions")))?;
+    let dims: Vec<usize> = raw[..4 * nd]
         .chunks_exact(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
@@ -69,20 +107,38 @@ pub fn read_idx(bytes: &[u8]) -> Result<Idx, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&l| l as u64 <= MAX_ELEMENTS)
         .ok_or_else(|| std::format!("dimensions {dims:?} are too large"))?;
-    let body = &raw[head..];
-    if body.len() != len {
-        return Err(std::format!(
-            "dimensions {dims:?} need {len} bytes of data, found {} ({})",
-            body.len(),
-            if body.len() < len {
-                "truncated"
-            } else {
-                "trailing bytes"
-            }
-        ));
+    let data = read_body(&mut r, len).map_err(|f| match f {
+        Fault::Format(_) => Fault::Format(std::format!(
+            "dimensions {dims:?} need {len} bytes of data: truncated"
+        )),
+        m => m,
+    })?;
+    let mut extra = [0u8; 1];
+    match r.read(&mut extra) {
+        Ok(0) => Ok(Idx { dims, data }),
+        Ok(_) => {
+            Err(std::format!("dimensions {dims:?} need {len} bytes of data: trailing bytes").into())
+        }
+        Err(e) => Err(io_fault(e, "after the data")),
     }
-    Ok(Idx {
-        dims,
-        data: body.to_vec(),
-    })
+}
+
+/// Exactly `len` bytes of `r`, stored as they arrive: the buffer never runs more than [`GROW`]
+/// ahead of the data.
+fn read_body(r: &mut impl Read, len: usize) -> core::result::Result<Vec<u8>, Fault> {
+    let mut data = Vec::new();
+    while data.len() < len {
+        let want = (len - data.len()).min(data.len().max(GROW));
+        data.try_reserve_exact(want)
+            .map_err(|_| Fault::Memory(data.len() + want))?;
+        let got = r
+            .by_ref()
+            .take(want as u64)
+            .read_to_end(&mut data)
+            .map_err(|e| io_fault(e, "data"))?;
+        if got < want {
+            return Err(Fault::Format(String::new()));
+        }
+    }
+    Ok(data)
 }

@@ -8,13 +8,13 @@ mod idx;
 
 pub use batcher::Batcher;
 pub use cifar::read_cifar10;
-pub use idx::{Idx, read_idx};
+pub use idx::{Idx, read_idx, read_idx_from};
 
 use std::path::Path;
-use std::string::{String, ToString};
+use std::string::ToString;
 use std::vec::Vec;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_reserve};
 use crate::shape::Shape;
 
 /// Images (u8, NHWC) with their labels.
@@ -41,10 +41,47 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// Checks that the fields agree: a non-empty image shape, `len() × shape.numel()` image
+    /// bytes, every label below `classes`. (The readers' datasets always pass; the batcher
+    /// checks a dataset built by hand before reading it.)
+    pub fn check(&self) -> Result<()> {
+        let per = self.shape.checked_numel().filter(|&p| p > 0);
+        let Some(bytes) = per.and_then(|p| p.checked_mul(self.len())) else {
+            return data_err(
+                "dataset",
+                std::format!("image shape {} is empty or too large", self.shape),
+            );
+        };
+        if self.images.len() != bytes {
+            return data_err(
+                "dataset",
+                std::format!(
+                    "{} labels of {} images need {bytes} image bytes, found {}",
+                    self.len(),
+                    self.shape,
+                    self.images.len()
+                ),
+            );
+        }
+        if let Some((i, &l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= self.classes)
+        {
+            return data_err(
+                "dataset",
+                std::format!("label {l} of sample {i} is not below {}", self.classes),
+            );
+        }
+        Ok(())
+    }
+
     /// The first `n` samples (all if fewer).
     pub fn take(mut self, n: usize) -> Self {
         let n = n.min(self.len());
-        self.images.truncate(n * self.shape.numel());
+        self.images
+            .truncate(n.saturating_mul(self.shape.checked_numel().unwrap_or(usize::MAX)));
         self.labels.truncate(n);
         self
     }
@@ -58,7 +95,20 @@ pub(crate) fn data_err<T>(file: &str, detail: impl core::fmt::Display) -> Result
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).or_else(|e| data_err(&path.display().to_string(), e))
+    let name = path.display().to_string();
+    let mut f = std::fs::File::open(path).or_else(|e| data_err(&name, e))?;
+    let mut bytes = Vec::new();
+    // The file's own length, reserved fallibly: a file larger than memory is an error.
+    let len = f.metadata().map_or(0, |m| m.len());
+    try_reserve(&mut bytes, usize::try_from(len).unwrap_or(usize::MAX))?;
+    std::io::Read::read_to_end(&mut f, &mut bytes).or_else(|e| data_err(&name, e))?;
+    Ok(bytes)
+}
+
+fn read_idx_file(path: &Path) -> Result<Idx> {
+    let name = path.display().to_string();
+    let f = std::fs::File::open(path).or_else(|e| data_err(&name, e))?;
+    read_idx_from(f, &name)
 }
 
 /// Fashion-MNIST from `dir` (the four standard files, gzip or raw, as Zalando and the Debian
@@ -81,8 +131,8 @@ pub fn fashion_mnist(dir: &Path) -> Result<(Dataset, Dataset)> {
 /// An IDX image file (`[n, h, w]` or `[n, h, w, c]`) and its IDX label file (`[n]`).
 pub fn idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dataset> {
     let (iname, lname) = (images.display().to_string(), labels.display().to_string());
-    let im = read_idx(&read_file(images)?).or_else(|e| data_err(&iname, e))?;
-    let lb = read_idx(&read_file(labels)?).or_else(|e| data_err(&lname, e))?;
+    let im = read_idx_file(images)?;
+    let lb = read_idx_file(labels)?;
     let shape = match im.dims[..] {
         [_, h, w] => Shape::new(h, w, 1),
         [_, h, w, c] => Shape::new(h, w, c),
@@ -116,9 +166,12 @@ pub fn idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dataset>
             std::format!("label {l} of sample {i} is not below {classes}"),
         );
     }
+    let mut labels = Vec::new();
+    try_reserve(&mut labels, lb.data.len())?;
+    labels.extend(lb.data.iter().map(|&l| l as u32));
     Ok(Dataset {
         images: im.data,
-        labels: lb.data.iter().map(|&l| l as u32).collect(),
+        labels,
         shape,
         classes,
     })
@@ -133,8 +186,15 @@ pub fn cifar10(files: &[&Path]) -> Result<Dataset> {
         classes: 10,
     };
     for f in files {
-        let d = read_cifar10(&read_file(f)?)
-            .or_else(|e: String| data_err(&f.display().to_string(), e))?;
+        let d = read_cifar10(&read_file(f)?).map_err(|e| match e {
+            Error::Data { detail, .. } => Error::Data {
+                file: f.display().to_string(),
+                detail,
+            },
+            e => e,
+        })?;
+        try_reserve(&mut all.images, d.images.len())?;
+        try_reserve(&mut all.labels, d.labels.len())?;
         all.images.extend_from_slice(&d.images);
         all.labels.extend_from_slice(&d.labels);
     }

@@ -53,9 +53,11 @@ impl Attention {
     /// the GEMM packing space.
     fn scratch_words(&self, n: usize, x: Shape, threads: usize) -> usize {
         let (t, hd) = (x.rows(), self.head_dim());
+        // Saturating: an absurd size becomes a plan too large to allocate, never a wrapped one.
         let qkv = if self.lean { 3 * t * self.dim } else { 0 };
         let pack = gemm_words(t, hd, t).max(gemm_words(t, t, hd));
-        max_groups(n, threads) * (words_for_f32(2 * t * t + qkv) + pack)
+        let scores = t.saturating_mul(2 * t).saturating_add(qkv);
+        max_groups(n, threads).saturating_mul(words_for_f32(scores).saturating_add(pack))
     }
 }
 
@@ -89,7 +91,7 @@ impl Op for Attention {
         needs.holds_input = !self.lean;
         needs
             .scratch(self.scratch_words(d.n, d.x, d.threads))
-            .torch(4 * e + 4 * rows * t)
+            .torch(rows.saturating_mul(t).saturating_add(e).saturating_mul(4))
     }
 
     fn set_lean(&mut self, lean: bool) {

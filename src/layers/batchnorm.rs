@@ -41,7 +41,7 @@ impl BatchNorm2d {
 
     /// Per worker two f64 sums per channel, and two more for the combined statistics.
     fn scratch_words(&self, n: usize, threads: usize) -> usize {
-        (max_groups(n, threads) + 1) * 2 * self.c
+        (max_groups(n, threads) + 1).saturating_mul(2 * self.c)
     }
 }
 

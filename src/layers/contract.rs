@@ -39,7 +39,7 @@ impl Elem {
     pub fn words(self, len: usize) -> usize {
         match self {
             Elem::F32 => words_for_f32(len),
-            Elem::Bf16 => words_for_bytes(2 * len),
+            Elem::Bf16 => words_for_bytes(len.saturating_mul(2)),
             Elem::Bit => mask_words(len),
             Elem::Byte => words_for_bytes(len),
         }
@@ -141,7 +141,9 @@ impl Needs {
 
     /// Words of the own saved context.
     pub fn saved_words(&self) -> usize {
-        self.saved.iter().map(Entry::words).sum()
+        self.saved
+            .iter()
+            .fold(0, |a, e| a.saturating_add(e.words()))
     }
 
     /// What a frozen layer needs: no context, no held or packed input.

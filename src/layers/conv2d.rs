@@ -85,7 +85,8 @@ impl Conv2d {
         let pack = gemm_words(r, kd, co)
             .max(gemm_words(kd, r, co))
             .max(gemm_words(r, co, kd));
-        words_for_f32(r * kd) + pack
+        // Saturating: an absurd size becomes a plan too large to allocate, never a wrapped one.
+        words_for_f32(r.saturating_mul(kd)).saturating_add(pack)
     }
 
     /// Splits a worker's scratch into the im2col matrix and the GEMMs' packing space.
@@ -118,7 +119,7 @@ impl Conv2d {
         } else {
             0
         };
-        t * (self.unit_words(y) + partial)
+        t.saturating_mul(self.unit_words(y).saturating_add(partial))
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.

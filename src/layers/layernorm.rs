@@ -35,7 +35,7 @@ impl LayerNorm {
 
     /// Per worker, f64 sums for dγ and dβ.
     fn scratch_words(&self, rows: usize, threads: usize) -> usize {
-        max_groups(rows, threads) * 2 * self.c
+        max_groups(rows, threads).saturating_mul(2 * self.c)
     }
 }
 

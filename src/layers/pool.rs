@@ -1,6 +1,5 @@
 //! Pooling, NHWC. Max-pooling saves one byte per output (which window element won).
 
-use core::cmp::Ordering::{Equal, Less};
 
 use super::par::{each, split};
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
@@ -33,18 +32,18 @@ pub struct AvgPool2d {
 pub struct GlobalAvgPool;
 
 fn pooled(name: &str, x: Shape, k: usize, s: usize, p: usize) -> Result<Shape> {
-    if k == 0 || s == 0 || p * 2 > k || x.h + 2 * p < k || x.w + 2 * p < k {
-        return shape_err(
+    // Padded sides, checked: a side or padding near usize::MAX must not wrap.
+    let padded = |n: usize| p.checked_mul(2).and_then(|pp| n.checked_add(pp));
+    match (padded(x.h), padded(x.w)) {
+        (Some(ph), Some(pw)) if k > 0 && s > 0 && p <= k / 2 && ph >= k && pw >= k => {
+            Ok(Shape::new((ph - k) / s + 1, (pw - k) / s + 1, x.c))
+        }
+        _ => shape_err(
             name,
             format_args!("a {k}×{k} window (stride {s}, padding {p}) that fits"),
             x,
-        );
+        ),
     }
-    Ok(Shape::new(
-        (x.h + 2 * p - k) / s + 1,
-        (x.w + 2 * p - k) / s + 1,
-        x.c,
-    ))
 }
 
 /// Calls `f(ih, iw, a, b)` for the in-bounds window taps of output `(oh, ow)`.
@@ -85,7 +84,7 @@ impl Op for MaxPool2d {
     const KIND: &'static str = "MaxPool2d";
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
-        if self.k * self.k > 256 {
+        if self.k.checked_mul(self.k).is_none_or(|w| w > 256) {
             return shape_err(
                 name,
                 "a window of at most 256 elements",
@@ -155,17 +154,20 @@ impl MaxPool2d {
         for oh in 0..ys.h {
             for ow in 0..ys.w {
                 let o = (oh * ys.w + ow) * c;
-                y[o..o + c].fill(f32::NEG_INFINITY);
-                (0..c).for_each(|ch| code(o, ch, 0));
+                // The first in-bounds tap wins unless a later one is greater (as PyTorch):
+                // a window of −∞ routes its gradient to a real pixel, never to the padding.
+                let mut first = true;
                 window(xs, self.k, self.stride, self.pad, oh, ow, |pix, a, b| {
                     let src = &x[pix * c..][..c];
                     for ch in 0..c {
-                        // Greater, or NaN: a NaN input is passed on, not hidden.
-                        if !matches!(src[ch].partial_cmp(&y[o + ch]), Some(Less | Equal)) {
+                        // Greater, or NaN (as PyTorch): a NaN input is passed on, and no later
+                        // value replaces it.
+                        if first || src[ch] > y[o + ch] || src[ch].is_nan() {
                             y[o + ch] = src[ch];
                             code(o, ch, (a * self.k + b) as u8);
                         }
                     }
+                    first = false;
                 });
             }
         }
@@ -200,9 +202,17 @@ impl MaxPool2d {
                                 code[o + ch] as usize / self.k,
                                 code[o + ch] as usize % self.k,
                             );
-                            let ih = oh * self.stride + a - self.pad;
-                            let iw = ow * self.stride + bb - self.pad;
-                            dx[(ih * xs.w + iw) * c + ch] += dy[o + ch];
+                            // Codes name in-bounds taps (forward starts every window at its
+                            // first one); a corrupt code is skipped, not followed off the image.
+                            let (Some(ih), Some(iw)) = (
+                                (oh * self.stride + a).checked_sub(self.pad),
+                                (ow * self.stride + bb).checked_sub(self.pad),
+                            ) else {
+                                continue;
+                            };
+                            if ih < xs.h && iw < xs.w {
+                                dx[(ih * xs.w + iw) * c + ch] += dy[o + ch];
+                            }
                         }
                     }
                 }
@@ -340,5 +350,83 @@ impl Op for GlobalAvgPool {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::contract::{Dims, Input, Saved, SavedMut};
+    use alloc::vec::Vec;
+
+    /// Max-pool forward and backward of one sample (`dy` all ones): `(y, dx)`.
+    fn run(p: &MaxPool2d, x: &[f32], xs: Shape) -> (Vec<f32>, Vec<f32>) {
+        let ys = p.out_shape("pool", xs).unwrap();
+        let needs = p.needs(&Dims {
+            n: 1,
+            x: xs,
+            y: ys,
+            threads: 1,
+        });
+        let mut ctx = alloc::vec![0u64; needs.saved_words()];
+        let mut y = alloc::vec![f32::NAN; ys.numel()];
+        p.forward(&mut Fwd {
+            n: 1,
+            x_shape: xs,
+            y_shape: ys,
+            mode: Mode::Train,
+            x: Input::Buf(x),
+            x2: None,
+            y: &mut y,
+            p: &[],
+            state: &mut [],
+            saved: SavedMut::split(&mut ctx, &needs.saved).unwrap(),
+            scratch: &mut [],
+            threads: 1,
+            seed: 0,
+            packed: None,
+        })
+        .unwrap();
+        let dy = alloc::vec![1.0f32; ys.numel()];
+        let mut dx = alloc::vec![f32::NAN; xs.numel()];
+        p.backward(&mut Bwd {
+            n: 1,
+            x_shape: xs,
+            y_shape: ys,
+            x: None,
+            dy: Input::Buf(&dy),
+            dx: Some(&mut dx),
+            dx2: None,
+            acc: false,
+            acc2: false,
+            p: &[],
+            g: &mut [],
+            saved: Saved::split(&ctx, &needs.saved).unwrap(),
+            scratch: &mut [],
+            threads: 1,
+            packed: None,
+        })
+        .unwrap();
+        (y, dx)
+    }
+
+    /// A padded window whose in-bounds values are all −∞ routes its gradient to its first
+    /// in-bounds pixel, as PyTorch does — not to a padding tap (which wrapped an index before).
+    #[test]
+    fn padded_windows_of_minus_infinity_route_to_the_first_pixel() {
+        let xs = Shape::new(4, 4, 1);
+        let mut x = alloc::vec![1.0f32; 16];
+        for i in [0, 1, 4, 5] {
+            x[i] = f32::NEG_INFINITY;
+        }
+        let (y, dx) = run(&MaxPool2d::new(3, 2, 1), &x, xs);
+        // Output (0, 0) sees pixels (0..2, 0..2): all −∞, the first is pixel 0.
+        assert_eq!(y[0], f32::NEG_INFINITY);
+        assert_eq!(dx[0], 1.0, "{dx:?}");
+        assert_eq!(dx.iter().sum::<f32>(), 4.0);
+        // A NaN wins its window and is passed on.
+        x[10] = f32::NAN;
+        let (y, _) = run(&MaxPool2d::new(3, 2, 1), &x, xs);
+        assert!(y[3].is_nan());
     }
 }

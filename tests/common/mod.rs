@@ -33,6 +33,7 @@ pub fn config(batch: usize) -> TrainerConfig {
         seed: 7,
         label_smoothing: 0.0,
         threads: 1,
+        clip_grad_norm: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! checkpoints and weights of the three small models of `dropit_fuzz` after two steps, a
 //! PyTorch-style weights file (no dropit metadata, no checksum) and a two-slot flash buffer.
 //!
-//! `cargo run --manifest-path tests/fuzz/Cargo.toml --example seeds`
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds`
 
 use std::path::Path;
 

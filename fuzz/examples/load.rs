@@ -1,7 +1,7 @@
 //! Triage: what the loaders make of each file given, without the fuzzer's sanitizers and
 //! limits (so a huge arena is really allocated: mind the machine's memory).
 //!
-//! `cargo run --release --manifest-path tests/fuzz/Cargo.toml --example load -- FILE...`
+//! `cargo run --release --manifest-path fuzz/Cargo.toml --example load -- FILE...`
 
 use std::time::Instant;
 

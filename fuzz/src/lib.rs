@@ -26,6 +26,7 @@ pub fn mlp() -> Trainer<'static> {
         seed: 1,
         label_smoothing: 0.1,
         threads: 1,
+        clip_grad_norm: None,
     };
     Trainer::new(model, cfg).unwrap()
 }
