@@ -45,7 +45,7 @@ export PROPTEST_CASES="${PROPTEST_CASES:-16}"
 xc=(--release --config "$config" --target "$target")
 if [ "$quick" = "--quick" ]; then
   cargo test "${xc[@]}" -p dropit-simd
-  cargo test "${xc[@]}" -p dropit --lib --test trainer --test data
+  cargo test "${xc[@]}" -p dropit --lib --test trainer --test data --test hardening --test untrusted_bytes
   echo "OK $target: kernel tests and the trainer's fast suites pass under qemu"
 else
   cargo test "${xc[@]}" --workspace --no-fail-fast
