@@ -95,14 +95,14 @@ proptest! {
         let mut x = vec![0f32; n];
         let valid = unpack(&p, &mut x).is_ok();
         let inp = 1 + geo[0] as usize % 6;
-        if n % inp == 0 {
+        if n.is_multiple_of(inp) {
             let (rows, out) = (n / inp, 2);
             let dy = vec![0.5f32; rows * out];
             let mut g = vec![0f32; inp * out];
             prop_assert_eq!(linear_grad_w(&p, rows, inp, &dy, out, &mut g).is_ok(), valid);
         }
         let (c, h) = (1 + geo[1] as usize % 3, 1 + geo[2] as usize % 5);
-        if n > 0 && n % (h * h * c) == 0 {
+        if n > 0 && n.is_multiple_of(h * h * c) {
             let g = ConvGeom { n: n / (h * h * c), h, w: h, cin: c, cout: c, kh: 1, kw: 1, stride: (1, 1), pad: (0, 0) };
             let dy = vec![0.5f32; n];
             let mut gw = vec![0f32; c * c];

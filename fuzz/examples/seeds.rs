@@ -24,7 +24,9 @@ fn batch(t: &Trainer<'_>, n: usize, seed: usize) -> (Vec<f32>, Vec<u32>) {
 
 /// Writes `bytes` as `corpus/<target>/seed-<name>`.
 fn seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
     println!("{target}/seed-{name}: {} bytes", bytes.len());
@@ -39,16 +41,28 @@ fn parser_seeds() {
     let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 2];
     idx.extend(0..12u8);
     for mode in [0u8, 1] {
-        seed("idx", &format!("images-{mode}"), &[&[mode][..], &idx].concat());
+        seed(
+            "idx",
+            &format!("images-{mode}"),
+            &[&[mode][..], &idx].concat(),
+        );
         let labels = [mode, 0, 0, 8, 1, 0, 0, 0, 4, 1, 9, 0, 3];
         seed("idx", &format!("labels-{mode}"), &labels);
     }
-    let record: Vec<u8> = std::iter::once(7).chain((0..3072).map(|i| (i % 251) as u8)).collect();
+    let record: Vec<u8> = std::iter::once(7)
+        .chain((0..3072).map(|i| (i % 251) as u8))
+        .collect();
     seed("cifar", "one-record", &record);
     let n = 96usize;
     let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 19) as f32 - 9.0).collect();
-    for (vi, values) in [ValueType::F32, ValueType::Bf16, ValueType::F16].into_iter().enumerate() {
-        for (pi, positions) in [PosForm::Bitmap, PosForm::Block16, PosForm::U32].into_iter().enumerate() {
+    for (vi, values) in [ValueType::F32, ValueType::Bf16, ValueType::F16]
+        .into_iter()
+        .enumerate()
+    {
+        for (pi, positions) in [PosForm::Bitmap, PosForm::Block16, PosForm::U32]
+            .into_iter()
+            .enumerate()
+        {
             let fmt = Format::new(values, positions);
             let k = kept_in_blocks(n, n, 0.25).unwrap();
             let mut words = vec![0u64; fmt.bytes(n, k).div_ceil(8)];
@@ -57,9 +71,24 @@ fn parser_seeds() {
             select_and_pack(&x, n, 0.25, &mut out).unwrap();
             // Format, n = 96, k, inp = 4 (byte 7 = 3), c = 2 and h = 4 (bytes 8, 9): a linear
             // of 24 × 4 and a 3×3 conv over [3, 4, 4, 2].
-            let head = [(vi + 3 * pi) as u8, n as u8, 0, 0, k as u8, 0, 0, 3, 1 + 3, 3];
+            let head = [
+                (vi + 3 * pi) as u8,
+                n as u8,
+                0,
+                0,
+                k as u8,
+                0,
+                0,
+                3,
+                1 + 3,
+                3,
+            ];
             let bytes = bytemuck::cast_slice::<u64, u8>(&words)[..fmt.bytes(n, k)].to_vec();
-            seed("packed", &format!("{values:?}-{positions:?}"), &[&head[..], &bytes].concat());
+            seed(
+                "packed",
+                &format!("{values:?}-{positions:?}"),
+                &[&head[..], &bytes].concat(),
+            );
         }
     }
 }

@@ -31,7 +31,12 @@ fuzz_target!(|data: &[u8]| {
     // The buffer as given (length checks), then padded or cut to the format's size.
     let mut words = vec![0u64; body.len().div_ceil(8)];
     bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..body.len()].copy_from_slice(body);
-    let _ = Packed::from_bytes(fmt, n, k, &bytemuck::cast_slice::<u64, u8>(&words)[..body.len()]);
+    let _ = Packed::from_bytes(
+        fmt,
+        n,
+        k,
+        &bytemuck::cast_slice::<u64, u8>(&words)[..body.len()],
+    );
     let need = fmt.bytes(n, k.min(n));
     words.resize(need.div_ceil(8), 0);
     let buf = &bytemuck::cast_slice::<u64, u8>(&words)[..need];
@@ -44,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Linear: rows × inp = n.
     let inp = 1 + head[7] as usize % 8;
-    if n % inp == 0 {
+    if n.is_multiple_of(inp) {
         let (rows, out) = (n / inp, 3);
         let dy: Vec<f32> = (0..rows * out).map(|i| (i % 5) as f32 - 2.0).collect();
         let mut gwt = vec![0f32; inp * out];
@@ -65,8 +70,12 @@ fuzz_target!(|data: &[u8]| {
 
     // Convolutions: [b, h, h, c] = n with a small kernel.
     let (c, h) = (1 + head[8] as usize % 3, 1 + head[9] as usize % 8);
-    if n > 0 && n % (h * h * c) == 0 {
-        let (kk, s, pad) = (1 + head[8] as usize / 3 % 3, 1 + head[9] as usize / 8 % 2, head[9] as usize / 16 % 2);
+    if n > 0 && n.is_multiple_of(h * h * c) {
+        let (kk, s, pad) = (
+            1 + head[8] as usize / 3 % 3,
+            1 + head[9] as usize / 8 % 2,
+            head[9] as usize / 16 % 2,
+        );
         let g = ConvGeom {
             n: n / (h * h * c),
             h,
@@ -79,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
             pad: (pad, pad),
         };
         if let Ok((ho, wo)) = g.out_hw() {
-            let dy: Vec<f32> = (0..g.n * ho * wo * c).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect();
+            let dy: Vec<f32> = (0..g.n * ho * wo * c)
+                .map(|i| (i % 7) as f32 * 0.5 - 1.5)
+                .collect();
             let mut gw = vec![0f32; kk * kk * c * c];
             let r = conv2d_grad_w(&p, &g, &dy, &mut gw);
             assert_eq!(r.is_ok(), valid, "conv: {r:?}");
