@@ -3,7 +3,7 @@
 //! Everything lives in 8-byte words so that every buffer starts 8-byte aligned; f32 tensors
 //! are views of whole words (a tensor of odd length has one unused float at its end).
 
-use alloc::vec::Vec;
+use crate::collections::msg;
 use core::ops::Range;
 
 use crate::error::{Error, Result};
@@ -26,13 +26,15 @@ pub(crate) const fn words_for_bytes(n: usize) -> usize {
 
 /// Where the arena lives.
 pub(crate) enum Storage<'a> {
-    Owned(Vec<u64>),
+    #[cfg(feature = "alloc")]
+    Owned(alloc::vec::Vec<u64>),
     Borrowed(&'a mut [u64]),
 }
 
 impl Storage<'_> {
     pub(crate) fn words(&mut self) -> &mut [u64] {
         match self {
+            #[cfg(feature = "alloc")]
             Storage::Owned(v) => v,
             Storage::Borrowed(s) => s,
         }
@@ -40,6 +42,7 @@ impl Storage<'_> {
 
     pub(crate) fn words_ref(&self) -> &[u64] {
         match self {
+            #[cfg(feature = "alloc")]
             Storage::Owned(v) => v,
             Storage::Borrowed(s) => s,
         }
@@ -85,8 +88,8 @@ pub(crate) fn carve<const N: usize>(
         }
         if r.start < base || r.end - base > rest.len() {
             return Err(Error::Config {
-                what: "arena".into(),
-                detail: alloc::format!("buffer {:?} overlaps another or lies outside the arena", r),
+                what: msg!("arena"),
+                detail: msg!("buffer {:?} overlaps another or lies outside the arena", r),
             });
         }
         let (_, tail) = core::mem::take(&mut rest).split_at_mut(r.start - base);

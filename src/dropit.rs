@@ -1,7 +1,6 @@
 //! The DropIT policy: which Linear/Conv layers keep a sparse copy of their input, and how.
 
-use alloc::string::String;
-use alloc::vec::Vec;
+use crate::collections::{self, List, MAX_NODES, MAX_OVERRIDES, Name, Push, msg};
 
 use dropit_simd::format::ValueType;
 
@@ -13,7 +12,7 @@ use crate::saved::{GradPath, InputSave, Positions, Scope, SparseSave};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerRef {
     /// The node's name (`layer2.0.conv1`).
-    Name(String),
+    Name(Name),
     /// The node's index in execution order.
     Index(usize),
 }
@@ -24,7 +23,7 @@ pub struct DropIt {
     /// γ for every Linear/Conv2d layer without an override; 0 keeps the layer dense.
     pub gamma: f32,
     /// Per-layer γ; an override also applies to an excluded layer.
-    pub overrides: Vec<(LayerRef, f32)>,
+    pub overrides: List<(LayerRef, f32), MAX_OVERRIDES>,
     /// Keep the first Linear/Conv2d layer dense (as the paper does).
     pub exclude_first: bool,
     /// Keep the last Linear/Conv2d layer (the head) dense (as the paper does).
@@ -48,7 +47,7 @@ impl DropIt {
     pub fn new(gamma: f32) -> Self {
         DropIt {
             gamma,
-            overrides: Vec::new(),
+            overrides: List::new(),
             exclude_first: true,
             exclude_head: true,
             scope: Scope::Tensor,
@@ -81,16 +80,23 @@ impl DropIt {
     }
 
     /// γ for one layer.
+    #[cfg(feature = "alloc")]
     pub fn with_override(mut self, layer: LayerRef, gamma: f32) -> Self {
         self.overrides.push((layer, gamma));
         self
+    }
+
+    /// γ for one layer; without `alloc`, more than [`MAX_OVERRIDES`] is an error.
+    pub fn try_with_override(mut self, layer: LayerRef, gamma: f32) -> Result<Self> {
+        self.overrides.push_or((layer, gamma), "DropIT overrides")?;
+        Ok(self)
     }
 
     fn check_gamma(what: &str, g: f32) -> Result<()> {
         if (0.0..1.0).contains(&g) {
             Ok(())
         } else {
-            config_err(what, alloc::format!("γ = {g} is not in [0, 1)"))
+            config_err(what, msg!("γ = {g} is not in [0, 1)"))
         }
     }
 
@@ -101,10 +107,12 @@ impl DropIt {
         if let Scope::Block(0) = self.scope {
             return config_err("DropIT scope", "a block of 0 elements");
         }
-        let weighted: Vec<usize> = (0..model.nodes.len())
-            .filter(|&i| model.nodes[i].layer.input_save().is_some())
-            .collect();
-        let mut gammas: Vec<Option<f32>> = model.nodes.iter().map(|_| None).collect();
+        let weighted: List<usize, MAX_NODES> = collections::collect(
+            (0..model.nodes.len()).filter(|&i| model.nodes[i].layer.input_save().is_some()),
+            "layers",
+        )?;
+        let mut gammas: List<Option<f32>, MAX_NODES> =
+            collections::filled(model.nodes.len(), None, "layers")?;
         for &i in &weighted {
             let excluded = (self.exclude_first && Some(&i) == weighted.first())
                 || (self.exclude_head && Some(&i) == weighted.last());
@@ -118,7 +126,7 @@ impl DropIt {
             let Some(i) = i.filter(|i| gammas[*i].is_some()) else {
                 return config_err(
                     "DropIT override",
-                    alloc::format!("{r:?} is not a Linear or Conv2d layer of the model"),
+                    msg!("{r:?} is not a Linear or Conv2d layer of the model"),
                 );
             };
             Self::check_gamma(&model.nodes[i].name, *g)?;

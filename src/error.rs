@@ -1,4 +1,4 @@
-use alloc::string::String;
+use crate::collections::{Message, msg};
 
 /// Everything the trainer can refuse, each naming what was wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -7,19 +7,19 @@ pub enum Error {
     #[error("{layer}: expected {expected}, given {given}")]
     Shape {
         /// The layer (or entry point) that refused it.
-        layer: String,
+        layer: Message,
         /// What it expected.
-        expected: String,
+        expected: Message,
         /// What it was given.
-        given: String,
+        given: Message,
     },
     /// A configuration that cannot work.
     #[error("{what}: {detail}")]
     Config {
         /// The setting.
-        what: String,
+        what: Message,
         /// Why it cannot work.
-        detail: String,
+        detail: Message,
     },
     /// A label outside `0..classes`.
     #[error("label {label} of sample {index} is not below the {classes} classes")]
@@ -57,17 +57,17 @@ pub enum Error {
     #[error("{file}: {detail}")]
     Data {
         /// The file.
-        file: String,
+        file: Message,
         /// What was wrong.
-        detail: String,
+        detail: Message,
     },
     /// A checkpoint that cannot be loaded (or saved) as it is: names the tensor or field.
     #[error("checkpoint {what}: {detail}")]
     Checkpoint {
         /// The tensor, metadata field or part of the file.
-        what: String,
+        what: Message,
         /// What was wrong.
-        detail: String,
+        detail: Message,
     },
     /// An allocation the operating system refused (or a size that does not fit in memory at
     /// all: `bytes` is then `usize::MAX`). Nothing was changed.
@@ -75,6 +75,15 @@ pub enum Error {
     OutOfMemory {
         /// Bytes asked for.
         bytes: usize,
+    },
+    /// A fixed-capacity collection of a build without `alloc` is full (see
+    /// [`crate::collections`]).
+    #[error("{what}: more than the {capacity} a build without alloc holds")]
+    Capacity {
+        /// What is counted.
+        what: &'static str,
+        /// The capacity.
+        capacity: usize,
     },
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
@@ -91,28 +100,30 @@ pub(crate) fn shape_err<T>(
     given: impl core::fmt::Display,
 ) -> Result<T> {
     Err(Error::Shape {
-        layer: layer.into(),
-        expected: alloc::format!("{expected}"),
-        given: alloc::format!("{given}"),
+        layer: msg!("{layer}"),
+        expected: msg!("{expected}"),
+        given: msg!("{given}"),
     })
 }
 
 /// `Err(Error::Config)`.
 pub(crate) fn config_err<T>(what: &str, detail: impl core::fmt::Display) -> Result<T> {
     Err(Error::Config {
-        what: what.into(),
-        detail: alloc::format!("{detail}"),
+        what: msg!("{what}"),
+        detail: msg!("{detail}"),
     })
 }
 
 /// `Err(Error::Checkpoint)`.
+#[cfg(feature = "alloc")]
 pub(crate) fn ckpt_err<T>(what: &str, detail: impl core::fmt::Display) -> Result<T> {
     Err(Error::Checkpoint {
-        what: what.into(),
-        detail: alloc::format!("{detail}"),
+        what: msg!("{what}"),
+        detail: msg!("{detail}"),
     })
 }
 
+#[cfg(feature = "alloc")]
 /// `Err(Error::OutOfMemory)` for `count` elements of `T` (`usize::MAX` bytes when the size
 /// itself overflows).
 pub(crate) fn oom<T, R>(count: usize) -> Result<R> {
@@ -121,6 +132,7 @@ pub(crate) fn oom<T, R>(count: usize) -> Result<R> {
     })
 }
 
+#[cfg(feature = "alloc")]
 /// A vector of `len` copies of `v`, or `Err(OutOfMemory)` instead of aborting.
 pub(crate) fn try_vec<T: Clone>(len: usize, v: T) -> Result<alloc::vec::Vec<T>> {
     let mut out = alloc::vec::Vec::new();
@@ -131,6 +143,7 @@ pub(crate) fn try_vec<T: Clone>(len: usize, v: T) -> Result<alloc::vec::Vec<T>> 
     Ok(out)
 }
 
+#[cfg(feature = "alloc")]
 /// Room for `extra` more elements in `v`, or `Err(OutOfMemory)` instead of aborting.
 pub(crate) fn try_reserve<T>(v: &mut alloc::vec::Vec<T>, extra: usize) -> Result<()> {
     v.try_reserve_exact(extra).or_else(|_| oom::<T, _>(extra))

@@ -20,13 +20,18 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+// Without a heap, errors carry their text inline (fixed capacity): larger than clippy's default.
+#![cfg_attr(not(feature = "alloc"), allow(clippy::result_large_err))]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
 mod arena;
+#[cfg(feature = "alloc")]
 pub mod checkpoint;
+pub mod collections;
 #[cfg(feature = "std")]
 pub mod data;
 mod dropit;

@@ -3,9 +3,8 @@
 //! A [`ModelBuilder`] adds layers one by one; each call returns the id of the tensor it produces,
 //! so residual connections are written as they are drawn. Shapes are checked as layers are added.
 
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec::Vec;
+use crate::collections::msg;
+use crate::collections::{List, MAX_NODES, MAX_TENSORS, Name, Push, name as layer_name};
 
 use crate::arena::MAX_TENSOR_ELEMS;
 use crate::error::{Result, config_err, shape_err};
@@ -28,6 +27,12 @@ fn checked_shape(name: &str, what: &str, s: Shape) -> Result<Shape> {
     }
 }
 
+/// Whether layer `name` is `prefix` or under it (`prefix.…`).
+fn is_under(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// A tensor of the model being built, by id: what each [`ModelBuilder`] call returns and takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TensorId(pub(crate) usize);
@@ -36,7 +41,7 @@ pub struct TensorId(pub(crate) usize);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// Name, dotted like PyTorch's module paths (`layer2.0.conv1`).
-    pub name: String,
+    pub name: Name,
     /// The layer.
     pub layer: Layer,
     /// Input tensors (the second only for [`Add`]).
@@ -48,8 +53,8 @@ pub struct Node {
 /// A model: nodes in execution order and the shape of every tensor (tensor 0 is the input).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
-    pub(crate) nodes: Vec<Node>,
-    pub(crate) shapes: Vec<Shape>,
+    pub(crate) nodes: List<Node, MAX_NODES>,
+    pub(crate) shapes: List<Shape, MAX_TENSORS>,
     pub(crate) logits: usize,
     pub(crate) classes: usize,
     pub(crate) frozen: usize,
@@ -58,16 +63,16 @@ pub struct Model {
 /// Builds a [`Model`] layer by layer.
 #[derive(Debug, Clone)]
 pub struct ModelBuilder {
-    nodes: Vec<Node>,
-    shapes: Vec<Shape>,
+    nodes: List<Node, MAX_NODES>,
+    shapes: List<Shape, MAX_TENSORS>,
 }
 
 impl ModelBuilder {
     /// A model whose samples have shape `input`.
     pub fn new(input: Shape) -> Self {
         ModelBuilder {
-            nodes: Vec::new(),
-            shapes: alloc::vec![input],
+            nodes: List::new(),
+            shapes: core::iter::once(input).collect(),
         }
     }
 
@@ -85,7 +90,7 @@ impl ModelBuilder {
     fn check(&self, name: &str, t: TensorId) -> Result<Shape> {
         match self.shapes.get(t.0) {
             Some(&s) => checked_shape(name, "input", s),
-            None => config_err(name, format!("tensor {} does not exist", t.0)),
+            None => config_err(name, msg!("tensor {} does not exist", t.0)),
         }
     }
 
@@ -122,13 +127,18 @@ impl ModelBuilder {
             return config_err(name, "parameters too many to address");
         }
         let out = self.shapes.len();
-        self.shapes.push(ys);
-        self.nodes.push(Node {
-            name: name.to_string(),
+        let node = Node {
+            name: layer_name(name)?,
             layer,
             inputs,
             output: out,
-        });
+        };
+        // Nodes first: both lists have room for one more, or neither changes.
+        self.nodes.push_or(node, "layers")?;
+        if let Err(e) = self.shapes.push_or(ys, "tensors") {
+            self.nodes.pop();
+            return Err(e);
+        }
         Ok(TensorId(out))
     }
 
@@ -250,9 +260,9 @@ impl ModelBuilder {
     /// `{name}.proj` Linear(D, D).
     pub fn attention(&mut self, name: &str, x: TensorId, heads: usize) -> Result<TensorId> {
         let d = self.check_heads(name, x, heads)?;
-        let qkv = self.linear(&format!("{name}.qkv"), x, 3 * d)?;
-        let a = self.layer(&format!("{name}.sdpa"), Attention::new(d, heads), qkv)?;
-        self.linear(&format!("{name}.proj"), a, d)
+        let qkv = self.linear(&msg!("{name}.qkv"), x, 3 * d)?;
+        let a = self.layer(&msg!("{name}.sdpa"), Attention::new(d, heads), qkv)?;
+        self.linear(&msg!("{name}.proj"), a, d)
     }
 
     /// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))` with
@@ -270,20 +280,20 @@ impl ModelBuilder {
         if mlp == 0 || !(0.0..1.0).contains(&drop) {
             return config_err(
                 name,
-                format!("MLP width {mlp} must be ≥ 1 and dropout {drop} in [0, 1)"),
+                msg!("MLP width {mlp} must be ≥ 1 and dropout {drop} in [0, 1)"),
             );
         }
-        let h = self.layernorm(&format!("{name}.norm1"), x)?;
-        let h = self.attention(&format!("{name}.attn"), h, heads)?;
-        let h = self.maybe_dropout(&format!("{name}.attn.drop"), h, drop)?;
-        let x = self.add(&format!("{name}.add1"), x, h)?;
-        let h = self.layernorm(&format!("{name}.norm2"), x)?;
-        let h = self.linear(&format!("{name}.mlp.fc1"), h, mlp)?;
-        let h = self.gelu(&format!("{name}.mlp.act"), h)?;
-        let h = self.maybe_dropout(&format!("{name}.mlp.drop1"), h, drop)?;
-        let h = self.linear(&format!("{name}.mlp.fc2"), h, d)?;
-        let h = self.maybe_dropout(&format!("{name}.mlp.drop2"), h, drop)?;
-        self.add(&format!("{name}.add2"), x, h)
+        let h = self.layernorm(&msg!("{name}.norm1"), x)?;
+        let h = self.attention(&msg!("{name}.attn"), h, heads)?;
+        let h = self.maybe_dropout(&msg!("{name}.attn.drop"), h, drop)?;
+        let x = self.add(&msg!("{name}.add1"), x, h)?;
+        let h = self.layernorm(&msg!("{name}.norm2"), x)?;
+        let h = self.linear(&msg!("{name}.mlp.fc1"), h, mlp)?;
+        let h = self.gelu(&msg!("{name}.mlp.act"), h)?;
+        let h = self.maybe_dropout(&msg!("{name}.mlp.drop1"), h, drop)?;
+        let h = self.linear(&msg!("{name}.mlp.fc2"), h, d)?;
+        let h = self.maybe_dropout(&msg!("{name}.mlp.drop2"), h, drop)?;
+        self.add(&msg!("{name}.add2"), x, h)
     }
 
     /// The width of `x`, once it is known to split into `heads` heads (checked before any layer
@@ -317,19 +327,19 @@ impl ModelBuilder {
         stride: usize,
     ) -> Result<TensorId> {
         let cin = self.check(name, x)?.c;
-        let y = self.conv2d(&format!("{name}.conv1"), x, cout, 3, stride, 1)?;
-        let y = self.batchnorm2d(&format!("{name}.bn1"), y)?;
-        let y = self.relu(&format!("{name}.relu1"), y)?;
-        let y = self.conv2d(&format!("{name}.conv2"), y, cout, 3, 1, 1)?;
-        let y = self.batchnorm2d(&format!("{name}.bn2"), y)?;
+        let y = self.conv2d(&msg!("{name}.conv1"), x, cout, 3, stride, 1)?;
+        let y = self.batchnorm2d(&msg!("{name}.bn1"), y)?;
+        let y = self.relu(&msg!("{name}.relu1"), y)?;
+        let y = self.conv2d(&msg!("{name}.conv2"), y, cout, 3, 1, 1)?;
+        let y = self.batchnorm2d(&msg!("{name}.bn2"), y)?;
         let short = if stride != 1 || cin != cout {
-            let s = self.conv2d(&format!("{name}.downsample.0"), x, cout, 1, stride, 0)?;
-            self.batchnorm2d(&format!("{name}.downsample.1"), s)?
+            let s = self.conv2d(&msg!("{name}.downsample.0"), x, cout, 1, stride, 0)?;
+            self.batchnorm2d(&msg!("{name}.downsample.1"), s)?
         } else {
             x
         };
-        let y = self.add(&format!("{name}.add"), y, short)?;
-        self.relu(&format!("{name}.relu2"), y)
+        let y = self.add(&msg!("{name}.add"), y, short)?;
+        self.relu(&msg!("{name}.relu2"), y)
     }
 
     /// `ReLU6`.
@@ -367,24 +377,24 @@ impl ModelBuilder {
         if expand == 0 || stride == 0 || cout == 0 {
             return config_err(
                 name,
-                format!("expansion {expand}, stride {stride} and width {cout} must be ≥ 1"),
+                msg!("expansion {expand}, stride {stride} and width {cout} must be ≥ 1"),
             );
         }
         let mut h = x;
         let mut at = 0;
         if expand != 1 {
-            h = self.conv2d(&format!("{name}.conv.0.0"), h, cin * expand, 1, 1, 0)?;
-            h = self.batchnorm2d(&format!("{name}.conv.0.1"), h)?;
-            h = self.relu6(&format!("{name}.conv.0.2"), h)?;
+            h = self.conv2d(&msg!("{name}.conv.0.0"), h, cin * expand, 1, 1, 0)?;
+            h = self.batchnorm2d(&msg!("{name}.conv.0.1"), h)?;
+            h = self.relu6(&msg!("{name}.conv.0.2"), h)?;
             at = 1;
         }
-        h = self.depthwise_conv2d(&format!("{name}.conv.{at}.0"), h, 3, stride, 1)?;
-        h = self.batchnorm2d(&format!("{name}.conv.{at}.1"), h)?;
-        h = self.relu6(&format!("{name}.conv.{at}.2"), h)?;
-        h = self.conv2d(&format!("{name}.conv.{}", at + 1), h, cout, 1, 1, 0)?;
-        h = self.batchnorm2d(&format!("{name}.conv.{}", at + 2), h)?;
+        h = self.depthwise_conv2d(&msg!("{name}.conv.{at}.0"), h, 3, stride, 1)?;
+        h = self.batchnorm2d(&msg!("{name}.conv.{at}.1"), h)?;
+        h = self.relu6(&msg!("{name}.conv.{at}.2"), h)?;
+        h = self.conv2d(&msg!("{name}.conv.{}", at + 1), h, cout, 1, 1, 0)?;
+        h = self.batchnorm2d(&msg!("{name}.conv.{}", at + 2), h)?;
         if stride == 1 && cin == cout {
-            h = self.add(&format!("{name}.add"), x, h)?;
+            h = self.add(&msg!("{name}.add"), x, h)?;
         }
         Ok(h)
     }
@@ -469,7 +479,7 @@ impl Model {
         let x = b.patch_embed("patch_embed.proj", b.input(), c.dim, c.patch)?;
         let mut x = b.pos_embed("pos_embed", x)?;
         for i in 0..c.depth {
-            x = b.transformer_block(&format!("blocks.{i}"), x, c.heads, c.mlp, c.dropout)?;
+            x = b.transformer_block(&msg!("blocks.{i}"), x, c.heads, c.mlp, c.dropout)?;
         }
         let x = b.select_token("cls", x, 0)?;
         let x = b.layernorm("norm", x)?;
@@ -487,7 +497,7 @@ impl Model {
         let x = b.batchnorm2d("features.0.1", x)?;
         let mut x = b.relu6("features.0.2", x)?;
         for (i, (width, stride)) in [(16, 1), (24, 2), (32, 1), (48, 2)].into_iter().enumerate() {
-            x = b.inverted_residual(&format!("features.{}", i + 1), x, width, stride, 4)?;
+            x = b.inverted_residual(&msg!("features.{}", i + 1), x, width, stride, 4)?;
         }
         let x = b.global_avgpool("avgpool", x)?;
         let x = b.linear("classifier", x, 10)?;
@@ -526,7 +536,7 @@ impl Model {
         if nodes >= self.nodes.len() {
             return config_err(
                 "freeze",
-                format!(
+                msg!(
                     "{nodes} of {} nodes leaves nothing to train",
                     self.nodes.len()
                 ),
@@ -541,10 +551,9 @@ impl Model {
     /// As with [`Model::freeze`], frozen nodes run forward only, keep nothing for backward and
     /// have no gradients or optimizer state.
     pub fn freeze_until(self, name: &str) -> Result<Model> {
-        let under = |n: &Node| n.name == name || n.name.starts_with(&format!("{name}."));
-        match self.nodes.iter().rposition(under) {
+        match self.nodes.iter().rposition(|n| is_under(&n.name, name)) {
             Some(last) => self.freeze(last + 1),
-            None => config_err("freeze", format!("no layer is named {name:?} or under it")),
+            None => config_err("freeze", msg!("no layer is named {name:?} or under it")),
         }
     }
 
@@ -552,23 +561,19 @@ impl Model {
     /// it and everything under it). They must be the leading run of the execution order —
     /// what the planner can freeze — and an error names the first layer that breaks the run.
     pub fn freeze_layers(self, names: &[&str]) -> Result<Model> {
-        let hit = |n: &Node| {
-            names
-                .iter()
-                .any(|p| n.name == *p || n.name.starts_with(&format!("{p}.")))
-        };
+        let hit = |n: &Node| names.iter().any(|p| is_under(&n.name, p));
         let count = self.nodes.iter().filter(|n| hit(n)).count();
         if let Some(gap) = self.nodes[..count].iter().find(|n| !hit(n)) {
             return config_err(
                 "freeze",
-                format!(
+                msg!(
                     "frozen layers must lead the model; {} runs before a frozen layer but is not frozen",
                     gap.name
                 ),
             );
         }
         if count == 0 {
-            return config_err("freeze", format!("none of {names:?} names a layer"));
+            return config_err("freeze", msg!("none of {names:?} names a layer"));
         }
         self.freeze(count)
     }

@@ -15,8 +15,7 @@
 //! in named steps: declarations, readers and liveness, parameters, the activation pool, the
 //! saved region (held tensors, contexts, shared packed copies), and the layout of the regions.
 
-use alloc::vec;
-use alloc::vec::Vec;
+use crate::collections::{List, MAX_NODES, MAX_TENSORS, Push, msg};
 use core::ops::Range;
 
 use crate::arena::{MAX_TENSOR_ELEMS, words_for_bytes, words_for_f32};
@@ -25,6 +24,20 @@ use crate::layers::Needs;
 use crate::model::{Model, Node};
 use crate::saved::SparseSave;
 use dropit_simd::format::Format;
+
+/// A list with one entry per node.
+pub(crate) type PerNode<T> = List<T, MAX_NODES>;
+/// A list with one entry per tensor.
+pub(crate) type PerTensor<T> = List<T, MAX_TENSORS>;
+/// The activation pool's buffers: at most a forward buffer and a gradient per tensor.
+const MAX_BUFS: usize = 2 * MAX_TENSORS;
+type PerBuf<T> = List<T, MAX_BUFS>;
+
+/// `n` copies of `v` (the lists are sized for every tensor and node a model may have, so this
+/// cannot run out of capacity).
+fn repeat<T: Clone, L: FromIterator<T>>(v: T, n: usize) -> L {
+    core::iter::repeat_n(v, n).collect()
+}
 
 /// Where everything lives, in words from the start of the arena.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,25 +49,25 @@ pub(crate) struct Plan {
     /// state cover the parameters from here on.
     pub train_start: usize,
     /// Per node: its parameters as a float range inside the parameter region.
-    pub params: Vec<Range<usize>>,
+    pub params: PerNode<Range<usize>>,
     /// Per node: its running statistics as a float range inside the state region.
-    pub state: Vec<Range<usize>>,
+    pub state: PerNode<Range<usize>>,
     /// Workers the plan is made for.
     pub threads: usize,
     /// Per tensor: its buffer (sized for the planned batch).
-    pub tensors: Vec<Range<usize>>,
+    pub tensors: PerTensor<Range<usize>>,
     /// Per tensor: its gradient's buffer (empty for the model input).
-    pub grads: Vec<Range<usize>>,
+    pub grads: PerTensor<Range<usize>>,
     /// Per node and input: accumulate into the input's gradient (another reader wrote it first).
-    pub acc: Vec<[bool; 2]>,
+    pub acc: PerNode<[bool; 2]>,
     /// Per node: forward writes its output over its first input.
-    pub inplace: Vec<bool>,
+    pub inplace: PerNode<bool>,
     /// Per node: backward writes its first input's gradient over its output's.
-    pub inplace_bwd: Vec<bool>,
+    pub inplace_bwd: PerNode<bool>,
     /// Per node: its own saved context (its declared entries, in order).
-    pub ctx: Vec<Range<usize>>,
+    pub ctx: PerNode<Range<usize>>,
     /// Per node: its DropIT-packed input, if it keeps one.
-    pub packed: Vec<Option<PackedInput>>,
+    pub packed: PerNode<Option<PackedInput>>,
     pub regions: Regions,
     pub total_words: usize,
 }
@@ -86,14 +99,14 @@ pub(crate) struct Regions {
 #[derive(Default)]
 struct Pool {
     /// (words, first step, last step).
-    bufs: Vec<(usize, usize, usize)>,
+    bufs: PerBuf<(usize, usize, usize)>,
 }
 
 impl Pool {
     /// A new buffer of `words`, first used at step `at`.
-    fn alloc(&mut self, words: usize, at: usize) -> usize {
-        self.bufs.push((words, at, at));
-        self.bufs.len() - 1
+    fn alloc(&mut self, words: usize, at: usize) -> Result<usize> {
+        self.bufs.push_or((words, at, at), "activation buffers")?;
+        Ok(self.bufs.len() - 1)
     }
 
     /// Buffer `b` is used at step `at`.
@@ -107,20 +120,21 @@ impl Pool {
     /// ("greedy by size": a tensor that outlives its neighbours cannot strand a hole below
     /// it, as it can when buffers are handed out in time order). Returns each buffer's range
     /// and the pool's size.
-    fn place(&self) -> (Vec<Range<usize>>, usize) {
-        let mut order: Vec<usize> = (0..self.bufs.len()).collect();
-        order.sort_by_key(|&b| (core::cmp::Reverse(self.bufs[b].0), self.bufs[b].1));
-        let mut at: Vec<Option<Range<usize>>> = vec![None; self.bufs.len()];
+    fn place(&self) -> (PerBuf<Range<usize>>, usize) {
+        let mut order: PerBuf<usize> = (0..self.bufs.len()).collect();
+        // Unstable sort (no allocation) with the index last: the same order as a stable sort.
+        order.sort_unstable_by_key(|&b| (core::cmp::Reverse(self.bufs[b].0), self.bufs[b].1, b));
+        let mut at: PerBuf<Option<Range<usize>>> = repeat(None, self.bufs.len());
         let mut top = 0;
         for b in order {
             let (words, first, last) = self.bufs[b];
-            let mut busy: Vec<Range<usize>> = (0..self.bufs.len())
+            let mut busy: PerBuf<Range<usize>> = (0..self.bufs.len())
                 .filter_map(|o| {
                     let (_, f, l) = self.bufs[o];
                     at[o].clone().filter(|_| f <= last && first <= l)
                 })
                 .collect();
-            busy.sort_by_key(|r| r.start);
+            busy.sort_unstable_by_key(|r| (r.start, r.end));
             let mut start = 0usize;
             for r in &busy {
                 if r.start >= start.saturating_add(words) {
@@ -183,7 +197,7 @@ fn reads_once(n: &Node, t: usize) -> bool {
 /// Step 1: every node's declaration for the planned batch; frozen nodes keep nothing. (Not
 /// kept in the plan: the trainer asks each layer again for the batch at hand, and the memory
 /// report asks again too.)
-pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> Vec<Needs> {
+pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> PerNode<Needs> {
     model
         .nodes
         .iter()
@@ -204,19 +218,19 @@ pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> Vec<Needs>
 /// (held in the saved region, once however many read them).
 struct Readers {
     /// Per tensor: the node that makes it (`None`: the model input).
-    producer: Vec<Option<usize>>,
+    producer: PerTensor<Option<usize>>,
     /// Per tensor: its last reader (the loss, after every node, for the logits).
-    last_use: Vec<usize>,
+    last_use: PerTensor<usize>,
     /// Per tensor: held for backward.
-    held: Vec<bool>,
+    held: PerTensor<bool>,
 }
 
 impl Readers {
     fn of(model: &Model, needs: &[Needs]) -> Result<Self> {
         let nt = model.shapes.len();
-        let mut producer = vec![None; nt];
-        let mut last_use = vec![None; nt];
-        let mut held = vec![false; nt];
+        let mut producer: PerTensor<Option<usize>> = repeat(None, nt);
+        let mut last_use: PerTensor<Option<usize>> = repeat(None, nt);
+        let mut held: PerTensor<bool> = repeat(false, nt);
         for (i, n) in model.nodes.iter().enumerate() {
             producer[n.output] = Some(i);
             for &t in reads(n) {
@@ -227,10 +241,7 @@ impl Readers {
         last_use[model.logits] = Some(model.nodes.len());
         if let Some(t) = (0..nt).find(|&t| last_use[t].is_none()) {
             let by = producer[t].map_or("the model input", |i| model.nodes[i].name.as_str());
-            return config_err(
-                "model",
-                alloc::format!("tensor {t} (output of {by}) is never used"),
-            );
+            return config_err("model", msg!("tensor {t} (output of {by}) is never used"));
         }
         if held[model.logits] {
             return config_err(
@@ -255,7 +266,7 @@ impl Readers {
 }
 
 /// Step 3: parameters and running statistics, node by node, as float ranges.
-fn lay_params(model: &Model) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
+fn lay_params(model: &Model) -> (PerNode<Range<usize>>, PerNode<Range<usize>>) {
     let (mut pf, mut sf) = (0usize, 0usize);
     model
         .nodes
@@ -274,26 +285,26 @@ fn lay_params(model: &Model) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
 struct Activations {
     pool: Pool,
     /// Per tensor: its forward buffer (unheld tensors).
-    act: Vec<usize>,
+    act: PerTensor<usize>,
     /// Per tensor: its gradient's buffer.
-    grad: Vec<Option<usize>>,
-    inplace: Vec<bool>,
-    inplace_bwd: Vec<bool>,
-    acc: Vec<[bool; 2]>,
+    grad: PerTensor<Option<usize>>,
+    inplace: PerNode<bool>,
+    inplace_bwd: PerNode<bool>,
+    acc: PerNode<[bool; 2]>,
 }
 
 impl Activations {
-    fn plan(model: &Model, batch: usize, needs: &[Needs], r: &Readers) -> Self {
+    fn plan(model: &Model, batch: usize, needs: &[Needs], r: &Readers) -> Result<Self> {
         let (nodes, frozen) = (&model.nodes, model.frozen);
         let nt = model.shapes.len();
         let size = |t: usize| words_for_f32(batch * model.shapes[t].numel());
         let mut pool = Pool::default();
-        let mut act = vec![usize::MAX; nt];
-        let mut inplace = vec![false; nodes.len()];
+        let mut act: PerTensor<usize> = repeat(usize::MAX, nt);
+        let mut inplace: PerNode<bool> = repeat(false, nodes.len());
         // Forward: ReLU, BN, Add, GELU, dropout and equal-size convs write over an input that
         // dies with them.
         for t in (0..nt).filter(|&t| r.producer[t].is_none() && !r.held[t]) {
-            act[t] = pool.alloc(size(t), 0);
+            act[t] = pool.alloc(size(t), 0)?;
         }
         for (i, n) in nodes.iter().enumerate() {
             let t0 = n.inputs[0];
@@ -307,7 +318,7 @@ impl Activations {
             if inplace[i] {
                 act[n.output] = act[t0];
             } else if !r.held[n.output] {
-                act[n.output] = pool.alloc(size(n.output), i);
+                act[n.output] = pool.alloc(size(n.output), i)?;
             }
             for &t in reads(n).iter().filter(|&&t| !r.held[t]) {
                 pool.touch(act[t], i);
@@ -319,10 +330,10 @@ impl Activations {
         let steps = nodes.len();
         let back = |i: usize| 2 * steps - i;
         pool.touch(act[model.logits], steps);
-        let mut grad: Vec<Option<usize>> = vec![None; nt];
+        let mut grad: PerTensor<Option<usize>> = repeat(None, nt);
         grad[model.logits] = Some(act[model.logits]);
-        let mut acc = vec![[false; 2]; nodes.len()];
-        let mut inplace_bwd = vec![false; nodes.len()];
+        let mut acc: PerNode<[bool; 2]> = repeat([false; 2], nodes.len());
+        let mut inplace_bwd: PerNode<bool> = repeat(false, nodes.len());
         for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
             let dy = grad[n.output];
             if let Some(dy) = dy {
@@ -342,7 +353,7 @@ impl Activations {
                     continue;
                 }
                 match grad[t] {
-                    None => grad[t] = Some(pool.alloc(size(t), back(i))),
+                    None => grad[t] = Some(pool.alloc(size(t), back(i))?),
                     Some(g) => {
                         acc[i][j] = true;
                         pool.touch(g, back(i));
@@ -350,22 +361,22 @@ impl Activations {
                 }
             }
         }
-        Activations {
+        Ok(Activations {
             pool,
             act,
             grad,
             inplace,
             inplace_bwd,
             acc,
-        }
+        })
     }
 }
 
 /// The saved region's layout: held tensors' ranges, each node's context, packed inputs.
 type Saved = (
-    Vec<Range<usize>>,
-    Vec<Range<usize>>,
-    Vec<Option<PackedInput>>,
+    PerTensor<Range<usize>>,
+    PerNode<Range<usize>>,
+    PerNode<Option<PackedInput>>,
 );
 
 /// Step 5, the saved region: held tensors, each node's own context, and the DropIT-packed
@@ -379,16 +390,16 @@ fn lay_saved(
     cur: &mut usize,
 ) -> Result<Saved> {
     let numel = |t: usize| batch * model.shapes[t].numel();
-    let mut tensors = vec![0..0; model.shapes.len()];
+    let mut tensors: PerTensor<Range<usize>> = repeat(0..0, model.shapes.len());
     for t in (0..model.shapes.len()).filter(|&t| held[t]) {
         tensors[t] = take(cur, words_for_f32(numel(t)))?;
     }
     let ctx = needs
         .iter()
         .map(|n| take(cur, n.saved_words()))
-        .collect::<Result<Vec<_>>>()?;
-    let mut packed: Vec<Option<PackedInput>> = vec![None; model.nodes.len()];
-    let mut owners: Vec<(usize, SparseSave, PackedInput)> = Vec::new();
+        .collect::<Result<PerNode<_>>>()?;
+    let mut packed: PerNode<Option<PackedInput>> = repeat(None, model.nodes.len());
+    let mut owners: PerNode<(usize, SparseSave, PackedInput)> = List::new();
     for (i, n) in model.nodes.iter().enumerate() {
         let Some(sp) = &needs[i].packed else {
             continue;
@@ -405,7 +416,7 @@ fn lay_saved(
         if sp.kept(batch, one) == 0 {
             return config_err(
                 &n.name,
-                alloc::format!(
+                msg!(
                     "DropIT keeps {} of {} elements: none, so its weight gradient would be zero",
                     sp.keep,
                     batch * one
@@ -418,7 +429,7 @@ fn lay_saved(
             packs: true,
         };
         packed[i] = Some(p.clone());
-        owners.push((t, *sp, p));
+        owners.push_or((t, *sp, p), "packed inputs")?;
     }
     Ok((tensors, ctx, packed))
 }
@@ -433,7 +444,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     let needs = declare(model, batch, threads);
     let readers = Readers::of(model, &needs)?;
     let (params, state) = lay_params(model);
-    let acts = Activations::plan(model, batch, &needs, &readers);
+    let acts = Activations::plan(model, batch, &needs, &readers)?;
     let (placed, pool_words) = acts.pool.place();
     let scratch_words = needs.iter().map(|n| n.scratch).max().unwrap_or(0);
 

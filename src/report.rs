@@ -1,7 +1,6 @@
 //! The memory report: what every layer keeps for backward, and the plan's totals by category.
 
-use alloc::string::String;
-use alloc::vec::Vec;
+use crate::collections::{List, MAX_NODES, Message, Name, msg};
 use core::fmt;
 
 use crate::model::Model;
@@ -12,7 +11,7 @@ use crate::shape::Shape;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerMemory {
     /// Layer name.
-    pub name: String,
+    pub name: Name,
     /// Layer kind.
     pub kind: &'static str,
     /// Frozen: runs forward only, no gradients or optimizer state.
@@ -20,7 +19,7 @@ pub struct LayerMemory {
     /// Output shape of one sample.
     pub output: Shape,
     /// What is saved for backward.
-    pub saved: String,
+    pub saved: Message,
     /// Bytes saved for backward (a held input is counted at its first reader).
     pub saved_bytes: usize,
     /// Bytes PyTorch's autograd keeps for the same module, as dense f32 (its declaration).
@@ -33,7 +32,7 @@ pub struct MemoryReport {
     /// Planned batch.
     pub batch: usize,
     /// Per layer.
-    pub layers: Vec<LayerMemory>,
+    pub layers: List<LayerMemory, MAX_NODES>,
     /// Parameters.
     pub params: usize,
     /// Parameter gradients.
@@ -58,9 +57,11 @@ impl MemoryReport {
     /// Reads every layer's line from its declaration in the plan.
     pub(crate) fn new(model: &Model, plan: &Plan) -> Self {
         let bytes = |r: &core::ops::Range<usize>| r.len() * 8;
-        let mut counted = alloc::vec![false; model.shapes.len()];
+        // Per-tensor and per-node lists have room for every tensor and node of a model.
+        let mut counted: crate::plan::PerTensor<bool> =
+            core::iter::repeat_n(false, model.shapes.len()).collect();
         let declared = crate::plan::declare(model, plan.batch, plan.threads);
-        let layers: Vec<LayerMemory> = model
+        let layers: List<LayerMemory, MAX_NODES> = model
             .nodes
             .iter()
             .enumerate()
@@ -68,40 +69,46 @@ impl MemoryReport {
                 let needs = &declared[i];
                 let t = node.inputs[0];
                 let mut saved_bytes = bytes(&plan.ctx[i]);
-                let mut parts: Vec<String> = Vec::new();
+                // What is saved, as "part + part + …".
+                let mut saved: Option<Message> = None;
+                let mut add = |part: core::fmt::Arguments<'_>| {
+                    saved = Some(match saved.take() {
+                        None => msg!("{part}"),
+                        Some(s) => msg!("{s} + {part}"),
+                    });
+                };
                 if needs.holds_input {
                     if counted[t] {
-                        parts.push("input (shared)".into());
+                        add(format_args!("input (shared)"));
                     } else {
-                        parts.push("input f32".into());
+                        add(format_args!("input f32"));
                         saved_bytes += bytes(&plan.tensors[t]);
                         counted[t] = true;
                     }
                 }
                 if let (Some(p), Some(sp)) = (&plan.packed[i], &needs.packed) {
-                    parts.push(if p.packs {
+                    if p.packs {
                         saved_bytes += bytes(&p.words);
-                        alloc::format!(
+                        add(format_args!(
                             "γ{:.2} {:?}+{:?}",
                             1.0 - sp.keep,
                             p.format.values,
                             p.format.positions
-                        )
+                        ));
                     } else {
-                        "packed (shared)".into()
-                    });
+                        add(format_args!("packed (shared)"));
+                    }
                 }
-                parts.extend(needs.saved.iter().map(|e| String::from(e.what)));
+                needs
+                    .saved
+                    .iter()
+                    .for_each(|e| add(format_args!("{}", e.what)));
                 LayerMemory {
                     name: node.name.clone(),
                     kind: node.layer.kind(),
                     frozen: i < plan.frozen,
                     output: model.shapes[node.output],
-                    saved: if parts.is_empty() {
-                        "-".into()
-                    } else {
-                        parts.join(" + ")
-                    },
+                    saved: saved.unwrap_or_else(|| msg!("-")),
                     saved_bytes,
                     dense_bytes: needs.torch_bytes,
                 }
@@ -137,9 +144,9 @@ impl fmt::Display for MemoryReport {
             "layer", "kind", "output", "saved", "saved B", "dense B"
         )?;
         for l in &self.layers {
-            let out = alloc::format!("{}", l.output);
+            let out = msg!("{}", l.output);
             let saved = if l.frozen {
-                alloc::format!("frozen {}", l.saved)
+                msg!("frozen {}", l.saved)
             } else {
                 l.saved.clone()
             };

@@ -1,10 +1,15 @@
 //! Plan + model + optimizer: `step()`, `evaluate()`, `memory_report()`.
 
+use crate::collections::msg;
+#[cfg(feature = "alloc")]
 use dropit_simd::format::ValueType;
 
 use crate::arena::{Storage, borrow_words, carve, f32s, f32s_mut};
+#[cfg(feature = "alloc")]
 use crate::dropit::DropIt;
-use crate::error::{Error, Result, config_err, shape_err, try_vec};
+#[cfg(feature = "alloc")]
+use crate::error::try_vec;
+use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
 use crate::layers::contract::{Input, Mode, Saved, SavedMut};
 use crate::layers::loss::softmax_cross_entropy;
@@ -72,9 +77,8 @@ impl TrainerConfig {
     /// thread. The error names the setting and the value.
     pub fn validate(&self) -> Result<()> {
         use crate::optim::{Decay, Optimizer};
-        let bad = |what: &str, v: f32, rule: &str| {
-            config_err::<()>(what, alloc::format!("{v} is not {rule}"))
-        };
+        let bad =
+            |what: &str, v: f32, rule: &str| config_err::<()>(what, msg!("{v} is not {rule}"));
         let unit = |what: &str, v: f32| match (0.0..1.0).contains(&v) {
             true => Ok(()),
             false => bad(what, v, "in [0, 1)"),
@@ -129,7 +133,7 @@ impl TrainerConfig {
         if self.threads == 0 || self.threads > MAX_THREADS {
             return config_err(
                 "threads",
-                alloc::format!("{} is not in 1..={MAX_THREADS}", self.threads),
+                msg!("{} is not in 1..={MAX_THREADS}", self.threads),
             );
         }
         Ok(())
@@ -177,6 +181,7 @@ pub struct Trainer<'a> {
     exited: alloc::sync::Arc<core::sync::atomic::AtomicUsize>,
 }
 
+#[cfg(feature = "alloc")]
 impl Trainer<'static> {
     /// Bytes a trainer holds beyond its arena (the plan's tables, the model's names, worker
     /// handles), at most: the measured peak of training is the arena plus at most this.
@@ -288,7 +293,7 @@ impl<'a> Trainer<'a> {
                     .build()
                     .map_err(|e| Error::Config {
                         what: "threads".into(),
-                        detail: alloc::format!("cannot start {t} workers: {e}"),
+                        detail: msg!("cannot start {t} workers: {e}"),
                     })?,
             ),
         };
@@ -329,12 +334,14 @@ impl<'a> Trainer<'a> {
 
     /// Sets the step count (a restored checkpoint's): the schedule and AdamW's bias
     /// correction continue from it.
+    #[cfg(feature = "alloc")]
     pub(crate) fn set_steps(&mut self, step: u64) {
         self.step = step;
     }
 
     /// The optimizer state: for each state slot in turn (SGD: momentum; AdamW: first, then
     /// second moment), one float per trained parameter, laid out as [`Trainer::grads`].
+    #[cfg(feature = "alloc")]
     pub(crate) fn optimizer_state(&self) -> &[f32] {
         let r = &self.plan.regions.opt;
         let n = self.trained_count() * self.cfg.optimizer.state_slots();
@@ -342,6 +349,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// The same, writable.
+    #[cfg(feature = "alloc")]
     pub(crate) fn optimizer_state_mut(&mut self) -> &mut [f32] {
         let r = self.plan.regions.opt.clone();
         let n = self.trained_count() * self.cfg.optimizer.state_slots();
@@ -349,11 +357,13 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trained parameters (those from [`Trainer::param_range`] of the first unfrozen node on).
+    #[cfg(feature = "alloc")]
     pub(crate) fn trained_count(&self) -> usize {
         self.plan.params.last().map_or(0, |p| p.end) - self.plan.train_start
     }
 
     /// First trained parameter.
+    #[cfg(feature = "alloc")]
     pub(crate) fn train_start(&self) -> usize {
         self.plan.train_start
     }
@@ -448,12 +458,12 @@ impl<'a> Trainer<'a> {
         if x.len() != n * per {
             return shape_err(
                 "input batch",
-                alloc::format!(
+                msg!(
                     "{n} samples of {} = {} floats",
                     self.model.input_shape(),
                     n * per
                 ),
-                alloc::format!("{} floats", x.len()),
+                msg!("{} floats", x.len()),
             );
         }
         if let Some((index, &label)) = labels
@@ -719,20 +729,20 @@ impl<'a> Trainer<'a> {
         if n == 0 || n > self.plan.batch || n * per != x.len() {
             return shape_err(
                 "predict: input batch",
-                alloc::format!(
+                msg!(
                     "1 to {} samples of {} ({per} floats each)",
                     self.plan.batch,
                     self.model.input_shape()
                 ),
-                alloc::format!("{} floats", x.len()),
+                msg!("{} floats", x.len()),
             );
         }
         let classes = self.model.classes;
         if out.len() != n * classes {
             return shape_err(
                 "predict: logits",
-                alloc::format!("{n} × {classes} = {} floats", n * classes),
-                alloc::format!("{} floats", out.len()),
+                msg!("{n} × {classes} = {} floats", n * classes),
+                msg!("{} floats", out.len()),
             );
         }
         self.forward(x, n, false)?;
@@ -826,7 +836,7 @@ impl<'p> Call<'p> {
         if self.needs.saved_words() > ctx.len() {
             return config_err(
                 "saved context",
-                alloc::format!("node {i} declares more than was planned"),
+                msg!("node {i} declares more than was planned"),
             );
         }
         let some = tensors.each_ref().map(Option::is_some);

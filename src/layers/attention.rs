@@ -483,7 +483,7 @@ mod tests {
         let err = a
             .out_shape("blocks.0.attn", Shape::new(1, 3, 12))
             .unwrap_err();
-        let msg = alloc::format!("{err}");
+        let msg = crate::collections::msg!("{err}");
         assert!(msg.contains("blocks.0.attn") && msg.contains("18"), "{msg}");
         assert_eq!(
             a.out_shape("a", Shape::new(1, 3, 18)).unwrap(),

@@ -5,6 +5,7 @@
 //! unbiased running variance); evaluation uses the running ones. Saved for backward: the
 //! normalized input x̂ and 1/σ per channel.
 
+use crate::collections::msg;
 use super::par::{each, max_groups, split};
 use super::contract::{Saved, Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::{Bwd, Fwd, planner_bug, put};
@@ -52,7 +53,7 @@ impl Op for BatchNorm2d {
         if !(self.eps.is_finite() && self.eps > 0.0 && (0.0..=1.0).contains(&self.momentum)) {
             return crate::error::config_err(
                 name,
-                alloc::format!(
+                msg!(
                     "eps {} must be finite and > 0, momentum {} in [0, 1]",
                     self.eps, self.momentum
                 ),

@@ -4,6 +4,7 @@
 //! PyTorch's autograd would keep for the same module. The planner sizes the arena from these
 //! declarations, the trainer splits each saved context by them, and the memory report reads them.
 
+use crate::collections::msg;
 use half::bf16;
 use heapless::Vec as HVec;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -322,8 +323,8 @@ pub(crate) struct Saved<'a> {
 
 fn wrong_entry(i: usize, want: Elem, entries: &[Entry]) -> Error {
     Error::Config {
-        what: "saved context".into(),
-        detail: alloc::format!(
+        what: msg!("saved context"),
+        detail: msg!(
             "entry {i} read as {want:?}, declared {:?}",
             entries.get(i).map(|e| e.elem)
         ),

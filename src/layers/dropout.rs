@@ -4,6 +4,7 @@
 //! and the node: the same for any number of workers, and the same when a step is repeated
 //! (`loss_and_grads` twice gives the same mask, so finite differences see one function).
 
+use crate::collections::msg;
 use super::par::{each, elem_chunk};
 use super::contract::{Dims, Mode, Needs, Op};
 use super::{Bwd, Fwd, planner_bug, put};
@@ -25,7 +26,7 @@ impl Op for Dropout {
         if !(0.0..1.0).contains(&self.p) {
             return config_err(
                 name,
-                alloc::format!("dropout p = {} is not in [0, 1)", self.p),
+                msg!("dropout p = {} is not in [0, 1)", self.p),
             );
         }
         Ok(x)

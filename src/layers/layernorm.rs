@@ -2,6 +2,7 @@
 //! token — is normalized by its own mean and variance, then scaled and shifted per channel.
 //! Saved for backward: the normalized input x̂ (bf16 when lean) and 1/σ per row.
 
+use crate::collections::msg;
 use dropit_simd::format::Value;
 
 use super::par::{each, max_groups, split};
@@ -46,7 +47,7 @@ impl Op for LayerNorm {
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return crate::error::config_err(
                 name,
-                alloc::format!("eps {} must be finite and > 0", self.eps),
+                msg!("eps {} must be finite and > 0", self.eps),
             );
         }
         if x.c != self.c || self.c == 0 {

@@ -13,6 +13,7 @@ pub(crate) mod par;
 
 pub use contract::{Elem, Entry, Layout, Needs, ParamDecl};
 
+use crate::collections::msg;
 use contract::{Dims, Input, Mode, Op, Params, Saved, SavedMut};
 
 use dropit_simd::format::{Format, Packed, PackedMut};
@@ -190,8 +191,8 @@ pub(crate) fn missing(kind: &str) -> crate::error::Error {
 /// An error for a call the planner set up wrongly.
 pub(crate) fn planner_bug(kind: &str, detail: &str) -> crate::error::Error {
     crate::error::Error::Config {
-        what: alloc::format!("{kind} layer"),
-        detail: detail.into(),
+        what: msg!("{kind} layer"),
+        detail: msg!("{detail}"),
     }
 }
 

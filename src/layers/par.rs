@@ -2,6 +2,7 @@
 //! trainer's own pool, else one group after another. Groups are built by the caller from
 //! disjoint slices, so no group sees another's memory.
 
+use crate::collections::msg;
 use crate::error::{Error, Result};
 
 /// Most worker threads a trainer uses (groups are kept on the stack).
@@ -42,8 +43,8 @@ pub(crate) fn each<T: Send>(
     }
     if k == MAX_THREADS && it.next().is_some() {
         return Err(Error::Config {
-            what: "worker groups".into(),
-            detail: alloc::format!("more than {MAX_THREADS} groups of work were made"),
+            what: msg!("worker groups"),
+            detail: msg!("more than {MAX_THREADS} groups of work were made"),
         });
     }
     run(&mut groups[..k], |g| g.take().map_or(Ok(()), &f))
