@@ -10,13 +10,13 @@ use crate::error::Error;
 use crate::error::Result;
 
 /// Most layers a model holds in a build without `alloc`.
-pub const MAX_NODES: usize = 48;
+pub const MAX_NODES: usize = 24;
 /// Most tensors (the input and one per layer).
 pub const MAX_TENSORS: usize = MAX_NODES + 1;
 /// Longest layer name, in bytes, without `alloc`.
-pub const NAME_LEN: usize = 40;
+pub const NAME_LEN: usize = 24;
 /// Longest error message part, in bytes, without `alloc` (longer ones are cut).
-pub const TEXT_LEN: usize = 120;
+pub const TEXT_LEN: usize = 80;
 /// Most per-layer γ overrides of a DropIT policy without `alloc`.
 pub const MAX_OVERRIDES: usize = 16;
 
@@ -40,7 +40,7 @@ pub type Name = Text<NAME_LEN>;
 pub type Message = Text<TEXT_LEN>;
 
 /// Formats into [`Text`]; without `alloc`, what does not fit is cut (at a character boundary).
-pub(crate) fn text<const N: usize>(args: fmt::Arguments<'_>) -> Text<N> {
+pub fn text<const N: usize>(args: fmt::Arguments<'_>) -> Text<N> {
     #[cfg(feature = "alloc")]
     {
         alloc::fmt::format(args)

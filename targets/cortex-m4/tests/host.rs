@@ -1,0 +1,40 @@
+//! The firmware's fine-tuning on the desktop: the same library code, configuration, weights and
+//! samples (the build script's), the same heap-free trainer. `targets/check.sh` compares these
+//! accuracies with the emulated Cortex-M4's.
+
+use dropit_cortex_m4::{Samples, evaluate, fine_tune, tiny, trainer};
+
+fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("OUT_DIR")).join(name)).unwrap()
+}
+
+#[test]
+fn fine_tuning_improves_held_out_accuracy() {
+    let (w, ti, tl, si, sl) = (
+        bytes("weights.bin"),
+        bytes("tune-images.bin"),
+        bytes("tune-labels.bin"),
+        bytes("test-images.bin"),
+        bytes("test-labels.bin"),
+    );
+    let tune = Samples {
+        images: &ti,
+        labels: &tl,
+    };
+    let test = Samples {
+        images: &si,
+        labels: &sl,
+    };
+    let mut arena = vec![0u8; 232 * 1024];
+    let mut x = vec![0f32; tiny::BATCH * tiny::PIXELS];
+    let mut t = trainer(&mut arena, &w).unwrap();
+    let before = evaluate(&mut t, test, &mut x).unwrap();
+    let last = fine_tune(&mut t, tune, &mut x, |_, _| {}).unwrap();
+    let after = evaluate(&mut t, test, &mut x).unwrap();
+    println!(
+        "host: before {:.2}% after {:.2}% (final training loss {last:.4})",
+        before.percent(),
+        after.percent()
+    );
+    assert!(after.correct > before.correct, "{before:?} → {after:?}");
+}
