@@ -47,6 +47,7 @@ mod report;
 pub mod saved;
 mod shape;
 mod trainer;
+mod weights_file;
 
 pub use dropit::{DropIt, LayerRef};
 pub use dropit_simd as kernels;

@@ -32,7 +32,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result, ckpt_err};
 use crate::trainer::{Trainer, TrainerConfig};
 use spec::Spec;
-use tensors::{Place, check, collect, from_torch, places, slot_names};
+use tensors::{Place, check, collect, places, slot_names};
 
 const VERSION: &str = "1";
 const KEY_VERSION: &str = "dropit.version";
@@ -263,7 +263,7 @@ impl Trainer<'_> {
             } else {
                 &mut self.state_mut()[p.at..p.at + len]
             };
-            from_torch(&p.decl, v.data(), dst);
+            p.decl.read_torch(v.data(), dst);
         }
         Ok(())
     }
@@ -391,11 +391,8 @@ impl Trainer<'_> {
                 check(&name, v.dtype(), v.shape(), v.data(), &p.decl)?;
                 let from = k * n + p.at - ts;
                 let len = p.decl.len();
-                from_torch(
-                    &p.decl,
-                    v.data(),
-                    &mut self.optimizer_state_mut()[from..from + len],
-                );
+                p.decl
+                    .read_torch(v.data(), &mut self.optimizer_state_mut()[from..from + len]);
             }
         }
         Ok(())

@@ -81,14 +81,6 @@ fn to_torch(decl: &ParamDecl, ours: &[f32]) -> Vec<u8> {
     t.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Little-endian PyTorch-ordered `bytes` into our order.
-pub(crate) fn from_torch(decl: &ParamDecl, bytes: &[u8], ours: &mut [f32]) {
-    for (i, o) in ours.iter_mut().enumerate() {
-        let j = 4 * decl.layout.torch_index(i);
-        *o = f32::from_le_bytes([bytes[j], bytes[j + 1], bytes[j + 2], bytes[j + 3]]);
-    }
-}
-
 /// The trainer's whole state as tensors: parameters and running statistics, PyTorch's int64
 /// step counters, and (with `optimizer`) the optimizer's state as `optim.{name}.{slot}`.
 pub(crate) fn collect(t: &Trainer<'_>, optimizer: bool) -> Vec<Tensor> {

@@ -256,6 +256,14 @@ impl ParamDecl {
             .try_fold(1usize, |a, &d| a.checked_mul(d))
     }
 
+    /// Little-endian PyTorch-ordered `bytes` (4 per element) into our order.
+    pub(crate) fn read_torch(&self, bytes: &[u8], ours: &mut [f32]) {
+        for (i, o) in ours.iter_mut().enumerate() {
+            let j = 4 * self.layout.torch_index(i);
+            *o = f32::from_le_bytes([bytes[j], bytes[j + 1], bytes[j + 2], bytes[j + 3]]);
+        }
+    }
+
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -1,6 +1,6 @@
 //! The desktop side of the firmware: pre-trains the CNN on the bundled Fashion-MNIST images
-//! and writes, into OUT_DIR, its weights (little-endian f32, parameters then running
-//! statistics) and the fine-tuning and held-out samples that go into flash. Also puts
+//! and writes, into OUT_DIR, its weights (a weights-only safetensors checkpoint) and the
+//! fine-tuning and held-out samples that go into flash. Also puts
 //! `memory.x` where the linker finds it.
 
 #[path = "src/tiny.rs"]
@@ -49,13 +49,8 @@ fn main() {
         let (x, y) = b.next_batch();
         t.step(x, y).unwrap();
     }
-    let weights: Vec<u8> = t
-        .params()
-        .iter()
-        .chain(t.state())
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    write(&out, "weights.bin", &weights);
+    // A weights-only checkpoint (safetensors, PyTorch's names and layouts).
+    write(&out, "weights.safetensors", &t.weights().unwrap());
     samples(&out, "tune", &train, n, TUNE);
     samples(&out, "test", &test, 0, TEST);
 }

@@ -14,7 +14,8 @@ static mut ARENA_BUF: [u8; ARENA] = [0; ARENA];
 /// One normalized batch.
 static mut X: [f32; tiny::BATCH * tiny::PIXELS] = [0.0; tiny::BATCH * tiny::PIXELS];
 
-static WEIGHTS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weights.bin"));
+/// The pre-trained weights: a safetensors checkpoint written on the desktop.
+static WEIGHTS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/weights.safetensors"));
 static TUNE_IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tune-images.bin"));
 static TUNE_LABELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tune-labels.bin"));
 static TEST_IMAGES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test-images.bin"));

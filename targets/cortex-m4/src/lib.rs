@@ -83,28 +83,11 @@ pub fn config() -> TrainerConfig {
     cfg
 }
 
-/// A trainer in `arena`, with the pre-trained parameters and running statistics of `weights`
-/// (little-endian f32, parameters then statistics, in the trainer's order).
+/// A trainer in `arena`, with the pre-trained parameters and running statistics of the
+/// safetensors checkpoint `weights` (read in place: no heap).
 pub fn trainer<'a>(arena: &'a mut [u8], weights: &[u8]) -> dropit::Result<Trainer<'a>> {
     let mut t = Trainer::with_arena(model()?, config(), arena)?;
-    let (np, ns) = (t.params().len(), t.state().len());
-    if weights.len() != 4 * (np + ns) {
-        return Err(dropit::Error::Config {
-            what: dropit::collections::text(format_args!("pre-trained weights")),
-            detail: dropit::collections::text(format_args!(
-                "{} bytes for {np} parameters and {ns} statistics",
-                weights.len()
-            )),
-        });
-    }
-    let word = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    let (p, s) = weights.split_at(4 * np);
-    for (d, c) in t.params_mut().iter_mut().zip(p.chunks_exact(4)) {
-        *d = word(c);
-    }
-    for (d, c) in t.state_mut().iter_mut().zip(s.chunks_exact(4)) {
-        *d = word(c);
-    }
+    t.load_weights(weights)?;
     Ok(t)
 }
 

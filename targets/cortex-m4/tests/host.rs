@@ -11,7 +11,7 @@ fn bytes(name: &str) -> Vec<u8> {
 #[test]
 fn fine_tuning_improves_held_out_accuracy() {
     let (w, ti, tl, si, sl) = (
-        bytes("weights.bin"),
+        bytes("weights.safetensors"),
         bytes("tune-images.bin"),
         bytes("tune-labels.bin"),
         bytes("test-images.bin"),
