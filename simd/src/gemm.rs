@@ -242,13 +242,56 @@ struct Plain;
 impl Micro for Plain {
     #[inline(always)]
     unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+        #[cfg(all(target_arch = "arm", not(target_feature = "neon")))]
+        return micro_strips::<N>(kc, a, b);
+        #[cfg(not(all(target_arch = "arm", not(target_feature = "neon"))))]
         micro_scalar::<N>(kc, a, b, |a, b, c| a * b + c)
     }
+}
+
+/// Columns per strip of [`micro_strips`].
+const STRIP: usize = 4;
+
+/// The baseline tile for FPUs without SIMD registers (Cortex-M4F/M7, ARMv7 without NEON): the
+/// `MR × N` tile in strips of [`STRIP`] columns, so that 24 accumulators stay in the 32 single
+/// registers instead of 96 spilling to the stack. Each output adds the same products in the
+/// same order, unfused: bitwise [`micro_scalar`] with `a·b + c` (tested).
+#[inline(always)]
+#[cfg_attr(
+    not(any(test, all(target_arch = "arm", not(target_feature = "neon")))),
+    allow(dead_code)
+)]
+fn micro_strips<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+    const { assert!(N % STRIP == 0) };
+    let mut acc = [[0.0f32; N]; MR];
+    for j0 in (0..N).step_by(STRIP) {
+        let mut s = [[0.0f32; STRIP]; MR];
+        for (ap, bp) in a[..kc * MR]
+            .chunks_exact(MR)
+            .zip(b[..kc * N].chunks_exact(N))
+        {
+            let bv: &[f32; STRIP] = bp[j0..j0 + STRIP].try_into().unwrap();
+            for i in 0..MR {
+                let av = ap[i];
+                for j in 0..STRIP {
+                    s[i][j] = av * bv[j] + s[i][j];
+                }
+            }
+        }
+        for (row, strip) in acc.iter_mut().zip(&s) {
+            row[j0..j0 + STRIP].copy_from_slice(strip);
+        }
+    }
+    acc
 }
 
 /// `MR × N` tile of `Ã · B̃` over `kc` (panels as packed), accumulated in registers, with
 /// `madd(a, b, c) = a·b + c` as given.
 #[inline(always)]
+#[cfg_attr(
+    all(target_arch = "arm", not(target_feature = "neon"), not(test)),
+    allow(dead_code)
+)]
 fn micro_scalar<const N: usize>(
     kc: usize,
     a: &[f32],
@@ -652,6 +695,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::*;
+
+    /// The strip tile is bitwise the plain tile, for both panel widths and several depths,
+    /// with values whose sums round (so any change of order would show).
+    #[test]
+    fn strips_are_bitwise_the_plain_tile() {
+        fn check<const N: usize>(kc: usize) {
+            let a: std::vec::Vec<f32> = (0..kc * MR)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013_7)
+                .collect();
+            let b: std::vec::Vec<f32> = (0..kc * N)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 1.7e-3)
+                .collect();
+            let want = micro_scalar::<N>(kc, &a, &b, |a, b, c| a * b + c);
+            let got = micro_strips::<N>(kc, &a, &b);
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert_eq!(g.to_bits(), w.to_bits(), "N = {N}, kc = {kc}");
+            }
+        }
+        for kc in [0, 1, 7, 64, 257] {
+            check::<NR>(kc);
+            check::<NR_WIDE>(kc);
         }
     }
 }
