@@ -1,7 +1,9 @@
 //! The collections of the model graph, the plan, names and error messages: `Vec` and `String`
 //! with the `alloc` feature (the API as it always was), fixed-capacity `heapless` ones without
 //! it, so that a firmware links with no global allocator at all. Capacities are the constants
-//! below; pushing past one is [`Error::Capacity`](crate::Error::Capacity), never a panic.
+//! below; pushing past one is [`Error::Capacity`](crate::Error::Capacity), never a panic. Each
+//! can be set when the crate is built, e.g. `DROPIT_MAX_NODES=64 cargo build …` (a value that
+//! is not a decimal number stops the build).
 
 use core::fmt;
 
@@ -9,16 +11,37 @@ use core::fmt;
 use crate::error::Error;
 use crate::error::Result;
 
-/// Most layers a model holds in a build without `alloc`.
-pub const MAX_NODES: usize = 24;
+/// Most layers a model holds in a build without `alloc` (`DROPIT_MAX_NODES`, default 24).
+pub const MAX_NODES: usize = capacity(option_env!("DROPIT_MAX_NODES"), 24);
 /// Most tensors (the input and one per layer).
 pub const MAX_TENSORS: usize = MAX_NODES + 1;
-/// Longest layer name, in bytes, without `alloc`.
-pub const NAME_LEN: usize = 24;
-/// Longest error message part, in bytes, without `alloc` (longer ones are cut).
-pub const TEXT_LEN: usize = 80;
-/// Most per-layer γ overrides of a DropIT policy without `alloc`.
-pub const MAX_OVERRIDES: usize = 16;
+/// Longest layer name, in bytes, without `alloc` (`DROPIT_NAME_LEN`, default 24).
+pub const NAME_LEN: usize = capacity(option_env!("DROPIT_NAME_LEN"), 24);
+/// Longest error message part, in bytes, without `alloc` (longer ones are cut;
+/// `DROPIT_TEXT_LEN`, default 80).
+pub const TEXT_LEN: usize = capacity(option_env!("DROPIT_TEXT_LEN"), 80);
+/// Most per-layer γ overrides of a DropIT policy without `alloc` (`DROPIT_MAX_OVERRIDES`,
+/// default 16).
+pub const MAX_OVERRIDES: usize = capacity(option_env!("DROPIT_MAX_OVERRIDES"), 16);
+
+/// A capacity given at build time as a decimal number, or `default`.
+const fn capacity(given: Option<&str>, default: usize) -> usize {
+    let Some(s) = given else {
+        return default;
+    };
+    let b = s.as_bytes();
+    assert!(!b.is_empty(), "a dropit capacity must be a decimal number");
+    let (mut i, mut n) = (0, 0usize);
+    while i < b.len() {
+        assert!(
+            b[i].is_ascii_digit(),
+            "a dropit capacity must be a decimal number"
+        );
+        n = n * 10 + (b[i] - b'0') as usize;
+        i += 1;
+    }
+    n
+}
 
 /// A growable list: `Vec<T>` with `alloc`, `heapless::Vec<T, N>` without.
 #[cfg(feature = "alloc")]

@@ -38,3 +38,35 @@ fn fine_tuning_improves_held_out_accuracy() {
     );
     assert!(after.correct > before.correct, "{before:?} → {after:?}");
 }
+
+/// The heap-free build's fixed capacities: one layer too many, or a name too long, is an
+/// `Error::Capacity` naming what is full — and the builder is left as it was.
+#[test]
+fn capacities_are_errors_not_panics() {
+    use dropit::collections::{MAX_NODES, NAME_LEN};
+    use dropit::{Error, ModelBuilder, Shape};
+    let mut b = ModelBuilder::new(Shape::new(1, 1, 4));
+    let mut x = b.input();
+    let names = ["a", "b"];
+    for i in 0..MAX_NODES {
+        let name = dropit::collections::text::<8>(format_args!("{}{i}", names[i % 2]));
+        x = b.relu(&name, x).unwrap();
+    }
+    match b.relu("one.too.many", x) {
+        Err(Error::Capacity { what, capacity }) => {
+            assert_eq!((what, capacity), ("layers", MAX_NODES))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Still usable: the failed call changed nothing.
+    assert!(b.shape(x).is_some());
+    let long = "n".repeat(NAME_LEN + 1);
+    let mut b = ModelBuilder::new(Shape::new(1, 1, 4));
+    assert!(matches!(
+        b.relu(&long, b.input()),
+        Err(Error::Capacity {
+            what: "layer name bytes",
+            ..
+        })
+    ));
+}
