@@ -262,7 +262,7 @@ const STRIP: usize = 4;
     allow(dead_code)
 )]
 fn micro_strips<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-    const { assert!(N % STRIP == 0) };
+    const { assert!(N.is_multiple_of(STRIP)) };
     let mut acc = [[0.0f32; N]; MR];
     for j0 in (0..N).step_by(STRIP) {
         let mut s = [[0.0f32; STRIP]; MR];
@@ -274,7 +274,7 @@ fn micro_strips<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; M
             for i in 0..MR {
                 let av = ap[i];
                 for j in 0..STRIP {
-                    s[i][j] = av * bv[j] + s[i][j];
+                    s[i][j] += av * bv[j];
                 }
             }
         }
