@@ -289,7 +289,6 @@ fn some_chunks<V>(s: &mut [V], len: usize) -> impl Iterator<Item = Option<&mut [
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract::{Input, Saved, SavedMut};
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -382,52 +381,7 @@ mod tests {
         start: Option<&[f32]>,
     ) -> (Vec<f32>, Vec<f32>) {
         let (xs, ys) = (Shape::new(1, t, 3 * a.dim), Shape::new(1, t, a.dim));
-        let needs = a.needs(&Dims {
-            n,
-            x: xs,
-            y: ys,
-            threads,
-        });
-        let mut ctx = vec![0u64; needs.saved_words()];
-        let mut scratch = vec![0u64; needs.scratch];
-        let mut y = vec![f32::NAN; n * ys.numel()];
-        a.forward(&mut Fwd {
-            n,
-            x_shape: xs,
-            y_shape: ys,
-            mode: Mode::Train,
-            x: Input::Buf(x),
-            x2: None,
-            y: &mut y,
-            p: &[],
-            state: &mut [],
-            saved: SavedMut::split(&mut ctx, &needs.saved).unwrap(),
-            scratch: &mut scratch,
-            threads,
-            seed: 0,
-            packed: None,
-        })
-        .unwrap();
-        let mut dx = start.map_or(vec![f32::NAN; x.len()], <[f32]>::to_vec);
-        a.backward(&mut Bwd {
-            n,
-            x_shape: xs,
-            y_shape: ys,
-            x: if a.lean { None } else { Some(x) },
-            dy: Input::Buf(w),
-            dx: Some(&mut dx),
-            dx2: None,
-            acc: start.is_some(),
-            acc2: false,
-            p: &[],
-            g: &mut [],
-            saved: Saved::split(&ctx, &needs.saved).unwrap(),
-            scratch: &mut scratch,
-            threads,
-            packed: None,
-        })
-        .unwrap();
-        (y, dx)
+        crate::layers::testing::run(a, (n, xs, ys, threads), x, w, !a.lean, start)
     }
 
     fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {

@@ -427,6 +427,75 @@ impl Layer {
     }
 }
 
+/// Runs one layer without parameters by itself, for the layers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::contract::{Dims, Input, Mode, Op, Saved, SavedMut};
+    use super::{Bwd, Fwd};
+    use crate::shape::Shape;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// Forward (training) and backward of `op` on `n` samples of `xs` → `ys` with `threads`
+    /// workers and output gradient `dy`: returns `(y, dx)`, dx accumulated onto `start` if
+    /// given. Backward reads `x` when `held`.
+    pub(crate) fn run<O: Op>(
+        op: &O,
+        (n, xs, ys, threads): (usize, Shape, Shape, usize),
+        x: &[f32],
+        dy: &[f32],
+        held: bool,
+        start: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let needs = op.needs(&Dims {
+            n,
+            x: xs,
+            y: ys,
+            threads,
+        });
+        let mut ctx = vec![0u64; needs.saved_words()];
+        let mut scratch = vec![0u64; needs.scratch];
+        let mut y = vec![f32::NAN; n * ys.numel()];
+        op.forward(&mut Fwd {
+            n,
+            x_shape: xs,
+            y_shape: ys,
+            mode: Mode::Train,
+            x: Input::Buf(x),
+            x2: None,
+            y: &mut y,
+            p: &[],
+            state: &mut [],
+            saved: SavedMut::split(&mut ctx, &needs.saved).unwrap(),
+            scratch: &mut scratch,
+            threads,
+            seed: 0,
+            packed: None,
+        })
+        .unwrap();
+        let mut dx = start.map_or(vec![f32::NAN; x.len()], <[f32]>::to_vec);
+        op.backward(&mut Bwd {
+            n,
+            x_shape: xs,
+            y_shape: ys,
+            x: held.then_some(x),
+            dy: Input::Buf(dy),
+            dx: Some(&mut dx),
+            dx2: None,
+            acc: start.is_some(),
+            acc2: false,
+            p: &[],
+            g: &mut [],
+            saved: Saved::split(&ctx, &needs.saved).unwrap(),
+            scratch: &mut scratch,
+            threads,
+            packed: None,
+        })
+        .unwrap();
+        (y, dx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

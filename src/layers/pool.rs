@@ -356,58 +356,13 @@ impl Op for GlobalAvgPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::contract::{Dims, Input, Saved, SavedMut};
     use alloc::vec::Vec;
 
     /// Max-pool forward and backward of one sample (`dy` all ones): `(y, dx)`.
     fn run(p: &MaxPool2d, x: &[f32], xs: Shape) -> (Vec<f32>, Vec<f32>) {
         let ys = p.out_shape("pool", xs).unwrap();
-        let needs = p.needs(&Dims {
-            n: 1,
-            x: xs,
-            y: ys,
-            threads: 1,
-        });
-        let mut ctx = alloc::vec![0u64; needs.saved_words()];
-        let mut y = alloc::vec![f32::NAN; ys.numel()];
-        p.forward(&mut Fwd {
-            n: 1,
-            x_shape: xs,
-            y_shape: ys,
-            mode: Mode::Train,
-            x: Input::Buf(x),
-            x2: None,
-            y: &mut y,
-            p: &[],
-            state: &mut [],
-            saved: SavedMut::split(&mut ctx, &needs.saved).unwrap(),
-            scratch: &mut [],
-            threads: 1,
-            seed: 0,
-            packed: None,
-        })
-        .unwrap();
         let dy = alloc::vec![1.0f32; ys.numel()];
-        let mut dx = alloc::vec![f32::NAN; xs.numel()];
-        p.backward(&mut Bwd {
-            n: 1,
-            x_shape: xs,
-            y_shape: ys,
-            x: None,
-            dy: Input::Buf(&dy),
-            dx: Some(&mut dx),
-            dx2: None,
-            acc: false,
-            acc2: false,
-            p: &[],
-            g: &mut [],
-            saved: Saved::split(&ctx, &needs.saved).unwrap(),
-            scratch: &mut [],
-            threads: 1,
-            packed: None,
-        })
-        .unwrap();
-        (y, dx)
+        crate::layers::testing::run(p, (1, xs, ys, 1), x, &dy, false, None)
     }
 
     /// A padded window whose in-bounds values are all −∞ routes its gradient to its first
