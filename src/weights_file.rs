@@ -8,10 +8,6 @@
 //! have is an error (optimizer tensors and batch norm's `num_batches_tracked` excepted), and so
 //! is a missing or repeated one. Nothing is changed unless all of it checks out.
 
-// With `alloc`, `Trainer::load_weights` is the `safetensors` crate's loader and only the tests
-// below call this one.
-#![cfg_attr(all(feature = "alloc", not(test)), allow(dead_code))]
-
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::collections::{List, MAX_NODES, Push, msg};
@@ -152,8 +148,10 @@ impl Trainer<'_> {
         self.load_weights_in_place(bytes)
     }
 
-    /// What [`Trainer::load_weights`] does without `alloc` (tested against it with `alloc`).
-    pub(crate) fn load_weights_in_place(&mut self, bytes: &[u8]) -> Result<()> {
+    /// [`Trainer::load_weights`] without allocating (what it is without `alloc`): the header
+    /// parsed in place, every tensor checked before any is copied — but a checkpoint's checksum
+    /// is not verified. Tested against the `alloc` loader, fuzzed with it (`fuzz/`).
+    pub fn load_weights_in_place(&mut self, bytes: &[u8]) -> Result<()> {
         let len = bytes
             .get(..8)
             .map(|h| u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]));
