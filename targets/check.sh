@@ -42,7 +42,8 @@ firmware() {
   echo "$out"
   [ $rc -eq 0 ] || { echo "FAIL $target: the firmware exited with status $rc"; exit 1; }
   local ref
-  ref=$(cd "$dir" && cargo test -q --release --target "$host" --test host -- --nocapture 2>&1 | grep '^host:')
+  ref=$(cd "$dir" && cargo test -q --release --target "$host" --test host -- --nocapture --test-threads=1 2>&1 | grep -o 'host: .*') \
+    || { echo "FAIL $target: the desktop run of the same code (tests/host.rs) failed"; exit 1; }
   echo "desktop ($host), same code and data: ${ref#host: }"
   # Accuracies: firmware "before … = X%" and "after … = Y%" against the desktop's.
   local fb fa hb ha
