@@ -67,15 +67,17 @@ def kept_count(n, keep):
     return min(n, int(n * keep + 0.5))
 
 
+def top_k(x, keep):
+    """The kept elements of `x` (flattened): their values and int32 indices."""
+    flat = x.reshape(-1)
+    idx = flat.abs().topk(kept_count(flat.numel(), keep), sorted=False).indices
+    return flat[idx], idx.to(torch.int32)
+
+
 class DropItLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, keep):
-        flat = x.reshape(-1)
-        k = kept_count(flat.numel(), keep)
-        idx = flat.abs().topk(k, sorted=False).indices
-        vals = flat[idx]
-        idx = idx.to(torch.int32)
-        ctx.save_for_backward(vals, idx, w)
+        ctx.save_for_backward(*top_k(x, keep), w)
         ctx.shape = x.shape
         return F.linear(x, w, b)
 
@@ -92,12 +94,7 @@ class DropItLinear(torch.autograd.Function):
 class DropItConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, keep, stride, padding, groups):
-        flat = x.reshape(-1)
-        k = kept_count(flat.numel(), keep)
-        idx = flat.abs().topk(k, sorted=False).indices
-        vals = flat[idx]
-        idx = idx.to(torch.int32)
-        ctx.save_for_backward(vals, idx, w)
+        ctx.save_for_backward(*top_k(x, keep), w)
         ctx.conf = (x.shape, stride, padding, groups, b is not None)
         return F.conv2d(x, w, b, stride, padding, 1, groups)
 
