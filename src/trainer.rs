@@ -441,6 +441,26 @@ impl<'a> Trainer<'a> {
         self.plan.state[node].clone()
     }
 
+    /// Every declared parameter and running statistic, in node order: `(node, declaration,
+    /// offset into params() (trained) or state())`.
+    pub(crate) fn declared(
+        &self,
+    ) -> impl Iterator<Item = (usize, crate::layers::contract::ParamDecl, usize)> + '_ {
+        self.model
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, node)| {
+                let (mut p, mut s) = (self.param_range(i).start, self.state_range(i).start);
+                node.layer.params().into_iter().map(move |decl| {
+                    let at = if decl.trained { &mut p } else { &mut s };
+                    let here = *at;
+                    *at += decl.len();
+                    (i, decl, here)
+                })
+            })
+    }
+
     /// Where node `node`'s parameters lie in [`Trainer::params`].
     pub fn param_range(&self, node: usize) -> core::ops::Range<usize> {
         self.plan.params[node].clone()

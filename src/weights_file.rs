@@ -162,22 +162,17 @@ impl Trainer<'_> {
             .ok_or_else(|| err("file", "header length beyond the file"))?;
         let (header, data) = (&bytes[8..header_end], &bytes[header_end..]);
         let mut places: List<Place, { MAX_NODES * MAX_PARAMS }> = List::new();
-        for (i, node) in self.model().nodes().iter().enumerate() {
-            let (mut p, mut s) = (self.param_range(i).start, self.state_range(i).start);
-            for decl in node.layer.params() {
-                let at = if decl.trained { &mut p } else { &mut s };
-                let len = decl.len();
-                places.push_or(
-                    Place {
-                        node: i,
-                        decl,
-                        at: *at,
-                        found: None,
-                    },
-                    "declared tensors",
-                )?;
-                *at += len;
-            }
+        for (node, decl, at) in self.declared() {
+            let found = None;
+            places.push_or(
+                Place {
+                    node,
+                    decl,
+                    at,
+                    found,
+                },
+                "declared tensors",
+            )?;
         }
         let mut problem = None;
         let entries = Entries {

@@ -55,21 +55,15 @@ pub(crate) struct Place {
 
 /// Every declared parameter and running statistic of the trainer's model, in node order.
 pub(crate) fn places(t: &Trainer<'_>) -> Vec<Place> {
-    let mut out = Vec::new();
-    for (i, node) in t.model().nodes().iter().enumerate() {
-        let (mut p, mut s) = (t.param_range(i).start, t.state_range(i).start);
-        for decl in node.layer.params() {
-            let at = if decl.trained { &mut p } else { &mut s };
-            out.push(Place {
-                node: i,
-                name: alloc::format!("{}.{}", node.name, decl.name),
-                at: *at,
-                decl: decl.clone(),
-            });
-            *at += decl.len();
-        }
-    }
-    out
+    let nodes = t.model().nodes();
+    t.declared()
+        .map(|(node, decl, at)| Place {
+            node,
+            name: alloc::format!("{}.{}", nodes[node].name, decl.name),
+            decl,
+            at,
+        })
+        .collect()
 }
 
 /// `ours` in PyTorch's order, as little-endian bytes.
