@@ -43,6 +43,7 @@ pub mod memory;
 pub mod model;
 pub mod optim;
 mod plan;
+mod rebuild;
 mod report;
 pub mod saved;
 mod shape;

@@ -11,6 +11,10 @@
 //!   lives from its first contribution to its producer's backward. Both phases share the pool.
 //! - **scratch**: the largest single need of any layer (conv's per-sample im2col), shared.
 //!
+//! A tensor that a backward reads but that can be rebuilt from what its producer keeps anyway
+//! (`crate::rebuild`) is not held: the reader gets an activation buffer for its backward step
+//! alone, and the trainer rebuilds the tensor there first.
+//!
 //! Every size comes from the layers' declarations ([`crate::layers::Needs`]); the plan is made
 //! in named steps: declarations, readers and liveness, parameters, the activation pool, the
 //! saved region (held tensors, contexts, shared packed copies), and the layout of the regions.
@@ -22,6 +26,7 @@ use crate::arena::{MAX_TENSOR_ELEMS, words_for_bytes, words_for_f32};
 use crate::error::{Error, Result, config_err};
 use crate::layers::Needs;
 use crate::model::{Model, Node};
+use crate::rebuild::{self, Chain};
 use crate::saved::SparseSave;
 use dropit_simd::format::Format;
 
@@ -68,6 +73,8 @@ pub(crate) struct Plan {
     pub ctx: PerNode<Range<usize>>,
     /// Per node: its DropIT-packed input, if it keeps one.
     pub packed: PerNode<Option<PackedInput>>,
+    /// Per node: its input, rebuilt before its backward, if it reads one that can be.
+    pub rebuilt: PerNode<Option<RebuiltInput>>,
     pub regions: Regions,
     pub total_words: usize,
 }
@@ -79,6 +86,15 @@ pub(crate) struct PackedInput {
     pub format: Format,
     /// This node packs it in forward; a later reader with the same settings shares it.
     pub packs: bool,
+}
+
+/// Where a layer's rebuilt input is made, and by which nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RebuiltInput {
+    /// The nodes that rebuild it, in order (see [`rebuild::chain`]).
+    pub chain: Chain,
+    /// Its buffer in the activation pool, live for the reader's backward step only.
+    pub words: Range<usize>,
 }
 
 /// The regions of the arena.
@@ -196,7 +212,7 @@ fn reads_once(n: &Node, t: usize) -> bool {
 
 /// Step 1: every node's declaration for the planned batch; frozen nodes keep nothing. (Not
 /// kept in the plan: the trainer asks each layer again for the batch at hand, and the memory
-/// report asks again too.)
+/// report asks again too; both then apply [`Plan::rebuilt`].)
 pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> PerNode<Needs> {
     model
         .nodes
@@ -212,6 +228,15 @@ pub(crate) fn declare(model: &Model, batch: usize, threads: usize) -> PerNode<Ne
             }
         })
         .collect()
+}
+
+/// Node `i`'s declaration as planned: not holding or packing an input the plan rebuilds.
+pub(crate) fn as_planned(plan: &Plan, i: usize, needs: Needs) -> Needs {
+    if plan.rebuilt.get(i).is_some_and(Option::is_some) {
+        rebuild::rebuilt(needs)
+    } else {
+        needs
+    }
 }
 
 /// Step 2: who makes and who reads each tensor, and which tensors a backward reads as they are
@@ -291,10 +316,18 @@ struct Activations {
     inplace: PerNode<bool>,
     inplace_bwd: PerNode<bool>,
     acc: PerNode<[bool; 2]>,
+    /// Per node: the buffer its input is rebuilt in.
+    rebuilt: PerNode<Option<usize>>,
 }
 
 impl Activations {
-    fn plan(model: &Model, batch: usize, needs: &[Needs], r: &Readers) -> Result<Self> {
+    fn plan(
+        model: &Model,
+        batch: usize,
+        needs: &[Needs],
+        chains: &[Option<Chain>],
+        r: &Readers,
+    ) -> Result<Self> {
         let (nodes, frozen) = (&model.nodes, model.frozen);
         let nt = model.shapes.len();
         let size = |t: usize| words_for_f32(batch * model.shapes[t].numel());
@@ -334,7 +367,11 @@ impl Activations {
         grad[model.logits] = Some(act[model.logits]);
         let mut acc: PerNode<[bool; 2]> = repeat([false; 2], nodes.len());
         let mut inplace_bwd: PerNode<bool> = repeat(false, nodes.len());
+        let mut rebuilt: PerNode<Option<usize>> = repeat(None, nodes.len());
         for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
+            if chains[i].is_some() {
+                rebuilt[i] = Some(pool.alloc(size(n.inputs[0]), back(i))?);
+            }
             let dy = grad[n.output];
             if let Some(dy) = dy {
                 pool.touch(dy, back(i));
@@ -368,6 +405,7 @@ impl Activations {
             inplace,
             inplace_bwd,
             acc,
+            rebuilt,
         })
     }
 }
@@ -435,16 +473,58 @@ fn lay_saved(
 }
 
 /// Plans `model` for batches of up to `batch` samples, with `opt_slots` optimizer floats per
-/// parameter and `threads` workers.
-pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize) -> Result<Plan> {
+/// parameter and `threads` workers, rebuilding inputs where it can if `rebuild_inputs`.
+///
+/// Inputs that can be rebuilt are rebuilt one candidate at a time, in execution order,
+/// wherever that does not make the arena larger (the rebuilt input's buffer can raise the
+/// activations' peak by more than the copy it saves).
+pub(crate) fn plan(
+    model: &Model,
+    batch: usize,
+    opt_slots: usize,
+    threads: usize,
+    rebuild_inputs: bool,
+) -> Result<Plan> {
     if batch == 0 {
         return config_err("batch size", "must be at least 1");
     }
     check_sizes(model, batch)?;
-    let needs = declare(model, batch, threads);
+    let declared = declare(model, batch, threads);
+    let mut chains: PerNode<Option<Chain>> = repeat(None, declared.len());
+    let mut best = plan_with(model, batch, opt_slots, threads, &declared, &chains)?;
+    for (i, n) in declared.iter().enumerate().filter(|_| rebuild_inputs) {
+        chains[i] = rebuild::candidate(model, i, n);
+        if chains[i].is_none() {
+            continue;
+        }
+        match plan_with(model, batch, opt_slots, threads, &declared, &chains) {
+            Ok(p) if p.total_words <= best.total_words => best = p,
+            _ => chains[i] = None,
+        }
+    }
+    Ok(best)
+}
+
+/// The plan with the inputs of the nodes that have a chain rebuilt.
+fn plan_with(
+    model: &Model,
+    batch: usize,
+    opt_slots: usize,
+    threads: usize,
+    declared: &[Needs],
+    chains: &[Option<Chain>],
+) -> Result<Plan> {
+    let needs: PerNode<Needs> = declared
+        .iter()
+        .zip(chains)
+        .map(|(n, c)| match c {
+            Some(_) => rebuild::rebuilt(n.clone()),
+            None => n.clone(),
+        })
+        .collect();
     let readers = Readers::of(model, &needs)?;
     let (params, state) = lay_params(model);
-    let acts = Activations::plan(model, batch, &needs, &readers)?;
+    let acts = Activations::plan(model, batch, &needs, chains, &readers)?;
     let (placed, pool_words) = acts.pool.place();
     let scratch_words = needs.iter().map(|n| n.scratch).max().unwrap_or(0);
 
@@ -469,6 +549,16 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
     for t in (0..tensors.len()).filter(|&t| !readers.held[t]) {
         tensors[t] = shift(&placed[acts.act[t]]);
     }
+    let rebuilt = chains
+        .iter()
+        .zip(&acts.rebuilt)
+        .map(|(c, b)| {
+            Some(RebuiltInput {
+                chain: c.clone()?,
+                words: shift(&placed[(*b)?]),
+            })
+        })
+        .collect();
     let grads = acts
         .grad
         .iter()
@@ -489,6 +579,7 @@ pub(crate) fn plan(model: &Model, batch: usize, opt_slots: usize, threads: usize
         inplace_bwd: acts.inplace_bwd,
         ctx,
         packed,
+        rebuilt,
         regions: Regions {
             params: regions_params,
             grads: regions_grads,

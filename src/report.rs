@@ -60,7 +60,12 @@ impl MemoryReport {
         // Per-tensor and per-node lists have room for every tensor and node of a model.
         let mut counted: crate::plan::PerTensor<bool> =
             core::iter::repeat_n(false, model.shapes.len()).collect();
-        let declared = crate::plan::declare(model, plan.batch, plan.threads);
+        let declared: crate::plan::PerNode<_> =
+            crate::plan::declare(model, plan.batch, plan.threads)
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| crate::plan::as_planned(plan, i, n))
+                .collect();
         let layers: List<LayerMemory, MAX_NODES> = model
             .nodes
             .iter()
@@ -77,6 +82,13 @@ impl MemoryReport {
                         Some(s) => msg!("{s} + {part}"),
                     });
                 };
+                if let Some(r) = &plan.rebuilt[i] {
+                    let from = r
+                        .chain
+                        .first()
+                        .map_or("", |&c| model.nodes[c].name.as_str());
+                    add(format_args!("input rebuilt from {from}"));
+                }
                 if needs.holds_input {
                     if counted[t] {
                         add(format_args!("input (shared)"));

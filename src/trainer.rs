@@ -14,10 +14,10 @@ use crate::init::rng;
 use crate::layers::contract::{Input, Mode, Saved, SavedMut};
 use crate::layers::loss::softmax_cross_entropy;
 use crate::layers::par::MAX_THREADS;
-use crate::layers::{Bwd, Fwd, Needs, PackedMutRef};
+use crate::layers::{Bwd, Fwd, Needs, PackedMutRef, Rb};
 use crate::model::Model;
 use crate::optim::{Optimizer, Schedule};
-use crate::plan::{Plan, plan};
+use crate::plan::{Plan, RebuiltInput, plan};
 use crate::report::MemoryReport;
 use crate::shape::Shape;
 use core::ops::Range;
@@ -42,6 +42,17 @@ pub struct TrainerConfig {
     /// is below 1. `None` (the default) leaves them as they are.
     #[serde(default)]
     pub clip_grad_norm: Option<f32>,
+    /// Rebuild, in backward, a layer input that can be rebuilt from what another layer keeps
+    /// anyway (a norm's x̂, GELU's input) instead of keeping it, wherever the plan gets smaller
+    /// (README, *Keep only what cannot be rebuilt*). On by default; from an f32 context the
+    /// results are bitwise those without it, except that a DropIT layer whose input is rebuilt
+    /// computes its weight gradient exactly.
+    #[serde(default = "yes")]
+    pub rebuild_inputs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TrainerConfig {
@@ -56,6 +67,7 @@ impl TrainerConfig {
             label_smoothing: 0.0,
             threads: 1,
             clip_grad_norm: None,
+            rebuild_inputs: true,
         }
     }
 
@@ -256,7 +268,13 @@ impl<'a> Trainer<'a> {
         if cfg.threads > 1 && !cfg!(feature = "parallel") {
             return config_err("threads", "more than one needs the `parallel` feature");
         }
-        plan(model, cfg.batch, cfg.optimizer.state_slots(), cfg.threads)
+        plan(
+            model,
+            cfg.batch,
+            cfg.optimizer.state_slots(),
+            cfg.threads,
+            cfg.rebuild_inputs,
+        )
     }
 
     fn finish(
@@ -558,10 +576,16 @@ impl<'a> Trainer<'a> {
             let inplace = plan.inplace_bwd[i];
             let grad = |t: usize| Some(plan.grads[t].clone()).filter(|r| !r.is_empty());
             let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
+            let rebuilt = plan.rebuilt[i].as_ref();
+            if let Some(r) = rebuilt {
+                rebuild_input(&self.model, plan, w, r, n, self.cfg.threads)?;
+            }
+            let held = call.needs.holds_input;
             let tensors = [
-                call.needs
-                    .holds_input
-                    .then(|| plan.tensors[node.inputs[0]].clone()),
+                match rebuilt {
+                    Some(r) => Some(r.words.clone()),
+                    None => held.then(|| plan.tensors[node.inputs[0]].clone()),
+                },
                 (!inplace).then(|| plan.grads[node.output].clone()),
                 grad(node.inputs[0]),
                 (node.layer.arity() == 2)
@@ -824,7 +848,8 @@ impl<'p> Call<'p> {
         let needs = if node < plan.frozen {
             Needs::none()
         } else {
-            model.nodes[node].layer.needs(n, xs, ys, threads)
+            let needs = model.nodes[node].layer.needs(n, xs, ys, threads);
+            crate::plan::as_planned(plan, node, needs)
         };
         Call {
             xs,
@@ -886,6 +911,30 @@ impl<'p> Call<'p> {
             packed,
         })
     }
+}
+
+/// Rebuilds a layer's input of `n` samples into its planned buffer: the chain's first node
+/// from its saved context, each next one in place.
+fn rebuild_input(
+    model: &Model,
+    plan: &Plan,
+    w: &mut [u64],
+    r: &RebuiltInput,
+    n: usize,
+    threads: usize,
+) -> Result<()> {
+    for &c in &r.chain {
+        let call = Call::new(model, plan, c, n, threads);
+        let v = call.carve(w, [Some(r.words.clone()), None, None, None], 0..0)?;
+        let [y, ..] = v.tensors;
+        model.nodes[c].layer.rebuild(&mut Rb {
+            y: &mut f32s_mut(y.unwrap_or_default())[..call.y_len()],
+            p: &f32s(v.params)[plan.params[c].clone()],
+            saved: Saved::split(v.ctx, &call.needs.saved)?,
+            threads,
+        })?;
+    }
+    Ok(())
 }
 
 /// The randomness of node `node` in step `step` (dropout masks): distinct per node and step,

@@ -230,7 +230,10 @@ fn planned_bytes_are_the_formats_and_shared_inputs_are_held_once() {
         let len = n * shape.numel();
         let k = dropit::kernels::select::kept_count(len, sp.keep);
         let bytes = Format::smallest(len, k, sp.values).bytes(len, k);
-        if node.name.ends_with("downsample.0") {
+        if row.saved.starts_with("input rebuilt") {
+            // The planner rebuilds it instead (tests/rebuild.rs).
+            assert_eq!(row.saved_bytes, 0, "{}", node.name);
+        } else if node.name.ends_with("downsample.0") {
             assert_eq!(
                 (row.saved.as_str(), row.saved_bytes),
                 ("packed (shared)", 0),

@@ -5,7 +5,10 @@
 //! and the bits of an evaluation loss (which reads the running statistics). The values were
 //! recorded before the layer-contract refactor. They hold for x86_64 CPUs with AVX2 and FMA
 //! (the AVX2 and AVX-512 GEMM builds round alike); other builds round differently (no FMA in
-//! the baseline GEMM, fused `wide` kernels on NEON) and check determinism only.
+//! the baseline GEMM, fused `wide` kernels on NEON) and check determinism only. The DropIT
+//! pins were re-recorded when inputs that can be rebuilt (a norm's `γ·x̂ + β`, GELU of its
+//! input) stopped being kept: dense results stayed bitwise the same, but a DropIT layer whose
+//! input is now rebuilt computes its weight gradient exactly.
 //!
 //! The planned arena of each workload at batch 64 is pinned too, as an upper bound. (The cnn's
 //! grew by 5 376 bytes on purpose: each batch norm stages its batch mean and variance, 8 bytes a
@@ -72,23 +75,23 @@ const PINS: &[Pin] = &[
         0x99b4a1b4463be17b,
         0x4011ae0c,
     ),
-    ("cnn", "g0.9", 1, 0x402309e2, 0x1eab6a329db8379c, 0x4011e56c),
-    ("cnn", "g0.9", 2, 0x4022db1e, 0xbe3689890ad3bc07, 0x4011e86a),
+    ("cnn", "g0.9", 1, 0x4021bb54, 0x287b13ed332d4f64, 0x40125442),
+    ("cnn", "g0.9", 2, 0x4021b5f9, 0x6e9d01120de3a1a5, 0x40125802),
     (
         "cnn",
         "g0.9-lean",
         1,
-        0x4022d4a6,
-        0x26c2d35e6e50edcd,
-        0x401229ba,
+        0x4022c0a5,
+        0x0c424803089065b3,
+        0x40120405,
     ),
     (
         "cnn",
         "g0.9-lean",
         2,
-        0x40233f07,
-        0xfb7de4d713333ad1,
-        0x401235d3,
+        0x40224a5b,
+        0x116819ec6e44541f,
+        0x4011feb5,
     ),
     (
         "vit",
@@ -106,23 +109,23 @@ const PINS: &[Pin] = &[
         0xa521800bcd17d6d8,
         0x4024a661,
     ),
-    ("vit", "g0.9", 1, 0x40209542, 0x566c0d13430c520f, 0x4020fac4),
-    ("vit", "g0.9", 2, 0x40209542, 0xcdf78a300854232c, 0x4020fac4),
+    ("vit", "g0.9", 1, 0x40214c8e, 0x4ba494b0c588ee4b, 0x40226804),
+    ("vit", "g0.9", 2, 0x40214c8e, 0x086393e005ef4a19, 0x40226804),
     (
         "vit",
         "g0.9-lean",
         1,
-        0x40208d43,
-        0x650dc212c5240304,
-        0x402103fb,
+        0x40214dc2,
+        0x80824996b63f5ca4,
+        0x402277a2,
     ),
     (
         "vit",
         "g0.9-lean",
         2,
-        0x40208e19,
-        0xe88fc9862270a29f,
-        0x40210763,
+        0x40214d2e,
+        0x0c715924be46cd6d,
+        0x402278f9,
     ),
 ];
 
@@ -134,18 +137,18 @@ const PLAN_BYTES: &[(&str, &str, usize, usize)] = &[
     ("mlp", "g0.9", 2, 10437552),
     ("mlp", "g0.9-lean", 1, 9605656),
     ("mlp", "g0.9-lean", 2, 10431000),
-    ("cnn", "dense", 1, 79740280),
-    ("cnn", "dense", 2, 81441144),
-    ("cnn", "g0.9", 1, 56027120),
-    ("cnn", "g0.9", 2, 57727984),
-    ("cnn", "g0.9-lean", 1, 37803200),
-    ("cnn", "g0.9-lean", 2, 39504064),
-    ("vit", "dense", 1, 94294432),
-    ("vit", "dense", 2, 94687648),
-    ("vit", "g0.9", 1, 64403872),
-    ("vit", "g0.9", 2, 64797088),
-    ("vit", "g0.9-lean", 1, 35637664),
-    ("vit", "g0.9-lean", 2, 36030880),
+    ("cnn", "dense", 1, 68500856),
+    ("cnn", "dense", 2, 70201720),
+    ("cnn", "g0.9", 1, 55394896),
+    ("cnn", "g0.9", 2, 57095760),
+    ("cnn", "g0.9-lean", 1, 37411816),
+    ("cnn", "g0.9-lean", 2, 39112680),
+    ("vit", "dense", 1, 69693856),
+    ("vit", "dense", 2, 70087072),
+    ("vit", "g0.9", 1, 63734176),
+    ("vit", "g0.9", 2, 64127392),
+    ("vit", "g0.9-lean", 1, 35213728),
+    ("vit", "g0.9-lean", 2, 35606944),
 ];
 
 fn model(name: &str) -> Model {

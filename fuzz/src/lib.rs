@@ -27,6 +27,7 @@ pub fn mlp() -> Trainer<'static> {
         label_smoothing: 0.1,
         threads: 1,
         clip_grad_norm: None,
+        rebuild_inputs: true,
     };
     Trainer::new(model, cfg).unwrap()
 }

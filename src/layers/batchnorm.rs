@@ -7,8 +7,10 @@
 
 use crate::collections::msg;
 use super::par::{each, max_groups, split};
-use super::contract::{Saved, Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, params};
-use super::{Bwd, Fwd, planner_bug, put};
+use super::contract::{
+    Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, Saved, params,
+};
+use super::{Bwd, Fwd, Rb, planner_bug, put, rebuild_affine};
 use dropit_simd::format::Value;
 
 use crate::arena::words_for_f32;
@@ -127,6 +129,21 @@ impl Op for BatchNorm2d {
 
     fn set_lean(&mut self, lean: bool) {
         self.lean = lean;
+    }
+
+    /// `γ·x̂ + β` from the kept x̂.
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::FromSaved
+    }
+
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        if self.lean {
+            let h = r.saved.bf16(1)?;
+            rebuild_affine(r, h, self.c, Self::KIND)
+        } else {
+            let h = r.saved.f32(1)?;
+            rebuild_affine(r, h, self.c, Self::KIND)
+        }
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

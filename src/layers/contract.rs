@@ -15,7 +15,7 @@ use crate::saved::{InputSave, SparseSave};
 use crate::shape::Shape;
 use dropit_simd::mask::mask_words;
 
-use super::{Bwd, Fwd};
+use super::{Bwd, Fwd, Rb};
 
 /// Most entries a layer saves for backward.
 pub const MAX_ENTRIES: usize = 3;
@@ -68,6 +68,22 @@ impl Entry {
     pub fn words(&self) -> usize {
         self.elem.words(self.len)
     }
+}
+
+/// How a layer's output can be rebuilt in backward from what the layer keeps anyway: the
+/// declared relation that lets a reader of the output (a Linear or convolution that needs it
+/// for its weight gradient) keep nothing. The planner follows it (`crate::rebuild`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuild {
+    /// It cannot.
+    No,
+    /// From its own saved context and parameters alone: a norm's `γ·x̂ + β`, GELU of its kept
+    /// input. Bitwise the forward output when the context is f32; from a lean (bf16) context,
+    /// to bf16's rounding of x̂.
+    FromSaved,
+    /// Elementwise from its rebuilt input and its saved context (ReLU, ReLU6, dropout's mask):
+    /// the buffer holds the input and is transformed in place, bitwise as forward did.
+    FromInput,
 }
 
 /// What a layer needs for `n` samples: declared once, read by the planner, the trainer and the
@@ -510,6 +526,17 @@ pub(crate) trait Op {
     /// `num_batches_tracked`): checkpoints write the trainer's step there and ignore it on load.
     fn counters(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// Whether and how its output can be rebuilt in backward (see [`Rebuild`]).
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::No
+    }
+
+    /// Rebuilds the output of the last training forward into `r.y` (for
+    /// [`Rebuild::FromInput`], `r.y` holds the rebuilt input).
+    fn rebuild(&self, _r: &mut Rb<'_>) -> Result<()> {
+        Err(super::planner_bug(Self::KIND, "cannot rebuild its output"))
     }
 
     /// Switches the layer's lean forms on or off (no-op without one).

@@ -279,7 +279,8 @@ impl Conv2d {
             }
         }
         // DropIT: grad_W straight from the packed input, with no im2col.
-        let sparse = self.save.sparse();
+        // Unless the planner rebuilds the input instead (then it is in `b.x`).
+        let sparse = self.save.sparse().filter(|_| b.x.is_none());
         if let Some(sp) = sparse {
             let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;

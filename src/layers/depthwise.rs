@@ -154,7 +154,8 @@ impl Op for DepthwiseConv2d {
             }
         }
         let (per, t) = split(b.n, b.threads);
-        match self.save.sparse() {
+        // DropIT, unless the planner rebuilds the input instead (then it is in `b.x`).
+        match self.save.sparse().filter(|_| b.x.is_none()) {
             Some(sp) => {
                 let packed = b.packed.ok_or_else(|| missing(Self::KIND))?;
                 let pk = packed_input(sp, b.n, xs.numel(), packed)?;

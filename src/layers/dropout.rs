@@ -6,8 +6,8 @@
 
 use crate::collections::msg;
 use super::par::{each, elem_chunk};
-use super::contract::{Dims, Mode, Needs, Op};
-use super::{Bwd, Fwd, planner_bug, put};
+use super::contract::{Dims, Mode, Needs, Op, Rebuild};
+use super::{Bwd, Fwd, Rb, planner_bug, put};
 use crate::error::{Result, config_err};
 use crate::shape::Shape;
 
@@ -43,6 +43,31 @@ impl Op for Dropout {
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         self.run_backward(b)
+    }
+
+    /// The rebuilt input under the kept mask.
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::FromInput
+    }
+
+    /// `x · 1/(1 − p)` where the mask is set, else 0, as forward computed it.
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        let bits = r.saved.bits(0)?;
+        if bits.len() * 64 < r.y.len() {
+            return Err(planner_bug(Self::KIND, "the mask is shorter than the output"));
+        }
+        let scale = 1.0 / (1.0 - self.p);
+        let c = elem_chunk(r.y.len(), r.threads);
+        each(r.y.chunks_mut(c).zip(bits.chunks(c / 64)), |(y, bits)| {
+            for (j, v) in y.iter_mut().enumerate() {
+                *v = if (bits[j / 64] >> (j % 64)) & 1 == 1 {
+                    *v * scale
+                } else {
+                    0.0
+                };
+            }
+            Ok(())
+        })
     }
 }
 

@@ -4,8 +4,8 @@
 use dropit_simd::act;
 
 use super::par::{each, elem_chunk};
-use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
-use super::{Bwd, Fwd, planner_bug, put};
+use super::contract::{Dims, Elem, Entry, Mode, Needs, Op, Rebuild};
+use super::{Bwd, Fwd, Rb, planner_bug, put};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -38,6 +38,30 @@ impl Op for Gelu {
 
     fn set_lean(&mut self, lean: bool) {
         self.lean = lean;
+    }
+
+    /// GELU of the kept input; not when lean (only the derivative is kept).
+    fn rebuilds(&self) -> Rebuild {
+        if self.lean {
+            Rebuild::No
+        } else {
+            Rebuild::FromSaved
+        }
+    }
+
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        let s = r.saved.f32(0)?;
+        if self.lean || s.len() != r.y.len() {
+            return Err(planner_bug(Self::KIND, "no kept input to rebuild from"));
+        }
+        // The chunks forward used, so that the same elements take the same (vector or tail)
+        // path.
+        let (c, tanh) = (elem_chunk(r.y.len(), r.threads), self.tanh);
+        each(r.y.chunks_mut(c).zip(s.chunks(c)), |(y, s)| {
+            y.copy_from_slice(s);
+            act::gelu(y, tanh);
+            Ok(())
+        })
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

@@ -6,8 +6,10 @@ use crate::collections::msg;
 use dropit_simd::format::Value;
 
 use super::par::{each, max_groups, split};
-use super::contract::{Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, params};
-use super::{Bwd, Fwd, not_in_place, put};
+use super::contract::{
+    Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
+};
+use super::{Bwd, Fwd, Rb, not_in_place, put, rebuild_affine};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
@@ -88,6 +90,21 @@ impl Op for LayerNorm {
 
     fn set_lean(&mut self, lean: bool) {
         self.lean = lean;
+    }
+
+    /// `γ·x̂ + β` from the kept x̂.
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::FromSaved
+    }
+
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        if self.lean {
+            let h = r.saved.bf16(1)?;
+            rebuild_affine(r, h, self.c, Self::KIND)
+        } else {
+            let h = r.saved.f32(1)?;
+            rebuild_affine(r, h, self.c, Self::KIND)
+        }
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

@@ -162,7 +162,8 @@ impl Op for Linear {
         let (per, t) = split(rows, b.threads);
         let unit = b.scratch.len() / t;
         let dy = Mat::new(dy_all, rows, o)?;
-        if let Some(sp) = self.save.sparse() {
+        // DropIT, unless the planner rebuilds the input instead (then it is in `b.x`).
+        if let Some(sp) = self.save.sparse().filter(|_| b.x.is_none()) {
             let packed = b.packed.ok_or_else(|| missing("Linear"))?;
             let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;
             if sp.direct(false) {

@@ -11,7 +11,7 @@ pub(crate) mod contract;
 pub(crate) mod loss;
 pub(crate) mod par;
 
-pub use contract::{Elem, Entry, Layout, Needs, ParamDecl};
+pub use contract::{Elem, Entry, Layout, Needs, ParamDecl, Rebuild};
 
 use crate::collections::msg;
 use contract::{Dims, Input, Mode, Op, Params, Saved, SavedMut};
@@ -83,6 +83,16 @@ pub(crate) struct Bwd<'a> {
     pub threads: usize,
     /// The layer's packed input (DropIT), where it keeps one.
     pub packed: Option<(&'a [u64], Format)>,
+}
+
+/// What a rebuild call reads and writes (see [`Rebuild`]): the layer's output,
+/// rebuilt in backward from its saved context (and, for [`Rebuild::FromInput`], from its
+/// rebuilt input, already in `y`).
+pub(crate) struct Rb<'a> {
+    pub y: &'a mut [f32],
+    pub p: &'a [f32],
+    pub saved: Saved<'a>,
+    pub threads: usize,
 }
 
 /// The buffer of a tensor that a layer which never runs in place reads.
@@ -194,6 +204,42 @@ pub(crate) fn planner_bug(kind: &str, detail: &str) -> crate::error::Error {
         what: msg!("{kind} layer"),
         detail: msg!("{detail}"),
     }
+}
+
+/// Rebuilds a norm's output `y = γ·x̂ + β` per channel from its kept `xhat` (rows of `c`; the
+/// parameters are γ then β), the same products and sums as its forward.
+pub(crate) fn rebuild_affine<V: dropit_simd::format::Value + Sync>(
+    r: &mut Rb<'_>,
+    xhat: &[V],
+    c: usize,
+    kind: &str,
+) -> Result<()> {
+    if xhat.len() != r.y.len() || r.p.len() < 2 * c || c == 0 {
+        return Err(planner_bug(kind, "the rebuilt output does not match x̂"));
+    }
+    let (gamma, beta) = r.p[..2 * c].split_at(c);
+    let (per, _) = par::split(r.y.len() / c, r.threads);
+    par::each(
+        r.y.chunks_mut(per * c).zip(xhat.chunks(per * c)),
+        |(y, h)| {
+            for (yr, hr) in y.chunks_exact_mut(c).zip(h.chunks_exact(c)) {
+                for i in 0..c {
+                    yr[i] = gamma[i] * hr[i].to_f32() + beta[i];
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Rebuilds an elementwise activation's output in place from its rebuilt input in `r.y`, in
+/// the chunks its forward used.
+pub(crate) fn rebuild_elementwise(r: &mut Rb<'_>, f: impl Fn(f32) -> f32 + Sync) -> Result<()> {
+    let c = par::elem_chunk(r.y.len(), r.threads);
+    par::each(r.y.chunks_mut(c), |y| {
+        y.iter_mut().for_each(|v| *v = f(*v));
+        Ok(())
+    })
 }
 
 /// Backward of an activation that saved one bit per element (entry 0): the output gradient
@@ -311,6 +357,14 @@ macro_rules! layers {
                 match self { $($(Layer::$v(l) => l.counters(),)+)+ }
             }
 
+            fn op_rebuilds(&self) -> Rebuild {
+                match self { $($(Layer::$v(l) => l.rebuilds(),)+)+ }
+            }
+
+            fn op_rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+                match self { $($(Layer::$v(l) => l.rebuild(r),)+)+ }
+            }
+
             fn op_set_lean(&mut self, lean: bool) {
                 match self { $($(Layer::$v(l) => l.set_lean(lean),)+)+ }
             }
@@ -398,6 +452,15 @@ impl Layer {
     /// or off; a layer without one ignores it.
     pub fn set_lean(&mut self, lean: bool) {
         self.op_set_lean(lean)
+    }
+
+    /// Whether and how the layer's output can be rebuilt in backward from what it keeps.
+    pub fn rebuilds(&self) -> Rebuild {
+        self.op_rebuilds()
+    }
+
+    pub(crate) fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        self.op_rebuild(r)
     }
 
     /// Int64 step counters PyTorch keeps for the same module (`num_batches_tracked`).

@@ -2,9 +2,9 @@
 
 use dropit_simd::mask::relu_forward;
 
-use super::contract::{Dims, Mode, Needs, Op};
+use super::contract::{Dims, Mode, Needs, Op, Rebuild};
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, mask_backward};
+use super::{Bwd, Fwd, Rb, mask_backward, rebuild_elementwise};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -54,5 +54,15 @@ impl Op for Relu {
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         mask_backward(b, Self::KIND)
+    }
+
+    /// max(x, 0) of the rebuilt input.
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::FromInput
+    }
+
+    /// As `relu_forward`: x ≤ 0 (−0 too) becomes +0, NaN passes.
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        rebuild_elementwise(r, |v| if v <= 0.0 { 0.0 } else { v })
     }
 }

@@ -1,9 +1,9 @@
 //! ReLU6, `min(max(x, 0), 6)` (MobileNets). Saves one bit per element — whether the input lay
 //! strictly inside (0, 6), where the gradient passes — never the output itself.
 
-use super::contract::{Dims, Mode, Needs, Op};
+use super::contract::{Dims, Mode, Needs, Op, Rebuild};
 use super::par::{each, elem_chunk};
-use super::{Bwd, Fwd, mask_backward};
+use super::{Bwd, Fwd, Rb, mask_backward, rebuild_elementwise};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -64,5 +64,14 @@ impl Op for Relu6 {
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         mask_backward(b, Self::KIND)
+    }
+
+    /// min(max(x, 0), 6) of the rebuilt input.
+    fn rebuilds(&self) -> Rebuild {
+        Rebuild::FromInput
+    }
+
+    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+        rebuild_elementwise(r, clamp6)
     }
 }

@@ -34,6 +34,7 @@ pub fn config(batch: usize) -> TrainerConfig {
         label_smoothing: 0.0,
         threads: 1,
         clip_grad_norm: None,
+        rebuild_inputs: true,
     }
 }
 
