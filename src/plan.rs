@@ -93,8 +93,9 @@ pub(crate) struct PackedInput {
 pub(crate) struct RebuiltInput {
     /// The nodes that rebuild it, in order (see [`rebuild::chain`]).
     pub chain: Chain,
-    /// Its buffer in the activation pool, live for the reader's backward step only.
-    pub words: Range<usize>,
+    /// Its buffer in the activation pool, live for the reader's backward step only; `None`
+    /// when the reader takes it piece by piece (in its scratch).
+    pub words: Option<Range<usize>>,
 }
 
 /// The regions of the arena.
@@ -369,7 +370,7 @@ impl Activations {
         let mut inplace_bwd: PerNode<bool> = repeat(false, nodes.len());
         let mut rebuilt: PerNode<Option<usize>> = repeat(None, nodes.len());
         for (i, n) in nodes.iter().enumerate().rev().take(nodes.len() - frozen) {
-            if chains[i].is_some() {
+            if chains[i].is_some() && needs[i].rebuild_scratch.is_none() {
                 rebuilt[i] = Some(pool.alloc(size(n.inputs[0]), back(i))?);
             }
             let dy = grad[n.output];
@@ -555,7 +556,7 @@ fn plan_with(
         .map(|(c, b)| {
             Some(RebuiltInput {
                 chain: c.clone()?,
-                words: shift(&placed[(*b)?]),
+                words: b.map(|b| shift(&placed[b])),
             })
         })
         .collect();

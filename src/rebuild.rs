@@ -14,7 +14,7 @@ use crate::model::Model;
 use heapless::Vec as HVec;
 
 /// Longest chain followed: a norm and three elementwise layers on top of it.
-const MAX_CHAIN: usize = 4;
+pub(crate) const MAX_CHAIN: usize = 4;
 
 /// The nodes that rebuild a tensor, in the order they run: the first rebuilds from its own
 /// saved context, each next one transforms the buffer in place.
@@ -50,9 +50,13 @@ pub(crate) fn candidate(model: &Model, i: usize, needs: &Needs) -> Option<Chain>
     chain(model, model.nodes[i].inputs[0])
 }
 
-/// Node `i`'s declaration once its input is rebuilt: it neither holds nor packs it.
+/// Node `i`'s declaration once its input is rebuilt: it neither holds nor packs it, and when
+/// it takes the input piece by piece it needs that scratch more.
 pub(crate) fn rebuilt(mut needs: Needs) -> Needs {
     needs.holds_input = false;
     needs.packed = None;
+    needs.scratch = needs
+        .scratch
+        .saturating_add(needs.rebuild_scratch.unwrap_or(0));
     needs
 }

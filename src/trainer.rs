@@ -14,13 +14,15 @@ use crate::init::rng;
 use crate::layers::contract::{Input, Mode, Saved, SavedMut};
 use crate::layers::loss::softmax_cross_entropy;
 use crate::layers::par::MAX_THREADS;
-use crate::layers::{Bwd, Fwd, Needs, PackedMutRef, Rb};
+use crate::layers::{Bwd, Fwd, Needs, PackedMutRef, Rebuilder};
 use crate::model::Model;
 use crate::optim::{Optimizer, Schedule};
-use crate::plan::{Plan, RebuiltInput, plan};
+use crate::plan::{Plan, plan};
+use crate::rebuild::MAX_CHAIN;
 use crate::report::MemoryReport;
 use crate::shape::Shape;
 use core::ops::Range;
+use heapless::Vec as HVec;
 
 /// How to train.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -537,7 +539,7 @@ impl<'a> Trainer<'a> {
                 None,
             ];
             let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
-            let v = call.carve(w, tensors, plan.regions.state.clone())?;
+            let v = call.carve(w, tensors, plan.regions.state.clone(), Default::default())?;
             let [x, x2, y, _] = v.tensors;
             let pk = plan.packed[i].as_ref();
             let mut f = Fwd {
@@ -577,13 +579,25 @@ impl<'a> Trainer<'a> {
             let grad = |t: usize| Some(plan.grads[t].clone()).filter(|r| !r.is_empty());
             let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
             let rebuilt = plan.rebuilt[i].as_ref();
-            if let Some(r) = rebuilt {
-                rebuild_input(&self.model, plan, w, r, n, self.cfg.threads)?;
-            }
+            // The nodes that rebuild the input, and their declarations (their saved contexts
+            // are carved with this node's views).
+            let links: HVec<(usize, Needs), MAX_CHAIN> = rebuilt
+                .map(|r| {
+                    r.chain
+                        .iter()
+                        .map(|&c| {
+                            (
+                                c,
+                                Call::new(&self.model, plan, c, n, self.cfg.threads).needs,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let held = call.needs.holds_input;
             let tensors = [
                 match rebuilt {
-                    Some(r) => Some(r.words.clone()),
+                    Some(r) => r.words.clone(),
                     None => held.then(|| plan.tensors[node.inputs[0]].clone()),
                 },
                 (!inplace).then(|| plan.grads[node.output].clone()),
@@ -592,14 +606,42 @@ impl<'a> Trainer<'a> {
                     .then(|| grad(node.inputs[1]))
                     .flatten(),
             ];
-            let v = call.carve(w, tensors, plan.regions.grads.clone())?;
+            let chain_ctx =
+                core::array::from_fn(|j| links.get(j).map_or(0..0, |(c, _)| plan.ctx[*c].clone()));
+            let v = call.carve(w, tensors, plan.regions.grads.clone(), chain_ctx)?;
             let [x, dy, dx, dx2] = v.tensors;
+            let params: &[u64] = v.params;
+            let rebuilder = Rebuilder {
+                links: links
+                    .iter()
+                    .zip(v.chain)
+                    .map(|((c, needs), ctx)| {
+                        let p = &f32s(params)[plan.params[*c].clone()];
+                        Ok((
+                            &self.model.nodes[*c].layer,
+                            p,
+                            Saved::split(ctx, &needs.saved)?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let x = x.map(|x| &mut f32s_mut(x)[..call.x_len()]);
+            // Rebuilt whole into its planned buffer, or piece by piece by the layer.
+            let pieces = match (rebuilt, x) {
+                (Some(_), Some(x)) => {
+                    rebuilder.fill_all(x, n, self.cfg.threads)?;
+                    (None, Some(&*x))
+                }
+                (Some(_), None) => (Some(&rebuilder), None),
+                (None, x) => (None, x.map(|x| &*x)),
+            };
             let (ts, pr) = (plan.train_start, plan.params[i].clone());
             let mut b = Bwd {
                 n,
                 x_shape: call.xs,
                 y_shape: call.ys,
-                x: x.map(|x| &f32s(x)[..call.x_len()]),
+                x: pieces.1,
+                rebuild: pieces.0,
                 dy: match dy {
                     Some(dy) => Input::Buf(&f32s(dy)[..call.y_len()]),
                     None => Input::InPlace,
@@ -608,7 +650,7 @@ impl<'a> Trainer<'a> {
                 dx2: dx2.map(|dx| &mut f32s_mut(dx)[..call.x_len()]),
                 acc: plan.acc[i][0],
                 acc2: plan.acc[i][1],
-                p: &f32s(v.params)[pr.clone()],
+                p: &f32s(params)[pr.clone()],
                 g: &mut f32s_mut(v.aux)[pr.start - ts..pr.end - ts],
                 saved: Saved::split(v.ctx, &call.needs.saved)?,
                 scratch: v.scratch,
@@ -699,7 +741,12 @@ impl<'a> Trainer<'a> {
         let w = self.arena.words();
         for (i, node) in self.model.nodes.iter().enumerate().skip(plan.frozen) {
             let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
-            let v = call.carve(w, [None, None, None, None], plan.regions.state.clone())?;
+            let v = call.carve(
+                w,
+                [None, None, None, None],
+                plan.regions.state.clone(),
+                Default::default(),
+            )?;
             let saved = Saved::split(v.ctx, &call.needs.saved)?;
             if !apply {
                 if !node.layer.can_commit(&saved) {
@@ -840,6 +887,8 @@ struct Views<'w> {
     ctx: &'w mut [u64],
     scratch: &'w mut [u64],
     packed: &'w mut [u64],
+    /// The saved contexts of the nodes that rebuild the input (backward).
+    chain: [&'w mut [u64]; MAX_CHAIN],
 }
 
 impl<'p> Call<'p> {
@@ -875,6 +924,7 @@ impl<'p> Call<'p> {
         w: &'w mut [u64],
         tensors: [Option<Range<usize>>; 4],
         aux: Range<usize>,
+        chain: [Range<usize>; MAX_CHAIN],
     ) -> Result<Views<'w>> {
         let (plan, i) = (self.plan, self.node);
         let ctx = plan.ctx[i].clone();
@@ -886,7 +936,22 @@ impl<'p> Call<'p> {
         }
         let some = tensors.each_ref().map(Option::is_some);
         let [t0, t1, t2, t3] = tensors.map(Option::unwrap_or_default);
-        let [t0, t1, t2, t3, params, aux, ctx, scratch, packed] = carve(
+        let [c0, c1, c2, c3] = chain;
+        let [
+            t0,
+            t1,
+            t2,
+            t3,
+            params,
+            aux,
+            ctx,
+            scratch,
+            packed,
+            c0,
+            c1,
+            c2,
+            c3,
+        ] = carve(
             w,
             [
                 t0,
@@ -898,6 +963,10 @@ impl<'p> Call<'p> {
                 ctx,
                 plan.regions.scratch.clone(),
                 plan.packed[i].as_ref().map_or(0..0, |p| p.words.clone()),
+                c0,
+                c1,
+                c2,
+                c3,
             ],
         )?;
         let mut on = some.into_iter();
@@ -909,32 +978,9 @@ impl<'p> Call<'p> {
             ctx,
             scratch,
             packed,
+            chain: [c0, c1, c2, c3],
         })
     }
-}
-
-/// Rebuilds a layer's input of `n` samples into its planned buffer: the chain's first node
-/// from its saved context, each next one in place.
-fn rebuild_input(
-    model: &Model,
-    plan: &Plan,
-    w: &mut [u64],
-    r: &RebuiltInput,
-    n: usize,
-    threads: usize,
-) -> Result<()> {
-    for &c in &r.chain {
-        let call = Call::new(model, plan, c, n, threads);
-        let v = call.carve(w, [Some(r.words.clone()), None, None, None], 0..0)?;
-        let [y, ..] = v.tensors;
-        model.nodes[c].layer.rebuild(&mut Rb {
-            y: &mut f32s_mut(y.unwrap_or_default())[..call.y_len()],
-            p: &f32s(v.params)[plan.params[c].clone()],
-            saved: Saved::split(v.ctx, &call.needs.saved)?,
-            threads,
-        })?;
-    }
-    Ok(())
 }
 
 /// The randomness of node `node` in step `step` (dropout masks): distinct per node and step,

@@ -30,7 +30,9 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// Columns of the micro-tile in the AVX-512 build (two 512-bit registers per row).
 const NR_WIDE: usize = 32;
-const KC: usize = 256;
+/// Depth of a packed block: C is updated once per `KC` of the inner dimension, so a product
+/// split along it at multiples of `KC` (each part added onto C) gives the same bits as one.
+pub const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 1024;
 

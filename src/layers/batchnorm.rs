@@ -136,7 +136,7 @@ impl Op for BatchNorm2d {
         Rebuild::FromSaved
     }
 
-    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+    fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         if self.lean {
             let h = r.saved.bf16(1)?;
             rebuild_affine(r, h, self.c, Self::KIND)

@@ -104,6 +104,9 @@ pub struct Needs {
     pub in_place: bool,
     /// Bytes PyTorch's autograd keeps for the same module, as dense f32.
     pub torch_bytes: usize,
+    /// Backward can take its input rebuilt a piece at a time (`Bwd::rebuild`) with this much
+    /// more scratch; `None`: it needs the whole input at once.
+    pub rebuild_scratch: Option<usize>,
 }
 
 impl Needs {
@@ -139,6 +142,12 @@ impl Needs {
     /// In place.
     pub fn in_place(mut self, yes: bool) -> Self {
         self.in_place = yes;
+        self
+    }
+
+    /// Taking a rebuilt input piece by piece with `words` more scratch.
+    pub fn rebuild_scratch(mut self, words: usize) -> Self {
+        self.rebuild_scratch = Some(words);
         self
     }
 
@@ -340,6 +349,7 @@ pub(crate) struct SavedMut<'a> {
 }
 
 /// The same, read-only (backward).
+#[derive(Clone, Copy)]
 pub(crate) struct Saved<'a> {
     parts: [&'a [u64]; MAX_ENTRIES],
     entries: &'a [Entry],
@@ -533,9 +543,9 @@ pub(crate) trait Op {
         Rebuild::No
     }
 
-    /// Rebuilds the output of the last training forward into `r.y` (for
-    /// [`Rebuild::FromInput`], `r.y` holds the rebuilt input).
-    fn rebuild(&self, _r: &mut Rb<'_>) -> Result<()> {
+    /// Rebuilds elements `r.at ..` of the output of the last training forward into `r.y` (for
+    /// [`Rebuild::FromInput`], `r.y` holds them rebuilt for its input), on the calling thread.
+    fn rebuild(&self, _r: &mut Rb<'_, '_>) -> Result<()> {
         Err(super::planner_bug(Self::KIND, "cannot rebuild its output"))
     }
 

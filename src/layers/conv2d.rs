@@ -279,18 +279,20 @@ impl Conv2d {
             }
         }
         // DropIT: grad_W straight from the packed input, with no im2col.
-        // Unless the planner rebuilds the input instead (then it is in `b.x`).
-        let sparse = self.save.sparse().filter(|_| b.x.is_none());
+        // Unless the planner rebuilds the input instead (then it is in `b.x` or `b.rebuild`).
+        let rebuild = b.rebuild;
+        let sparse = self.save.sparse().filter(|_| b.x.is_none() && rebuild.is_none());
         if let Some(sp) = sparse {
             let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;
             spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), dy_all, gw)?;
         }
-        let x = if sparse.is_none() {
+        let x = if sparse.is_none() && rebuild.is_none() {
             Some(held(b.x, Self::KIND)?)
         } else {
             None
         };
+        let has_x = x.is_some() || rebuild.is_some();
         if self.pointwise() {
             let rows = b.n * xs.rows();
             let dy = not_in_place(b.dy, Self::KIND)?;
@@ -319,18 +321,29 @@ impl Conv2d {
             }
             return Ok(());
         }
-        if x.is_none() && b.dx.is_none() {
+        if !has_x && b.dx.is_none() {
             return Ok(());
         }
         let (per, t) = split(b.n, b.threads);
         let (xn, yn) = (xs.numel(), ys.numel());
         let unit = self.unit_words(ys);
-        let (units, partials) = b.scratch.split_at_mut(t * unit);
+        // Scratch: per worker its unit; the partials; per worker a sample buffer (rebuilt input).
+        let pwords = if t > 1 { t * words_for_f32(wl) } else { 0 };
+        let sample = if rebuild.is_some() { words_for_f32(xn) } else { 0 };
+        if b.scratch.len() < t * (unit + sample) + pwords {
+            return Err(super::planner_bug(Self::KIND, "scratch too small"));
+        }
+        let (units, rest) = b.scratch.split_at_mut(t * unit);
+        let (partials, samples) = rest.split_at_mut(pwords);
+        let samples = if rebuild.is_some() { samples } else { &mut [] };
+        let mut samples = samples
+            .chunks_mut(sample.max(1))
+            .map(|s| &mut f32s_mut(s)[..xn]);
         // Dense grad_W: one worker accumulates straight into it; several get private, zeroed
         // partials, summed below in worker order.
-        let partials = &mut f32s_mut(partials)[..if x.is_some() && t > 1 { t * wl } else { 0 }];
+        let partials = &mut f32s_mut(partials)[..if has_x && t > 1 { t * wl } else { 0 }];
         partials.fill(0.0);
-        let direct = x.is_some() && t == 1;
+        let direct = has_x && t == 1;
         let mut gw_one = Some(&mut *gw).filter(|_| direct);
         let mut parts = partials.chunks_mut(wl.max(1));
         let dys = b.dy.buf();
@@ -343,22 +356,31 @@ impl Conv2d {
         let mut xc = xc.into_iter().flatten();
         let mut dxc = dxc.into_iter().flatten();
         let work = groups
-            .map(|(g, part)| (g, part, xc.next(), dxc.next()))
+            .map(|(g, part)| (g, part, (xc.next(), samples.next()), dxc.next()))
             .zip(units.chunks_mut(unit));
         let (r, kd, acc) = (ys.rows(), self.kdim(), b.acc);
-        each(work, |((g, mut part, x, mut dx), s)| {
+        each(work, |((g, mut part, (x, mut buf), mut dx), s)| {
             let (col, pack) = self.split_scratch(ys, s);
             let count = per.min(b.n - g * per);
             for i in 0..count {
+                // The sample's input: held, or rebuilt into this worker's buffer.
+                let xi: Option<&[f32]> = match (x, rebuild, buf.as_deref_mut()) {
+                    (Some(x), ..) => Some(&x[i * xn..][..xn]),
+                    (None, Some(rb), Some(buf)) => {
+                        rb.fill((g * per + i) * xn, buf)?;
+                        Some(buf)
+                    }
+                    _ => None,
+                };
                 // In place, dY is in `dx`; each sample's dY is used up before its dX is written.
-                if let (Some(part), Some(x)) = (part.as_deref_mut(), x) {
+                if let (Some(part), Some(xi)) = (part.as_deref_mut(), xi) {
                     let dyi: &[f32] = match (dys, dx.as_deref()) {
                         (Some(dy), _) => &dy[(g * per + i) * yn..][..yn],
                         (None, Some(dx)) => &dx[i * xn..][..yn],
                         (None, None) => &[],
                     };
                     let dyi = Mat::new(dyi, r, self.cout)?;
-                    self.im2col(&x[i * xn..][..xn], xs, ys, col);
+                    self.im2col(xi, xs, ys, col);
                     gemm(
                         1.0,
                         Mat::new(col, r, kd)?.t(),
@@ -384,7 +406,7 @@ impl Conv2d {
             }
             Ok(())
         })?;
-        if x.is_some() && t > 1 {
+        if has_x && t > 1 {
             for p in partials.chunks(wl.max(1)) {
                 for (a, p) in gw.iter_mut().zip(p) {
                     *a += p;
@@ -441,11 +463,18 @@ impl Op for Conv2d {
     }
 
     /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense.
+    /// A rebuilt input is taken a sample at a time (one sample's buffer per worker), except
+    /// by a 1×1 convolution (one GEMM over the batch).
     fn needs(&self, d: &Dims) -> Needs {
-        Needs::none()
+        let needs = Needs::none()
             .input(&self.save, d.x_elems())
             .scratch(self.scratch_words(d.n, d.x, d.y, d.threads))
-            .in_place(self.in_place(d.x, d.y))
+            .in_place(self.in_place(d.x, d.y));
+        if self.pointwise() {
+            return needs;
+        }
+        let t = max_groups(d.n, d.threads);
+        needs.rebuild_scratch(t.saturating_mul(words_for_f32(d.x.numel())))
     }
 
     fn init(&self, p: &mut [f32], _state: &mut [f32], rng: &mut Xoshiro256PlusPlus) {

@@ -51,23 +51,20 @@ impl Op for Dropout {
     }
 
     /// `x · 1/(1 − p)` where the mask is set, else 0, as forward computed it.
-    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+    fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         let bits = r.saved.bits(0)?;
-        if bits.len() * 64 < r.y.len() {
+        if bits.len().saturating_mul(64) < r.at.saturating_add(r.y.len()) {
             return Err(planner_bug(Self::KIND, "the mask is shorter than the output"));
         }
         let scale = 1.0 / (1.0 - self.p);
-        let c = elem_chunk(r.y.len(), r.threads);
-        each(r.y.chunks_mut(c).zip(bits.chunks(c / 64)), |(y, bits)| {
-            for (j, v) in y.iter_mut().enumerate() {
-                *v = if (bits[j / 64] >> (j % 64)) & 1 == 1 {
-                    *v * scale
-                } else {
-                    0.0
-                };
-            }
-            Ok(())
-        })
+        for (j, v) in (r.at..).zip(r.y.iter_mut()) {
+            *v = if (bits[j / 64] >> (j % 64)) & 1 == 1 {
+                *v * scale
+            } else {
+                0.0
+            };
+        }
+        Ok(())
     }
 }
 

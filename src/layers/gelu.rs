@@ -5,7 +5,7 @@ use dropit_simd::act;
 
 use super::par::{each, elem_chunk};
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op, Rebuild};
-use super::{Bwd, Fwd, Rb, planner_bug, put};
+use super::{Bwd, Fwd, Rb, planner_bug, put, rebuilt_part};
 use crate::error::Result;
 use crate::shape::Shape;
 
@@ -49,19 +49,16 @@ impl Op for Gelu {
         }
     }
 
-    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
-        let s = r.saved.f32(0)?;
-        if self.lean || s.len() != r.y.len() {
+    /// GELU of the kept input: the vector kernel is the same lane by lane (a short tail is
+    /// padded into a full vector), so any piece gives forward's values.
+    fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
+        if self.lean {
             return Err(planner_bug(Self::KIND, "no kept input to rebuild from"));
         }
-        // The chunks forward used, so that the same elements take the same (vector or tail)
-        // path.
-        let (c, tanh) = (elem_chunk(r.y.len(), r.threads), self.tanh);
-        each(r.y.chunks_mut(c).zip(s.chunks(c)), |(y, s)| {
-            y.copy_from_slice(s);
-            act::gelu(y, tanh);
-            Ok(())
-        })
+        let s = rebuilt_part(r, r.saved.f32(0)?, Self::KIND)?;
+        r.y.copy_from_slice(s);
+        act::gelu(r.y, self.tanh);
+        Ok(())
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

@@ -9,7 +9,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::par::{each, max_groups, split};
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
-use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words, missing, pack_input, packed_input};
+use super::{
+    Bwd, Fwd, Rebuilder, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input,
+};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
@@ -67,6 +69,68 @@ impl Linear {
     }
 }
 
+/// Rows of a rebuilt input taken at a time: a multiple of the GEMM's block depth, so that
+/// grad_W summed part by part has the bits of one product over all rows.
+const REBUILT_ROWS: usize = dropit_simd::gemm::KC;
+
+impl Linear {
+    /// grad_Wᵀ[in × out] += Xᵀ · dY for `rows` rows of `x` and `dy`, each of `t` workers a band
+    /// of input features with its share of `scratch`.
+    fn grad_w_banded(
+        &self,
+        x: &[f32],
+        rows: usize,
+        dy: Mat<'_>,
+        gw: &mut [f32],
+        scratch: &mut [u64],
+        t: usize,
+    ) -> Result<()> {
+        let (i, o) = (self.inp, self.out);
+        let ip = i.div_ceil(t.min(i).max(1));
+        let unit = scratch.len() / t.max(1);
+        each(
+            gw.chunks_mut(ip * o).enumerate().zip(scratch.chunks_mut(unit)),
+            |((k, g), s)| {
+                let band = g.len() / o;
+                let xt = Mat::strided(&x[k * ip..], band, rows, 1, i)?;
+                gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
+            },
+        )
+    }
+
+    /// grad_W from the input rebuilt [`REBUILT_ROWS`] rows at a time into the head of
+    /// `scratch`, each part's product added onto grad_W.
+    fn grad_w_rebuilt(
+        &self,
+        rb: &Rebuilder<'_>,
+        rows: usize,
+        dy: &[f32],
+        gw: &mut [f32],
+        scratch: &mut [u64],
+        threads: usize,
+    ) -> Result<()> {
+        let (i, o) = (self.inp, self.out);
+        let words = words_for_f32(REBUILT_ROWS * i);
+        if scratch.len() <= words {
+            return Err(super::planner_bug(Self::KIND, "no scratch for the rebuilt input"));
+        }
+        let (xbuf, rest) = scratch.split_at_mut(words);
+        let xbuf = &mut f32s_mut(xbuf)[..REBUILT_ROWS * i];
+        let (_, t) = split(rows, threads);
+        for r0 in (0..rows).step_by(REBUILT_ROWS) {
+            let rr = REBUILT_ROWS.min(rows - r0);
+            let x = &mut xbuf[..rr * i];
+            let (per, _) = split(rr, threads);
+            each(x.chunks_mut(per * i).enumerate(), |(g, part)| {
+                rb.fill((r0 + g * per) * i, part)
+            })?;
+            let dyc = Mat::new(&dy[r0 * o..(r0 + rr) * o], rr, o)?;
+            self.grad_w_banded(x, rr, dyc, gw, rest, t)?;
+        }
+        Ok(())
+    }
+}
+
 impl Op for Linear {
     const KIND: &'static str = "Linear";
 
@@ -103,11 +167,13 @@ impl Op for Linear {
         }
     }
 
-    /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense.
+    /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense. A
+    /// rebuilt input is taken [`REBUILT_ROWS`] rows at a time.
     fn needs(&self, d: &Dims) -> Needs {
         Needs::none()
             .input(&self.save, d.x_elems())
             .scratch(self.scratch_words(d.n * d.x.rows(), d.threads))
+            .rebuild_scratch(words_for_f32(REBUILT_ROWS.saturating_mul(self.inp)))
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√in.
@@ -162,8 +228,10 @@ impl Op for Linear {
         let (per, t) = split(rows, b.threads);
         let unit = b.scratch.len() / t;
         let dy = Mat::new(dy_all, rows, o)?;
-        // DropIT, unless the planner rebuilds the input instead (then it is in `b.x`).
-        if let Some(sp) = self.save.sparse().filter(|_| b.x.is_none()) {
+        if let Some(rb) = b.rebuild {
+            // The planner rebuilds the input (instead of DropIT, if the layer has it).
+            self.grad_w_rebuilt(rb, rows, dy_all, gw, b.scratch, b.threads)?;
+        } else if let Some(sp) = self.save.sparse().filter(|_| b.x.is_none()) {
             let packed = b.packed.ok_or_else(|| missing("Linear"))?;
             let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;
             if sp.direct(false) {
@@ -176,18 +244,7 @@ impl Op for Linear {
                 gemm(1.0, xt, dy, 1.0, MatMut::new(gw, i, o)?, pack)?;
             }
         } else {
-            // grad_Wᵀ[in × out] += Xᵀ · dY, each worker a band of input features.
-            let (x, ip) = (held(b.x, Self::KIND)?, i.div_ceil(t.min(i).max(1)));
-            each(
-                gw.chunks_mut(ip * o)
-                    .enumerate()
-                    .zip(b.scratch.chunks_mut(unit)),
-                |((k, g), s)| {
-                    let band = g.len() / o;
-                    let xt = Mat::strided(&x[k * ip..], band, rows, 1, i)?;
-                    gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
-                },
-            )?;
+            self.grad_w_banded(held(b.x, Self::KIND)?, rows, dy, gw, b.scratch, t)?;
         }
         let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());

@@ -83,16 +83,44 @@ pub(crate) struct Bwd<'a> {
     pub threads: usize,
     /// The layer's packed input (DropIT), where it keeps one.
     pub packed: Option<(&'a [u64], Format)>,
+    /// The input, rebuilt piece by piece on demand, where the plan rebuilds it and the layer
+    /// declared [`Needs::rebuild_scratch`] (its scratch then has those words more).
+    pub rebuild: Option<&'a Rebuilder<'a>>,
 }
 
-/// What a rebuild call reads and writes (see [`Rebuild`]): the layer's output,
-/// rebuilt in backward from its saved context (and, for [`Rebuild::FromInput`], from its
-/// rebuilt input, already in `y`).
-pub(crate) struct Rb<'a> {
-    pub y: &'a mut [f32],
+/// What a rebuild call reads and writes (see [`Rebuild`]): elements `at .. at + y.len()` of
+/// the layer's output, rebuilt in backward from its saved context (and, for
+/// [`Rebuild::FromInput`], from its rebuilt input, already in `y`).
+pub(crate) struct Rb<'a, 'y> {
+    pub y: &'y mut [f32],
+    pub at: usize,
     pub p: &'a [f32],
     pub saved: Saved<'a>,
-    pub threads: usize,
+}
+
+/// A layer's input, rebuilt on demand by the chain of layers that keep what it is made of
+/// (`crate::rebuild`): each link is a layer, its parameters and its saved context.
+pub(crate) struct Rebuilder<'a> {
+    pub links: heapless::Vec<(&'a Layer, &'a [f32], Saved<'a>), { crate::rebuild::MAX_CHAIN }>,
+}
+
+impl Rebuilder<'_> {
+    /// Rebuilds elements `at .. at + y.len()` of the input into `y`, on this thread.
+    pub fn fill(&self, at: usize, y: &mut [f32]) -> Result<()> {
+        for &(layer, p, saved) in &self.links {
+            layer.rebuild(&mut Rb { y, at, p, saved })?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the whole input of `n` samples into `y`, samples shared out over `threads`.
+    pub fn fill_all(&self, y: &mut [f32], n: usize, threads: usize) -> Result<()> {
+        let (per, _) = par::split(n, threads);
+        let chunk = (y.len() / n.max(1) * per).max(1);
+        par::each(y.chunks_mut(chunk).enumerate(), |(g, y)| {
+            self.fill(g * chunk, y)
+        })
+    }
 }
 
 /// The buffer of a tensor that a layer which never runs in place reads.
@@ -206,40 +234,38 @@ pub(crate) fn planner_bug(kind: &str, detail: &str) -> crate::error::Error {
     }
 }
 
-/// Rebuilds a norm's output `y = γ·x̂ + β` per channel from its kept `xhat` (rows of `c`; the
-/// parameters are γ then β), the same products and sums as its forward.
-pub(crate) fn rebuild_affine<V: dropit_simd::format::Value + Sync>(
-    r: &mut Rb<'_>,
+/// The part of a saved entry a rebuild call covers (`r.at ..`, as long as `r.y`).
+pub(crate) fn rebuilt_part<'s, T>(r: &Rb<'_, '_>, saved: &'s [T], kind: &str) -> Result<&'s [T]> {
+    r.at.checked_add(r.y.len())
+        .and_then(|end| saved.get(r.at..end))
+        .ok_or_else(|| planner_bug(kind, "rebuilds past what it kept"))
+}
+
+/// Rebuilds part of a norm's output, `y = γ·x̂ + β` per channel, from its kept `xhat` (rows of
+/// `c`; the parameters are γ then β): the same products and sums as its forward.
+pub(crate) fn rebuild_affine<V: dropit_simd::format::Value>(
+    r: &mut Rb<'_, '_>,
     xhat: &[V],
     c: usize,
     kind: &str,
 ) -> Result<()> {
-    if xhat.len() != r.y.len() || r.p.len() < 2 * c || c == 0 {
-        return Err(planner_bug(kind, "the rebuilt output does not match x̂"));
+    let h = rebuilt_part(r, xhat, kind)?;
+    if r.p.len() < 2 * c || c == 0 || !r.at.is_multiple_of(c) {
+        return Err(planner_bug(kind, "rebuilds from the middle of a row"));
     }
     let (gamma, beta) = r.p[..2 * c].split_at(c);
-    let (per, _) = par::split(r.y.len() / c, r.threads);
-    par::each(
-        r.y.chunks_mut(per * c).zip(xhat.chunks(per * c)),
-        |(y, h)| {
-            for (yr, hr) in y.chunks_exact_mut(c).zip(h.chunks_exact(c)) {
-                for i in 0..c {
-                    yr[i] = gamma[i] * hr[i].to_f32() + beta[i];
-                }
-            }
-            Ok(())
-        },
-    )
+    for (yr, hr) in r.y.chunks_mut(c).zip(h.chunks(c)) {
+        for i in 0..yr.len() {
+            yr[i] = gamma[i] * hr[i].to_f32() + beta[i];
+        }
+    }
+    Ok(())
 }
 
-/// Rebuilds an elementwise activation's output in place from its rebuilt input in `r.y`, in
-/// the chunks its forward used.
-pub(crate) fn rebuild_elementwise(r: &mut Rb<'_>, f: impl Fn(f32) -> f32 + Sync) -> Result<()> {
-    let c = par::elem_chunk(r.y.len(), r.threads);
-    par::each(r.y.chunks_mut(c), |y| {
-        y.iter_mut().for_each(|v| *v = f(*v));
-        Ok(())
-    })
+/// Rebuilds an elementwise activation's output in place from its rebuilt input in `r.y`.
+pub(crate) fn rebuild_elementwise(r: &mut Rb<'_, '_>, f: impl Fn(f32) -> f32) -> Result<()> {
+    r.y.iter_mut().for_each(|v| *v = f(*v));
+    Ok(())
 }
 
 /// Backward of an activation that saved one bit per element (entry 0): the output gradient
@@ -361,7 +387,7 @@ macro_rules! layers {
                 match self { $($(Layer::$v(l) => l.rebuilds(),)+)+ }
             }
 
-            fn op_rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+            fn op_rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
                 match self { $($(Layer::$v(l) => l.rebuild(r),)+)+ }
             }
 
@@ -459,7 +485,7 @@ impl Layer {
         self.op_rebuilds()
     }
 
-    pub(crate) fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+    pub(crate) fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         self.op_rebuild(r)
     }
 
@@ -553,6 +579,7 @@ pub(crate) mod testing {
             scratch: &mut scratch,
             threads,
             packed: None,
+            rebuild: None,
         })
         .unwrap();
         (y, dx)

@@ -62,7 +62,7 @@ impl Op for Relu {
     }
 
     /// As `relu_forward`: x ≤ 0 (−0 too) becomes +0, NaN passes.
-    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+    fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         rebuild_elementwise(r, |v| if v <= 0.0 { 0.0 } else { v })
     }
 }

@@ -71,7 +71,7 @@ impl Op for Relu6 {
         Rebuild::FromInput
     }
 
-    fn rebuild(&self, r: &mut Rb<'_>) -> Result<()> {
+    fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         rebuild_elementwise(r, clamp6)
     }
 }
