@@ -1,6 +1,6 @@
 //! Prints the memory plan of a reference workload:
 //! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model mlp | cnn | vit | mobilenet, batch,
-//! γ, lean).
+//! γ, `lean` or `lean8` — lean with 8-bit norms).
 
 use dropit::{DropIt, Model, Trainer, TrainerConfig};
 
@@ -9,7 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = args.next().unwrap_or_else(|| "cnn".into());
     let batch: usize = args.next().map_or(Ok(64), |b| b.parse())?;
     let gamma: f32 = args.next().map_or(Ok(0.0), |g| g.parse())?;
-    let lean = args.next().is_some_and(|a| a == "lean");
+    let form = args.next().unwrap_or_default();
+    let (lean, int8) = (form.starts_with("lean"), form == "lean8");
     let model = match name.as_str() {
         "mlp" => Model::mlp()?,
         "cnn" => Model::cnn()?,
@@ -23,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vit" => TrainerConfig::adamw_recipe(batch, 1),
         _ => TrainerConfig::sgd_recipe(batch, 1),
     };
-    let model = model.with_dropit(&DropIt::new(gamma).lean(lean))?;
+    let model = model.with_dropit(&DropIt::new(gamma).lean(lean).int8_norms(int8))?;
     let t = Trainer::new(model, cfg)?;
     println!("{}", t.memory_report());
     Ok(())

@@ -36,6 +36,14 @@ struct Args {
     /// The other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v).
     #[arg(long)]
     lean: bool,
+    /// With --lean: batch and layer norms keep x̂ as 8-bit codes (one scale per channel or
+    /// row) instead of bf16.
+    #[arg(long, requires = "lean")]
+    int8_norms: bool,
+    /// Keep every input a backward reads, even one that could be rebuilt from what another
+    /// layer keeps (the default rebuilds wherever the plan gets smaller).
+    #[arg(long)]
+    no_rebuild: bool,
     /// Passes over the training set.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: u32,
@@ -107,6 +115,7 @@ impl Args {
 struct Run {
     gamma: f32,
     lean: bool,
+    int8_norms: bool,
     batch: usize,
     steps: usize,
     test: EvalStats,
@@ -160,6 +169,7 @@ fn train_one(
     };
     cfg.threads = a.threads();
     cfg.seed = a.seed;
+    cfg.rebuild_inputs = !a.no_rebuild;
     let (mut t, policy) = match (loaded, a.budget) {
         (Some(t), _) => {
             // Continue the data order where the checkpoint stopped.
@@ -176,9 +186,12 @@ fn train_one(
                 });
             (t, DropIt::new(gamma.unwrap_or(0.0)))
         }
-        (None, Some(b)) => Trainer::with_budget(model, cfg, &DropIt::dense().lean(a.lean), b)?,
+        (None, Some(b)) => {
+            let p = DropIt::dense().lean(a.lean).int8_norms(a.int8_norms);
+            Trainer::with_budget(model, cfg, &p, b)?
+        }
         (None, None) => {
-            let p = DropIt::new(gamma).lean(a.lean);
+            let p = DropIt::new(gamma).lean(a.lean).int8_norms(a.int8_norms);
             (Trainer::new(model.with_dropit(&p)?, cfg)?, p)
         }
     };
@@ -233,6 +246,7 @@ fn train_one(
     let run = Run {
         gamma: policy.gamma,
         lean: policy.lean,
+        int8_norms: policy.lean && policy.int8_norms,
         batch,
         steps: total,
         test: test_stats,
@@ -300,6 +314,8 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     "model": a.model,
                     "gamma": r.gamma,
                     "lean": r.lean,
+                    "int8_norms": r.int8_norms,
+                    "rebuild_inputs": !a.no_rebuild,
                     "batch": r.batch,
                     "epochs": a.epochs,
                     "steps": r.steps,

@@ -39,6 +39,9 @@ pub struct DropIt {
     /// Also store the other saved tensors lean: batch and layer norm's normalized inputs and
     /// attention's q, k and v as bf16, GELU's derivative as a one-byte code.
     pub lean: bool,
+    /// With `lean`: batch and layer norms keep x̂ as 8-bit codes with one scale per channel
+    /// (batch norm) or row (layer norm) instead of bf16.
+    pub int8_norms: bool,
 }
 
 impl DropIt {
@@ -55,6 +58,7 @@ impl DropIt {
             positions: Positions::Auto,
             path: GradPath::Auto,
             lean: false,
+            int8_norms: false,
         }
     }
 
@@ -70,6 +74,13 @@ impl DropIt {
         if lean {
             self.values = ValueType::Bf16;
         }
+        self
+    }
+
+    /// With or without 8-bit normalized inputs in the norms when lean (see
+    /// [`DropIt::int8_norms`]).
+    pub fn int8_norms(mut self, int8: bool) -> Self {
+        self.int8_norms = int8;
         self
     }
 
@@ -145,7 +156,10 @@ impl DropIt {
             };
             match node.layer.input_save_mut() {
                 Some(s) => *s = save,
-                None => node.layer.set_lean(self.lean),
+                None => {
+                    node.layer.set_lean(self.lean);
+                    node.layer.set_int8(self.int8_norms);
+                }
             }
         }
         Ok(())

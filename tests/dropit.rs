@@ -188,9 +188,9 @@ fn quadrant_task(n: usize) -> (Vec<f32>, Vec<u32>) {
 
 #[test]
 fn gamma_09_learns() {
-    for lean in [false, true] {
+    for (lean, int8) in [(false, false), (true, false), (true, true)] {
         let model = small_cnn()
-            .with_dropit(&DropIt::new(0.9).lean(lean))
+            .with_dropit(&DropIt::new(0.9).lean(lean).int8_norms(int8))
             .unwrap();
         let (x, y) = quadrant_task(16);
         let mut t = Trainer::new(model, config(16)).unwrap();

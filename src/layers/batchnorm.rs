@@ -3,15 +3,17 @@
 //!
 //! Training uses the batch's statistics and updates running ones (PyTorch's momentum and
 //! unbiased running variance); evaluation uses the running ones. Saved for backward: the
-//! normalized input x̂ and 1/σ per channel.
+//! normalized input x̂ (f32; bf16 when lean; 8-bit codes with a scale per channel when lean
+//! with `int8`, see `xhat.rs`) and 1/σ per channel.
 
 use crate::collections::msg;
 use super::par::{each, max_groups, split};
 use super::contract::{
     Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, Saved, params,
 };
+use super::xhat::{Code, Form, scale_for};
 use super::{Bwd, Fwd, Rb, planner_bug, put, rebuild_affine};
-use dropit_simd::format::Value;
+use half::bf16;
 
 use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
@@ -29,6 +31,9 @@ pub struct BatchNorm2d {
     pub eps: f32,
     /// Keep the normalized input for backward as bf16 (half the bytes; grad slightly rounded).
     pub lean: bool,
+    /// With `lean`: keep it as 8-bit codes with one scale per channel instead (a quarter).
+    #[serde(default)]
+    pub int8: bool,
 }
 
 impl BatchNorm2d {
@@ -39,12 +44,20 @@ impl BatchNorm2d {
             momentum: 0.1,
             eps: 1e-5,
             lean: false,
+            int8: false,
         }
     }
 
-    /// Per worker two f64 sums per channel, and two more for the combined statistics.
+    fn form(&self) -> Form {
+        Form::of(self.lean, self.int8)
+    }
+
+    /// Per worker two f64 sums per channel, and two more for the combined statistics; 8-bit:
+    /// per worker the channels' extremes too.
     fn scratch_words(&self, n: usize, threads: usize) -> usize {
-        (max_groups(n, threads) + 1).saturating_mul(2 * self.c)
+        let t = max_groups(n, threads);
+        let extremes = if self.form() == Form::Int8 { t } else { 0 };
+        (t + 1 + extremes).saturating_mul(2 * self.c)
     }
 }
 
@@ -83,17 +96,17 @@ impl Op for BatchNorm2d {
     /// statistics as f32.
     fn needs(&self, d: &Dims) -> Needs {
         let (e, c) = (d.x_elems(), self.c);
-        let xhat = match self.lean {
-            false => Entry::new("normalized f32", Elem::F32, e),
-            true => Entry::new("normalized bf16", Elem::Bf16, e),
-        };
-        Needs::none()
+        let needs = Needs::none()
             .save(Entry::new("1/σ f32", Elem::F32, c))
-            .save(xhat)
+            .save(self.form().entry(e))
             .save(Entry::new("batch mean, var f32", Elem::F32, 2 * c))
             .scratch(self.scratch_words(d.n, d.threads))
             .in_place(true)
-            .torch(8 * (words_for_f32(e) + words_for_f32(c)))
+            .torch(8 * (words_for_f32(e) + words_for_f32(c)));
+        match self.form() {
+            Form::Int8 => needs.save(Entry::new("x̂ scale f32", Elem::F32, c)),
+            _ => needs,
+        }
     }
 
     /// γ = 1, β = 0; running mean 0, running variance 1.
@@ -131,18 +144,25 @@ impl Op for BatchNorm2d {
         self.lean = lean;
     }
 
+    fn set_int8(&mut self, int8: bool) {
+        self.int8 = int8;
+    }
+
     /// `γ·x̂ + β` from the kept x̂.
     fn rebuilds(&self) -> Rebuild {
         Rebuild::FromSaved
     }
 
     fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
-        if self.lean {
-            let h = r.saved.bf16(1)?;
-            rebuild_affine(r, h, self.c, Self::KIND)
-        } else {
-            let h = r.saved.f32(1)?;
-            rebuild_affine(r, h, self.c, Self::KIND)
+        let c = self.c;
+        match self.form() {
+            Form::F32 => rebuild_affine(r, r.saved.f32(1)?, c, |_| 1.0, Self::KIND),
+            Form::Bf16 => rebuild_affine(r, r.saved.bf16(1)?, c, |_| 1.0, Self::KIND),
+            Form::Int8 => {
+                let s = r.saved.f32(3)?;
+                let q: &[i8] = bytemuck::cast_slice(r.saved.bytes(1)?);
+                rebuild_affine(r, q, c, |i| s[i % c], Self::KIND)
+            }
         }
     }
 
@@ -167,14 +187,29 @@ impl Op for BatchNorm2d {
         // In place, the input is in `y`.
         let src: &[f32] = f.x.buf().unwrap_or(f.y);
         let m = (src.len() / c) as f64;
-        let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c]);
-        let (parts, stats) = scratch.split_at_mut(t * 2 * c);
+        let form = self.form();
+        let ext = if form == Form::Int8 { t * 2 * c } else { 0 };
+        let scratch: &mut [f64] =
+            bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c + ext]);
+        let (parts, rest) = scratch.split_at_mut(t * 2 * c);
+        let (stats, extremes) = rest.split_at_mut(2 * c);
         let (mean, var) = stats.split_at_mut(c);
-        // Mean, then variance about it: partial sums per worker, combined in worker order.
-        each(src.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
-            row_sums(x, c, &mut s[..c], |_, v| v as f64);
-            Ok(())
-        })?;
+        // Mean, then variance about it: partial sums per worker, combined in worker order
+        // (8-bit: each worker's smallest and largest input per channel too).
+        let exts = extremes
+            .chunks_mut(2 * c)
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        each(
+            src.chunks(chunk).zip(parts.chunks_mut(2 * c)).zip(exts),
+            |((x, s), e)| {
+                row_sums(x, c, &mut s[..c], |_, v| v as f64);
+                if let Some(e) = e {
+                    row_extremes(x, c, e);
+                }
+                Ok(())
+            },
+        )?;
         combine(parts, c, 0, mean, m);
         let mean_r: &[f64] = mean;
         each(src.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
@@ -201,34 +236,59 @@ impl Op for BatchNorm2d {
         }
         let (inv, mean): (&[f32], &[f64]) = (inv, mean);
         let (gb, chunk) = ((gamma, beta), chunk);
-        if self.lean {
-            let h = f.saved.bf16(1)?;
-            normalize(f.x, f.y, h, chunk, c, mean, inv, gb)
-        } else {
-            let h = f.saved.f32(1)?;
-            normalize(f.x, f.y, h, chunk, c, mean, inv, gb)
+        match form {
+            Form::F32 => {
+                let h = f.saved.f32(1)?;
+                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, _| v)
+            }
+            Form::Bf16 => {
+                let h = f.saved.bf16(1)?;
+                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, _| bf16::from_f32(v))
+            }
+            Form::Int8 => {
+                // Per channel, the largest |x̂| lies at the input's smallest or largest value.
+                let scale = f.saved.f32(3)?;
+                for i in 0..c {
+                    let (lo, hi) = extremes.chunks(2 * c).fold(
+                        (f64::INFINITY, f64::NEG_INFINITY),
+                        |(lo, hi), e| (lo.min(e[i]), hi.max(e[c + i])),
+                    );
+                    let max = (hi - mean[i]).max(mean[i] - lo) * inv[i] as f64;
+                    scale[i] = scale_for(max as f32);
+                    // The inverse scales, where the first worker's extremes were.
+                    extremes[i] = 1.0 / scale[i] as f64;
+                }
+                let inv_scale: &[f64] = &extremes[..c];
+                let h: &mut [i8] = bytemuck::cast_slice_mut(f.saved.bytes(1)?);
+                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, i| {
+                    i8::encode(v, inv_scale[i] as f32)
+                })
+            }
         }
     }
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let inv = b.saved.f32(0)?;
-        if self.lean {
-            let h = b.saved.bf16(1)?;
-            self.backward_with(b, h, inv)
-        } else {
-            let h = b.saved.f32(1)?;
-            self.backward_with(b, h, inv)
+        match self.form() {
+            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[]),
+            Form::Bf16 => self.backward_with(b, b.saved.bf16(1)?, inv, &[]),
+            Form::Int8 => {
+                let q: &[i8] = bytemuck::cast_slice(b.saved.bytes(1)?);
+                self.backward_with(b, q, inv, b.saved.f32(3)?)
+            }
         }
     }
 }
 
 impl BatchNorm2d {
 
-    fn backward_with<V: Value + Sync>(
+    /// Backward from x̂ kept as `xhat`, each channel's codes times its `scale` (none: 1).
+    fn backward_with<V: Code>(
         &self,
         b: &mut Bwd<'_>,
         xhat: &[V],
         inv: &[f32],
+        scale: &[f32],
     ) -> Result<()> {
         let c = self.c;
         let m = (xhat.len() / c) as f32;
@@ -254,7 +314,7 @@ impl BatchNorm2d {
                 for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
                     for i in 0..c {
                         db[i] += dr[i] as f64;
-                        dg[i] += (dr[i] * hr[i].to_f32()) as f64;
+                        dg[i] += (dr[i] * hr[i].decode()) as f64;
                     }
                 }
                 Ok(())
@@ -263,10 +323,17 @@ impl BatchNorm2d {
         let (dbeta, dgamma) = sums.split_at_mut(c);
         combine(parts, c, 0, dbeta, 1.0);
         combine(parts, c, c, dgamma, 1.0);
+        // Σ dy·x̂ = scale · Σ dy·code, and x̂·dγ = code · (scale·dγ) below.
+        for (g, s) in dgamma.iter_mut().zip(scale) {
+            *g *= *s as f64;
+        }
         let (gg, gb) = b.g.split_at_mut(c);
         for i in 0..c {
             gg[i] += dgamma[i] as f32;
             gb[i] += dbeta[i] as f32;
+        }
+        for (g, s) in dgamma.iter_mut().zip(scale) {
+            *g *= *s as f64;
         }
         let (gamma, acc) = (&b.p[..c], b.acc);
         let (dbeta, dgamma): (&[f64], &[f64]) = (dbeta, dgamma);
@@ -282,7 +349,8 @@ impl BatchNorm2d {
                     for i in 0..c {
                         let d = dy.map_or(xr[i], |dy| dy[r * c + i]);
                         let k = gamma[i] * inv[i] / m;
-                        let v = k * (m * d - dbeta[i] as f32 - hr[i].to_f32() * dgamma[i] as f32);
+                        let v =
+                            k * (m * d - dbeta[i] as f32 - hr[i].decode() * dgamma[i] as f32);
                         put(&mut xr[i], v, acc);
                     }
                 }
@@ -292,10 +360,10 @@ impl BatchNorm2d {
     }
 }
 
-/// `h = (x − mean)·inv` stored as `V`, `y = γ·h + β` from the unrounded `h`, by worker groups
-/// (in place, the input is in `y`).
+/// `h = (x − mean)·inv` kept as `enc(h, channel)`, `y = γ·h + β` from the unrounded `h`, by
+/// worker groups (in place, the input is in `y`).
 #[allow(clippy::too_many_arguments)]
-fn normalize<V: Value + Send>(
+fn normalize<V: Code>(
     x: Input<'_>,
     y: &mut [f32],
     xhat: &mut [V],
@@ -304,6 +372,7 @@ fn normalize<V: Value + Send>(
     mean: &[f64],
     inv: &[f32],
     (gamma, beta): (&[f32], &[f32]),
+    enc: impl Fn(f32, usize) -> V + Sync,
 ) -> Result<()> {
     each(
         y.chunks_mut(chunk)
@@ -314,13 +383,27 @@ fn normalize<V: Value + Send>(
                 for i in 0..c {
                     let xv = x.map_or(yr[i], |x| x[r * c + i]);
                     let v = (xv - mean[i] as f32) * inv[i];
-                    hr[i] = V::from_f32(v);
+                    hr[i] = enc(v, i);
                     yr[i] = gamma[i] * v + beta[i];
                 }
             }
             Ok(())
         },
     )
+}
+
+/// `e[i]` the smallest and `e[c + i]` the largest value of channel `i` over the `c`-wide rows of
+/// `x` (NaN is skipped: a step with one is skipped anyway).
+fn row_extremes(x: &[f32], c: usize, e: &mut [f64]) {
+    let (lo, hi) = e.split_at_mut(c);
+    lo.fill(f64::INFINITY);
+    hi.fill(f64::NEG_INFINITY);
+    for row in x.chunks_exact(c) {
+        for (i, &v) in row.iter().enumerate() {
+            lo[i] = lo[i].min(v as f64);
+            hi[i] = hi[i].max(v as f64);
+        }
+    }
 }
 
 /// `acc[i] = Σ_rows f(i, row[i])` over the `c`-wide rows of `x`.

@@ -18,7 +18,7 @@ use dropit_simd::mask::mask_words;
 use super::{Bwd, Fwd, Rb};
 
 /// Most entries a layer saves for backward.
-pub const MAX_ENTRIES: usize = 3;
+pub const MAX_ENTRIES: usize = 4;
 /// Most parameter and state tensors a layer declares.
 pub const MAX_PARAMS: usize = 4;
 
@@ -551,6 +551,9 @@ pub(crate) trait Op {
 
     /// Switches the layer's lean forms on or off (no-op without one).
     fn set_lean(&mut self, _lean: bool) {}
+
+    /// With lean on, keep a norm's x̂ as 8-bit codes instead of bf16 (no-op for other layers).
+    fn set_int8(&mut self, _int8: bool) {}
 }
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! Layer normalization over the channel (last) dimension: every row of `c` values — a pixel, a
 //! token — is normalized by its own mean and variance, then scaled and shifted per channel.
-//! Saved for backward: the normalized input x̂ (bf16 when lean) and 1/σ per row.
+//! Saved for backward: the normalized input x̂ (bf16 when lean; 8-bit codes with a scale per row
+//! when lean with `int8`, see `xhat.rs`) and 1/σ per row.
 
 use crate::collections::msg;
-use dropit_simd::format::Value;
 
 use super::par::{each, max_groups, split};
 use super::contract::{
     Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
 };
+use super::xhat::{Code, Form, scale_for};
 use super::{Bwd, Fwd, Rb, not_in_place, put, rebuild_affine};
+use half::bf16;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
@@ -24,6 +26,9 @@ pub struct LayerNorm {
     pub eps: f32,
     /// Keep x̂ for backward as bf16.
     pub lean: bool,
+    /// With `lean`: keep it as 8-bit codes with one scale per row instead.
+    #[serde(default)]
+    pub int8: bool,
 }
 
 impl LayerNorm {
@@ -33,7 +38,12 @@ impl LayerNorm {
             c,
             eps: 1e-5,
             lean: false,
+            int8: false,
         }
+    }
+
+    fn form(&self) -> Form {
+        Form::of(self.lean, self.int8)
     }
 
     /// Per worker, f64 sums for dγ and dβ.
@@ -70,15 +80,15 @@ impl Op for LayerNorm {
     /// f32.
     fn needs(&self, d: &Dims) -> Needs {
         let (e, rows) = (d.x_elems(), d.n * d.x.rows());
-        let xhat = match self.lean {
-            false => Entry::new("normalized f32", Elem::F32, e),
-            true => Entry::new("normalized bf16", Elem::Bf16, e),
-        };
-        Needs::none()
+        let needs = Needs::none()
             .save(Entry::new("1/σ f32", Elem::F32, rows))
-            .save(xhat)
+            .save(self.form().entry(e))
             .scratch(self.scratch_words(rows, d.threads))
-            .torch(8 * (words_for_f32(e) + words_for_f32(rows)))
+            .torch(8 * (words_for_f32(e) + words_for_f32(rows)));
+        match self.form() {
+            Form::Int8 => needs.save(Entry::new("x̂ scale f32", Elem::F32, rows)),
+            _ => needs,
+        }
     }
 
     /// γ = 1, β = 0.
@@ -92,18 +102,25 @@ impl Op for LayerNorm {
         self.lean = lean;
     }
 
+    fn set_int8(&mut self, int8: bool) {
+        self.int8 = int8;
+    }
+
     /// `γ·x̂ + β` from the kept x̂.
     fn rebuilds(&self) -> Rebuild {
         Rebuild::FromSaved
     }
 
     fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
-        if self.lean {
-            let h = r.saved.bf16(1)?;
-            rebuild_affine(r, h, self.c, Self::KIND)
-        } else {
-            let h = r.saved.f32(1)?;
-            rebuild_affine(r, h, self.c, Self::KIND)
+        let c = self.c;
+        match self.form() {
+            Form::F32 => rebuild_affine(r, r.saved.f32(1)?, c, |_| 1.0, Self::KIND),
+            Form::Bf16 => rebuild_affine(r, r.saved.bf16(1)?, c, |_| 1.0, Self::KIND),
+            Form::Int8 => {
+                let s = r.saved.f32(2)?;
+                let q: &[i8] = bytemuck::cast_slice(r.saved.bytes(1)?);
+                rebuild_affine(r, q, c, |i| s[i / c], Self::KIND)
+            }
         }
     }
 
@@ -128,39 +145,66 @@ impl Op for LayerNorm {
             });
         }
         let inv = f.saved.f32(0)?;
-        let groups = f.y.chunks_mut(per * c).zip(xs).zip(inv.chunks_mut(per));
-        if self.lean {
-            let h = f.saved.bf16(1)?;
-            each(groups.zip(h.chunks_mut(per * c)), |(((y, x), inv), h)| {
-                normalize(y, x, inv, h, c, eps, gamma, beta)
-            })
-        } else {
-            let h = f.saved.f32(1)?;
-            each(groups.zip(h.chunks_mut(per * c)), |(((y, x), inv), h)| {
-                normalize(y, x, inv, h, c, eps, gamma, beta)
-            })
+        let form = self.form();
+        let scale: &mut [f32] = match form {
+            Form::Int8 => f.saved.f32(2)?,
+            _ => &mut [],
+        };
+        let scales = scale
+            .chunks_mut(per)
+            .map(Some)
+            .chain(core::iter::repeat_with(|| None));
+        let groups = f
+            .y
+            .chunks_mut(per * c)
+            .zip(xs)
+            .zip(inv.chunks_mut(per))
+            .zip(scales);
+        let (ps, gb) = ((c, eps), (gamma, beta));
+        match form {
+            Form::F32 => {
+                let h = f.saved.f32(1)?;
+                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
+                    normalize(y, x, inv, h, s, ps, gb)
+                })
+            }
+            Form::Bf16 => {
+                let h = f.saved.bf16(1)?;
+                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
+                    normalize(y, x, inv, h, s, ps, gb)
+                })
+            }
+            Form::Int8 => {
+                let h: &mut [i8] = bytemuck::cast_slice_mut(f.saved.bytes(1)?);
+                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
+                    normalize(y, x, inv, h, s, ps, gb)
+                })
+            }
         }
     }
 
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let inv = b.saved.f32(0)?;
-        if self.lean {
-            let h = b.saved.bf16(1)?;
-            self.backward_with(b, h, inv)
-        } else {
-            let h = b.saved.f32(1)?;
-            self.backward_with(b, h, inv)
+        match self.form() {
+            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[]),
+            Form::Bf16 => self.backward_with::<bf16>(b, b.saved.bf16(1)?, inv, &[]),
+            Form::Int8 => {
+                let q: &[i8] = bytemuck::cast_slice(b.saved.bytes(1)?);
+                self.backward_with(b, q, inv, b.saved.f32(2)?)
+            }
         }
     }
 }
 
 impl LayerNorm {
 
-    fn backward_with<V: Value + Sync>(
+    /// Backward from x̂ kept as `xhat`, each row's codes times its `scale` (none: 1).
+    fn backward_with<V: Code>(
         &self,
         b: &mut Bwd<'_>,
         xhat: &[V],
         inv: &[f32],
+        scale: &[f32],
     ) -> Result<()> {
         let c = self.c;
         let rows = inv.len();
@@ -174,12 +218,16 @@ impl LayerNorm {
             .flat_map(|d| d.chunks_mut(per * c))
             .map(Some)
             .chain(core::iter::repeat_with(|| None));
+        let scales = scale
+            .chunks(per)
+            .map(Some)
+            .chain(core::iter::repeat(None));
         let groups = dy_all
             .chunks(per * c)
             .zip(xhat.chunks(per * c))
-            .zip(inv.chunks(per))
+            .zip(inv.chunks(per).zip(scales))
             .zip(sums.chunks_mut(2 * c));
-        each(groups.zip(dxs), |((((dy, h), inv), s), dx)| {
+        each(groups.zip(dxs), |((((dy, h), (inv, sc)), s), dx)| {
             let (dg, db) = s.split_at_mut(c);
             dg.fill(0.0);
             db.fill(0.0);
@@ -187,8 +235,9 @@ impl LayerNorm {
             for (r, (dr, hr)) in dy.chunks_exact(c).zip(h.chunks_exact(c)).enumerate() {
                 // dx = inv/C · (C·ĝ − Σĝ − x̂·Σ(ĝ·x̂)), ĝ = dy·γ.
                 let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                let row_scale = sc.map_or(1.0, |s| s[r]);
                 for i in 0..c {
-                    let hv = hr[i].to_f32();
+                    let hv = hr[i].decode() * row_scale;
                     dg[i] += (dr[i] * hv) as f64;
                     db[i] += dr[i] as f64;
                     let g = dr[i] * gamma[i];
@@ -199,7 +248,8 @@ impl LayerNorm {
                     let k = inv[r] / c as f32;
                     for i in 0..c {
                         let g = dr[i] * gamma[i];
-                        let v = k * (c as f32 * g - sg as f32 - hr[i].to_f32() * sgx as f32);
+                        let hv = hr[i].decode() * row_scale;
+                        let v = k * (c as f32 * g - sg as f32 - hv * sgx as f32);
                         put(&mut dx[r * c + i], v, acc);
                     }
                 }
@@ -230,26 +280,32 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// Normalizes rows of `x` (or of `y`, in place, when `x` is `None`) into `y`, keeping x̂ and
-/// 1/σ.
-#[allow(clippy::too_many_arguments)]
-fn normalize<V: Value>(
+/// 1/σ — and, for 8-bit codes, each row's scale into `scale`.
+fn normalize<V: Code>(
     y: &mut [f32],
     x: Option<&[f32]>,
     inv: &mut [f32],
     h: &mut [V],
-    c: usize,
-    eps: f32,
-    gamma: &[f32],
-    beta: &[f32],
+    mut scale: Option<&mut [f32]>,
+    (c, eps): (usize, f32),
+    (gamma, beta): (&[f32], &[f32]),
 ) -> Result<()> {
     for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
         let xr: &[f32] = x.map_or(yr, |x| &x[r * c..][..c]);
         let (mean, iv) = stats(xr, eps);
         inv[r] = iv;
+        let inv_scale = match scale.as_deref_mut() {
+            Some(s) => {
+                let max = xr.iter().fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
+                s[r] = scale_for(max);
+                1.0 / s[r]
+            }
+            None => 1.0,
+        };
         for i in 0..c {
             let v = x.map_or(yr[i], |x| x[r * c + i]);
             let hv = (v - mean) * iv;
-            hr[i] = V::from_f32(hv);
+            hr[i] = V::encode(hv, inv_scale);
             yr[i] = gamma[i] * hv + beta[i];
         }
     }

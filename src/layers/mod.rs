@@ -10,6 +10,7 @@
 pub(crate) mod contract;
 pub(crate) mod loss;
 pub(crate) mod par;
+pub(crate) mod xhat;
 
 pub use contract::{Elem, Entry, Layout, Needs, ParamDecl, Rebuild};
 
@@ -242,11 +243,13 @@ pub(crate) fn rebuilt_part<'s, T>(r: &Rb<'_, '_>, saved: &'s [T], kind: &str) ->
 }
 
 /// Rebuilds part of a norm's output, `y = γ·x̂ + β` per channel, from its kept `xhat` (rows of
-/// `c`; the parameters are γ then β): the same products and sums as its forward.
-pub(crate) fn rebuild_affine<V: dropit_simd::format::Value>(
+/// `c`; the parameters are γ then β), each element's code times `scale(its index)`: from f32,
+/// the same products and sums as its forward.
+pub(crate) fn rebuild_affine<V: xhat::Code>(
     r: &mut Rb<'_, '_>,
     xhat: &[V],
     c: usize,
+    scale: impl Fn(usize) -> f32,
     kind: &str,
 ) -> Result<()> {
     let h = rebuilt_part(r, xhat, kind)?;
@@ -254,9 +257,10 @@ pub(crate) fn rebuild_affine<V: dropit_simd::format::Value>(
         return Err(planner_bug(kind, "rebuilds from the middle of a row"));
     }
     let (gamma, beta) = r.p[..2 * c].split_at(c);
-    for (yr, hr) in r.y.chunks_mut(c).zip(h.chunks(c)) {
+    for (k, (yr, hr)) in r.y.chunks_mut(c).zip(h.chunks(c)).enumerate() {
+        let at = r.at + k * c;
         for i in 0..yr.len() {
-            yr[i] = gamma[i] * hr[i].to_f32() + beta[i];
+            yr[i] = gamma[i] * (hr[i].decode() * scale(at + i)) + beta[i];
         }
     }
     Ok(())
@@ -394,6 +398,10 @@ macro_rules! layers {
             fn op_set_lean(&mut self, lean: bool) {
                 match self { $($(Layer::$v(l) => l.set_lean(lean),)+)+ }
             }
+
+            fn op_set_int8(&mut self, int8: bool) {
+                match self { $($(Layer::$v(l) => l.set_int8(int8),)+)+ }
+            }
         }
     };
 }
@@ -478,6 +486,13 @@ impl Layer {
     /// or off; a layer without one ignores it.
     pub fn set_lean(&mut self, lean: bool) {
         self.op_set_lean(lean)
+    }
+
+    /// With lean on, keeps a batch or layer norm's normalized input as 8-bit codes with one
+    /// scale per channel (batch norm) or row (layer norm) instead of bf16; other layers ignore
+    /// it.
+    pub fn set_int8(&mut self, int8: bool) {
+        self.op_set_int8(int8)
     }
 
     /// Whether and how the layer's output can be rebuilt in backward from what it keeps.
