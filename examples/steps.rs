@@ -17,7 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cnn" => (Model::cnn()?, 64),
         "vit" => (Model::vit()?, 64),
         "mobilenet" => (Model::mobilenet()?, 64),
-        other => return Err(format!("unknown model {other:?} (mlp | cnn | vit | mobilenet)").into()),
+        other => {
+            return Err(format!("unknown model {other:?} (mlp | cnn | vit | mobilenet)").into());
+        }
     };
     let batch = batch.unwrap_or(default_batch);
     let cfg = match name.as_str() {

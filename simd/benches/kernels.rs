@@ -6,6 +6,8 @@
 //! - `spmm_conv`: packed-input NHWC Conv2d grad_W vs im2col + `sgemm`.
 //! - `depthwise`: NHWC depthwise Conv2d forward / grad_X / grad_W (and the scalar reference
 //!   forward), and the packed-input grad_W at 10% kept vs the dense grad_W.
+//! - `conv`: direct Conv2d forward / grad_W / grad_X of one sample vs im2col + our `sgemm` and
+//!   im2col + matrixmultiply, on the cnn's shapes.
 //!
 //! Data is deterministic (xorshift + Box-Muller), so runs are comparable.
 
@@ -440,6 +442,113 @@ fn bench_gemm(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// conv: direct convolution vs im2col + GEMM, one sample, the cnn's 3×3 layers.
+
+fn bench_conv(c: &mut Criterion) {
+    use dropit_simd::conv;
+    use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm as ours};
+    let mut grp = c.benchmark_group("conv");
+    grp.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    for (name, hw, cin, cout, s) in [
+        ("28x28_32to32_s1", 28, 32, 32, 1),
+        ("28x28_32to64_s2", 28, 32, 64, 2),
+        ("14x14_64to64_s1", 14, 64, 64, 1),
+        ("7x7_128to128_s1", 7, 128, 128, 1),
+    ] {
+        let g = spmm::ConvGeom {
+            n: 1,
+            h: hw,
+            w: hw,
+            cin,
+            cout,
+            kh: 3,
+            kw: 3,
+            stride: (s, s),
+            pad: (1, 1),
+        };
+        let d = conv::supported(&g);
+        let (oh, ow) = g.out_hw().unwrap();
+        let (m, k) = (oh * ow, 9 * cin);
+        let x = normals(hw * hw * cin, 1);
+        let w = normals(k * cout, 2);
+        let dy = normals(m * cout, 3);
+        let mut y = vec![0f32; m * cout];
+        let mut col = vec![0f32; m * k];
+        let mut gw = vec![0f32; k * cout];
+        let mut buf = vec![0f32; conv::buf_len(&g).unwrap()];
+        let mut scratch = vec![0f32; scratch_len(m, k, cout).max(scratch_len(k, m, cout))];
+        grp.throughput(Throughput::Elements((m * k * cout) as u64));
+        if d.forward {
+            grp.bench_function(BenchmarkId::new("fwd_direct", name), |b| {
+                b.iter(|| conv::forward(&g, &x, &w, black_box(&mut y), &mut buf).unwrap())
+            });
+            grp.bench_function(BenchmarkId::new("gradw_direct", name), |b| {
+                b.iter(|| conv::grad_w(&g, &x, &dy, black_box(&mut gw), &mut buf).unwrap())
+            });
+        }
+        if d.grad_x {
+            let mut wt = vec![0f32; w.len()];
+            let mut dx = vec![0f32; x.len()];
+            grp.bench_function(BenchmarkId::new("gradx_direct", name), |b| {
+                b.iter(|| {
+                    conv::flip_weights(&g, &w, &mut wt).unwrap();
+                    conv::grad_x(&g, &dy, &wt, black_box(&mut dx), false, &mut buf).unwrap()
+                })
+            });
+        }
+        grp.bench_function(BenchmarkId::new("fwd_im2col_ours", name), |b| {
+            b.iter(|| {
+                im2col(&x, &g, (oh, ow), &mut col);
+                let (a, bm) = (
+                    Mat::new(&col, m, k).unwrap(),
+                    Mat::new(&w, k, cout).unwrap(),
+                );
+                ours(
+                    1.0,
+                    a,
+                    bm,
+                    0.0,
+                    MatMut::new(&mut y, m, cout).unwrap(),
+                    &mut scratch,
+                )
+                .unwrap()
+            })
+        });
+        grp.bench_function(BenchmarkId::new("fwd_im2col_matrixmultiply", name), |b| {
+            b.iter(|| {
+                im2col(&x, &g, (oh, ow), &mut col);
+                sgemm(m, k, cout, &col, (k, 1), &w, (cout, 1), black_box(&mut y))
+            })
+        });
+        grp.bench_function(BenchmarkId::new("gradw_im2col_ours", name), |b| {
+            b.iter(|| {
+                im2col(&x, &g, (oh, ow), &mut col);
+                let a = Mat::new(&col, m, k).unwrap().t();
+                let dm = Mat::new(&dy, m, cout).unwrap();
+                ours(
+                    1.0,
+                    a,
+                    dm,
+                    1.0,
+                    MatMut::new(&mut gw, k, cout).unwrap(),
+                    &mut scratch,
+                )
+                .unwrap()
+            })
+        });
+        grp.bench_function(BenchmarkId::new("gradw_im2col_matrixmultiply", name), |b| {
+            b.iter(|| {
+                im2col(&x, &g, (oh, ow), &mut col);
+                sgemm(k, m, cout, &col, (1, k), &dy, (cout, 1), black_box(&mut gw))
+            })
+        });
+    }
+    grp.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 // depthwise: the dense kernels on a MobileNet-like layer, and DropIT's packed-input grad_W.
 
 fn bench_depthwise(c: &mut Criterion) {
@@ -524,6 +633,7 @@ criterion_group!(
     bench_spmm_linear,
     bench_spmm_conv,
     bench_gemm,
+    bench_conv,
     bench_depthwise
 );
 criterion_main!(benches);

@@ -325,7 +325,7 @@ fn micro_scalar<const N: usize>(
 /// `load` and `store` also need `p` valid for reading (writing) `LANES` floats, no alignment
 /// required.
 #[cfg(x86_detect)]
-trait Vector {
+pub(crate) trait Vector {
     /// The register.
     type Reg: Copy;
     /// Floats in a register.
@@ -340,11 +340,13 @@ trait Vector {
     unsafe fn fmadd(a: Self::Reg, b: Self::Reg, c: Self::Reg) -> Self::Reg;
     /// `v` to `LANES` floats at `p`.
     unsafe fn store(p: *mut f32, v: Self::Reg);
+    /// `a + b` in each lane.
+    unsafe fn add(a: Self::Reg, b: Self::Reg) -> Self::Reg;
 }
 
 /// AVX2 + FMA: 256-bit registers (used inside `gemm_avx2` only).
 #[cfg(x86_detect)]
-struct Avx2;
+pub(crate) struct Avx2;
 
 #[cfg(x86_detect)]
 impl Vector for Avx2 {
@@ -375,11 +377,16 @@ impl Vector for Avx2 {
         // SAFETY: the caller guarantees AVX and that `p` is writable for 8 floats.
         unsafe { core::arch::x86_64::_mm256_storeu_ps(p, v) }
     }
+    #[inline(always)]
+    unsafe fn add(a: Self::Reg, b: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX.
+        unsafe { core::arch::x86_64::_mm256_add_ps(a, b) }
+    }
 }
 
 /// AVX-512F: 512-bit registers (used inside `gemm_avx512` only).
 #[cfg(x86_detect)]
-struct Avx512;
+pub(crate) struct Avx512;
 
 #[cfg(x86_detect)]
 impl Vector for Avx512 {
@@ -409,6 +416,11 @@ impl Vector for Avx512 {
     unsafe fn store(p: *mut f32, v: Self::Reg) {
         // SAFETY: the caller guarantees AVX-512F and that `p` is writable for 16 floats.
         unsafe { core::arch::x86_64::_mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::Reg, b: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_add_ps(a, b) }
     }
 }
 

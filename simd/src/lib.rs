@@ -33,6 +33,7 @@
 extern crate std;
 
 pub mod act;
+pub mod conv;
 pub mod depthwise;
 mod error;
 pub mod format;

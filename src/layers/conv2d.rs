@@ -5,6 +5,7 @@
 //! stride-1 unpadded convolution is a plain GEMM over every pixel and needs no scratch.
 
 use dropit_simd::gemm::{Mat, MatMut};
+use dropit_simd::conv;
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -79,24 +80,46 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin
     }
 
-    /// Words one worker needs for one sample: the im2col matrix, then the GEMMs' packing space.
-    fn unit_words(&self, y: Shape) -> usize {
+    /// Whether the weight gradient runs the direct kernel for input shape `x` on this CPU
+    /// (measured faster than im2col + GEMM on each of the cnn's 3×3 layers: bench group `conv`;
+    /// the direct forward and input gradient were slower there, so they stay im2col + GEMM).
+    fn direct_grad_w(&self, x: Shape) -> bool {
+        !self.pointwise() && conv::supported(&self.geom(1, x)).forward
+    }
+
+    /// Words one worker needs for one sample: the im2col matrix, the GEMMs' packing space, and
+    /// the direct weight gradient's padded input.
+    fn unit_parts(&self, x: Shape, y: Shape) -> [usize; 3] {
         let (r, kd, co) = (y.rows(), self.kdim(), self.cout);
         let pack = gemm_words(r, kd, co)
             .max(gemm_words(kd, r, co))
             .max(gemm_words(r, co, kd));
+        let direct = match self.direct_grad_w(x) {
+            true => words_for_f32(conv::buf_len(&self.geom(1, x)).unwrap_or(usize::MAX)),
+            false => 0,
+        };
         // Saturating: an absurd size becomes a plan too large to allocate, never a wrapped one.
-        words_for_f32(r.saturating_mul(kd)).saturating_add(pack)
+        [words_for_f32(r.saturating_mul(kd)), pack, direct]
     }
 
-    /// Splits a worker's scratch into the im2col matrix and the GEMMs' packing space.
+    fn unit_words(&self, x: Shape, y: Shape) -> usize {
+        self.unit_parts(x, y)
+            .iter()
+            .fold(0, |a, &w| a.saturating_add(w))
+    }
+
+    /// Splits a worker's scratch into the im2col matrix, the GEMMs' packing space and the direct
+    /// kernel's buffer.
     fn split_scratch<'s>(
         &self,
+        xs: Shape,
         ys: Shape,
         scratch: &'s mut [u64],
-    ) -> (&'s mut [f32], &'s mut [u64]) {
-        let (col, rest) = scratch.split_at_mut(words_for_f32(ys.rows() * self.kdim()));
-        (&mut f32s_mut(col)[..ys.rows() * self.kdim()], rest)
+    ) -> (&'s mut [f32], &'s mut [u64], &'s mut [f32]) {
+        let [col, pack, _] = self.unit_parts(xs, ys);
+        let (c, rest) = scratch.split_at_mut(col);
+        let (p, d) = rest.split_at_mut(pack.min(rest.len()));
+        (&mut f32s_mut(c)[..ys.rows() * self.kdim()], p, f32s_mut(d))
     }
 
     fn weight_len(&self) -> usize {
@@ -119,7 +142,7 @@ impl Conv2d {
         } else {
             0
         };
-        t.saturating_mul(self.unit_words(y).saturating_add(partial))
+        t.saturating_mul(self.unit_words(x, y).saturating_add(partial))
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
@@ -226,14 +249,14 @@ impl Conv2d {
             );
         }
         let (per, _) = split(f.n, f.threads);
-        let unit = self.unit_words(ys);
+        let unit = self.unit_words(xs, ys);
         let groups = f
             .y
             .chunks_mut(per * ys.numel())
             .zip(f.x.chunks(per * xs.numel()))
             .zip(f.scratch.chunks_mut(unit));
         each(groups, |((y, x), s)| {
-            let (col, pack) = self.split_scratch(ys, s);
+            let (col, pack, _) = self.split_scratch(xs, ys, s);
             for (i, y) in y.chunks_exact_mut(ys.numel()).enumerate() {
                 // im2col copies the sample first, so `y` may hold the input (in place).
                 let xi = match x {
@@ -326,7 +349,7 @@ impl Conv2d {
         }
         let (per, t) = split(b.n, b.threads);
         let (xn, yn) = (xs.numel(), ys.numel());
-        let unit = self.unit_words(ys);
+        let unit = self.unit_words(xs, ys);
         // Scratch: per worker its unit; the partials; per worker a sample buffer (rebuilt input).
         let pwords = if t > 1 { t * words_for_f32(wl) } else { 0 };
         let sample = if rebuild.is_some() { words_for_f32(xn) } else { 0 };
@@ -359,8 +382,9 @@ impl Conv2d {
             .map(|(g, part)| (g, part, (xc.next(), samples.next()), dxc.next()))
             .zip(units.chunks_mut(unit));
         let (r, kd, acc) = (ys.rows(), self.kdim(), b.acc);
+        let (g1, direct) = (self.geom(1, xs), self.direct_grad_w(xs));
         each(work, |((g, mut part, (x, mut buf), mut dx), s)| {
-            let (col, pack) = self.split_scratch(ys, s);
+            let (col, pack, dbuf) = self.split_scratch(xs, ys, s);
             let count = per.min(b.n - g * per);
             for i in 0..count {
                 // The sample's input: held, or rebuilt into this worker's buffer.
@@ -379,16 +403,20 @@ impl Conv2d {
                         (None, Some(dx)) => &dx[i * xn..][..yn],
                         (None, None) => &[],
                     };
-                    let dyi = Mat::new(dyi, r, self.cout)?;
-                    self.im2col(xi, xs, ys, col);
-                    gemm(
-                        1.0,
-                        Mat::new(col, r, kd)?.t(),
-                        dyi,
-                        1.0,
-                        MatMut::new(part, kd, self.cout)?,
-                        pack,
-                    )?;
+                    if direct {
+                        conv::grad_w(&g1, xi, dyi, part, dbuf)?;
+                    } else {
+                        let dyi = Mat::new(dyi, r, self.cout)?;
+                        self.im2col(xi, xs, ys, col);
+                        gemm(
+                            1.0,
+                            Mat::new(col, r, kd)?.t(),
+                            dyi,
+                            1.0,
+                            MatMut::new(part, kd, self.cout)?,
+                            pack,
+                        )?;
+                    }
                 }
                 if let Some(dx) = dx.as_deref_mut() {
                     let dyi: &[f32] = match dys {
