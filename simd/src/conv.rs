@@ -23,6 +23,7 @@ use crate::spmm::ConvGeom;
 use crate::{Error, Result, check_len};
 
 /// Output pixels of a forward tile on AVX2 (12 accumulators of 16 registers).
+#[cfg(x86_detect)]
 const P_AVX2: usize = 6;
 /// The same on AVX-512 (24 accumulators of 32 registers).
 const P_AVX512: usize = 12;
