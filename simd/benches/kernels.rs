@@ -444,6 +444,31 @@ fn bench_gemm(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // conv: direct convolution vs im2col + GEMM, one sample, the cnn's 3×3 layers.
 
+/// One sample's col2im: adds the im2col-shaped `col` back onto `dx` (zeroed first).
+fn col2im(g: &spmm::ConvGeom, col: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = g.out_hw().unwrap();
+    let kd = g.kh * g.kw * g.cin;
+    dx.fill(0.0);
+    for r in 0..oh {
+        for c in 0..ow {
+            let row = &col[(r * ow + c) * kd..][..kd];
+            for a in 0..g.kh {
+                for b in 0..g.kw {
+                    let ih = (r * g.stride.0 + a) as isize - g.pad.0 as isize;
+                    let iw = (c * g.stride.1 + b) as isize - g.pad.1 as isize;
+                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                        continue;
+                    }
+                    let d = &mut dx[(ih as usize * g.w + iw as usize) * g.cin..][..g.cin];
+                    for (d, s) in d.iter_mut().zip(&row[(a * g.kw + b) * g.cin..][..g.cin]) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn bench_conv(c: &mut Criterion) {
     use dropit_simd::conv;
     use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm as ours};
@@ -478,7 +503,12 @@ fn bench_conv(c: &mut Criterion) {
         let mut col = vec![0f32; m * k];
         let mut gw = vec![0f32; k * cout];
         let mut buf = vec![0f32; conv::buf_len(&g).unwrap()];
-        let mut scratch = vec![0f32; scratch_len(m, k, cout).max(scratch_len(k, m, cout))];
+        let need = [
+            scratch_len(m, k, cout),
+            scratch_len(k, m, cout),
+            scratch_len(m, cout, k),
+        ];
+        let mut scratch = vec![0f32; need.into_iter().max().unwrap()];
         grp.throughput(Throughput::Elements((m * k * cout) as u64));
         if d.forward {
             grp.bench_function(BenchmarkId::new("fwd_direct", name), |b| {
@@ -538,6 +568,26 @@ fn bench_conv(c: &mut Criterion) {
                 .unwrap()
             })
         });
+        if d.grad_x {
+            // The im2col path's input gradient: col = dY · Wᵀ, then col2im.
+            let mut dx = vec![0f32; x.len()];
+            grp.bench_function(BenchmarkId::new("gradx_col2im_ours", name), |b| {
+                b.iter(|| {
+                    let dm = Mat::new(&dy, m, cout).unwrap();
+                    let wt = Mat::new(&w, k, cout).unwrap().t();
+                    ours(
+                        1.0,
+                        dm,
+                        wt,
+                        0.0,
+                        MatMut::new(&mut col, m, k).unwrap(),
+                        &mut scratch,
+                    )
+                    .unwrap();
+                    col2im(&g, &col, black_box(&mut dx));
+                })
+            });
+        }
         grp.bench_function(BenchmarkId::new("gradw_im2col_matrixmultiply", name), |b| {
             b.iter(|| {
                 im2col(&x, &g, (oh, ow), &mut col);
