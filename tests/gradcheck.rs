@@ -76,6 +76,21 @@ fn residual_blocks() {
     }
 }
 
+/// Convolutions wide enough for the direct kernels on AVX2 / AVX-512 (32 channels in and out:
+/// forward, weight gradient and input gradient all direct; the strided one direct forward and
+/// weight gradient, im2col input gradient).
+#[test]
+fn direct_convolutions() {
+    let mut b = ModelBuilder::new(Shape::new(5, 5, 2));
+    let x = b.conv2d("pre", b.input(), 32, 3, 1, 1).unwrap();
+    let x = b.conv2d("mid", x, 32, 3, 1, 1).unwrap();
+    let x = b.relu("relu", x).unwrap();
+    let x = b.conv2d("down", x, 32, 3, 2, 1).unwrap();
+    let x = b.flatten("flat", x).unwrap();
+    let x = b.linear("head", x, 3).unwrap();
+    gradcheck(b.build(x).unwrap(), 2, 0.0, 24, 31);
+}
+
 #[test]
 fn cnn_probe() {
     // The full ResNet-8 on a smaller image: a few parameters of every layer.

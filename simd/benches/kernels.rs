@@ -512,7 +512,9 @@ fn bench_conv(c: &mut Criterion) {
         grp.throughput(Throughput::Elements((m * k * cout) as u64));
         if d.forward {
             grp.bench_function(BenchmarkId::new("fwd_direct", name), |b| {
-                b.iter(|| conv::forward(&g, &x, &w, black_box(&mut y), &mut buf).unwrap())
+                b.iter(|| {
+                    conv::forward(&g, Some(&x), &w, None, black_box(&mut y), &mut buf).unwrap()
+                })
             });
             grp.bench_function(BenchmarkId::new("gradw_direct", name), |b| {
                 b.iter(|| conv::grad_w(&g, &x, &dy, black_box(&mut gw), &mut buf).unwrap())
@@ -524,7 +526,7 @@ fn bench_conv(c: &mut Criterion) {
             grp.bench_function(BenchmarkId::new("gradx_direct", name), |b| {
                 b.iter(|| {
                     conv::flip_weights(&g, &w, &mut wt).unwrap();
-                    conv::grad_x(&g, &dy, &wt, black_box(&mut dx), false, &mut buf).unwrap()
+                    conv::grad_x(&g, Some(&dy), &wt, black_box(&mut dx), false, &mut buf).unwrap()
                 })
             });
         }

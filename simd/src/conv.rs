@@ -25,8 +25,9 @@ use crate::{Error, Result, check_len};
 /// Output pixels of a forward tile on AVX2 (12 accumulators of 16 registers).
 #[cfg(x86_detect)]
 const P_AVX2: usize = 6;
-/// The same on AVX-512 (24 accumulators of 32 registers).
-const P_AVX512: usize = 12;
+/// The same on AVX-512. (12 pixels — 24 of its 32 registers — measured 2–3× slower: the
+/// accumulators spilled.)
+const P_AVX512: usize = 6;
 /// Input channels of a weight-gradient tile.
 const R: usize = 6;
 
@@ -169,15 +170,33 @@ fn unsupported() -> Error {
     }
 }
 
-/// `y += conv(x, w)` for one sample (`y` holds the bias, or zeros), with `buf` of at least
-/// [`buf_len`] floats. Only where [`supported`] says `forward`.
-pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], y: &mut [f32], buf: &mut [f32]) -> Result<()> {
-    let hw = check(g, x.len(), w.len(), y.len(), buf.len())?;
+/// `y = conv(x, w) + bias` for one sample, with `buf` of at least [`buf_len`] floats; `x`
+/// `None`: the input is in `y` (same size), and is copied before `y` is written. Only where
+/// [`supported`] says `forward`.
+pub fn forward(
+    g: &ConvGeom,
+    x: Option<&[f32]>,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    buf: &mut [f32],
+) -> Result<()> {
+    let xl = x.map_or(y.len(), <[f32]>::len);
+    let hw = check(g, xl, w.len(), y.len(), buf.len())?;
     if !supported(g).forward {
         return Err(unsupported());
     }
+    if let Some(b) = bias {
+        check_len("conv bias", g.cout, b.len())?;
+    }
     let len = padded_len(g.h, g.w, g.cin, g.pad, g.stride.1).unwrap_or(usize::MAX);
-    pad_into(x, (g.h, g.w, g.cin), g.pad, &mut buf[..len]);
+    pad_into(x.unwrap_or(y), (g.h, g.w, g.cin), g.pad, &mut buf[..len]);
+    match bias {
+        Some(b) => y
+            .chunks_exact_mut(g.cout)
+            .for_each(|r| r.copy_from_slice(b)),
+        None => y.fill(0.0),
+    }
     run_forward(g, hw, &buf[..len], w, y);
     Ok(())
 }
@@ -197,24 +216,25 @@ pub fn grad_w(g: &ConvGeom, x: &[f32], dy: &[f32], gw: &mut [f32], buf: &mut [f3
 }
 
 /// `dx (+)= ∂L/∂x` of one sample from its output gradient `dy` and the flipped weights `wt`
-/// ([`flip_weights`]); `dx` is overwritten unless `acc`. `dy` is copied before `dx` is written,
-/// so the two may be one buffer's views in turn (in place). Only where [`supported`] says
+/// ([`flip_weights`]); `dx` is overwritten unless `acc`. `dy` `None`: the output gradient is in
+/// `dx` (same size), and is copied before `dx` is written. Only where [`supported`] says
 /// `grad_x`.
 pub fn grad_x(
     g: &ConvGeom,
-    dy: &[f32],
+    dy: Option<&[f32]>,
     wt: &[f32],
     dx: &mut [f32],
     acc: bool,
     buf: &mut [f32],
 ) -> Result<()> {
-    let (oh, ow) = check(g, dx.len(), wt.len(), dy.len(), buf.len())?;
+    let dyl = dy.map_or(dx.len(), <[f32]>::len);
+    let (oh, ow) = check(g, dx.len(), wt.len(), dyl, buf.len())?;
     if !supported(g).grad_x {
         return Err(unsupported());
     }
     let t = transposed(g, (oh, ow));
     let len = padded_len(t.h, t.w, t.cin, t.pad, 1).unwrap_or(usize::MAX);
-    pad_into(dy, (t.h, t.w, t.cin), t.pad, &mut buf[..len]);
+    pad_into(dy.unwrap_or(dx), (t.h, t.w, t.cin), t.pad, &mut buf[..len]);
     if !acc {
         dx.fill(0.0);
     }

@@ -123,14 +123,24 @@ fn check(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], exact: bool) {
         }
     };
     if d.forward {
-        let bias = 0.5;
-        let mut y = vec![bias; oh * ow * g.cout];
-        forward(g, x, w, &mut y, &mut buf).unwrap();
+        let bias: Vec<f32> = (0..g.cout).map(|i| i as f32 - 2.0).collect();
+        let mut y = vec![f32::NAN; oh * ow * g.cout];
+        forward(g, Some(x), w, Some(&bias), &mut y, &mut buf).unwrap();
         let want: Vec<f64> = naive_forward(g, x, w)
             .iter()
-            .map(|v| v + bias as f64)
+            .enumerate()
+            .map(|(i, v)| v + bias[i % g.cout] as f64)
             .collect();
         close(&y, &want, "forward");
+        if x.len() == y.len() {
+            // In place: the input is in `y`.
+            let mut yx = x.to_vec();
+            forward(g, None, w, Some(&bias), &mut yx, &mut buf).unwrap();
+            close(&yx, &want, "forward in place");
+        }
+        let mut y0 = vec![f32::NAN; oh * ow * g.cout];
+        forward(g, Some(x), w, None, &mut y0, &mut buf).unwrap();
+        close(&y0, &naive_forward(g, x, w), "forward without bias");
         let (gw_want, gx_want) = naive_grads(g, x, w, dy);
         let mut gw = vec![0.0; w.len()];
         grad_w(g, x, dy, &mut gw, &mut buf).unwrap();
@@ -139,13 +149,19 @@ fn check(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], exact: bool) {
             let mut wt = vec![0.0; w.len()];
             flip_weights(g, w, &mut wt).unwrap();
             let mut gx = vec![f32::NAN; x.len()];
-            grad_x(g, dy, &wt, &mut gx, false, &mut buf).unwrap();
+            grad_x(g, Some(dy), &wt, &mut gx, false, &mut buf).unwrap();
             close(&gx, &gx_want, "grad_x");
             // Accumulating adds onto what is there.
             let mut gx2 = vec![1.0; x.len()];
-            grad_x(g, dy, &wt, &mut gx2, true, &mut buf).unwrap();
+            grad_x(g, Some(dy), &wt, &mut gx2, true, &mut buf).unwrap();
             let plus: Vec<f64> = gx_want.iter().map(|v| v + 1.0).collect();
             close(&gx2, &plus, "grad_x accumulated");
+            if dy.len() == x.len() {
+                // In place: the output gradient is in `dx`.
+                let mut gx3 = dy.to_vec();
+                grad_x(g, None, &wt, &mut gx3, false, &mut buf).unwrap();
+                close(&gx3, &gx_want, "grad_x in place");
+            }
         }
     }
 }
@@ -184,17 +200,18 @@ fn refusals_are_errors() {
     let mut y = vec![0.0; 25 * 32];
     let mut short = vec![0.0; 10];
     assert!(matches!(
-        forward(&g, &x, &w, &mut y, &mut short),
+        forward(&g, Some(&x), &w, None, &mut y, &mut short),
         Err(Error::Length { .. })
     ));
     let mut buf = vec![0.0; buf_len(&g).unwrap()];
-    assert!(forward(&g, &x[..99], &w, &mut y, &mut buf).is_err());
+    assert!(forward(&g, Some(&x[..99]), &w, None, &mut y, &mut buf).is_err());
+    assert!(forward(&g, Some(&x), &w, Some(&[1.0; 3]), &mut y, &mut buf).is_err());
     // Output channels that are not a multiple of the tile: no direct kernel.
     let odd = geom((5, 5), 4, 24, 3, 1, 1);
     assert_eq!(supported(&odd), Direct::default());
     let mut y24 = vec![0.0; 25 * 24];
     let w24 = vec![0.0; 9 * 4 * 24];
-    assert!(forward(&odd, &x, &w24, &mut y24, &mut buf).is_err());
+    assert!(forward(&odd, Some(&x), &w24, None, &mut y24, &mut buf).is_err());
     // The input gradient needs stride 1.
     let s2 = geom((6, 6), 32, 32, 3, 2, 1);
     assert!(!supported(&s2).grad_x);

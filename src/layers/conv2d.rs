@@ -80,11 +80,23 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin
     }
 
-    /// Whether the weight gradient runs the direct kernel for input shape `x` on this CPU
-    /// (measured faster than im2col + GEMM on each of the cnn's 3×3 layers: bench group `conv`;
-    /// the direct forward and input gradient were slower there, so they stay im2col + GEMM).
-    fn direct_grad_w(&self, x: Shape) -> bool {
-        !self.pointwise() && conv::supported(&self.geom(1, x)).forward
+    /// Which passes run the direct kernels (`dropit_simd::conv`) for input shape `x` on this
+    /// CPU, chosen from bench group `conv` on the cnn's 3×3 layers: the weight gradient wherever
+    /// there is a kernel (it measured faster than im2col + GEMM on each); forward and the input
+    /// gradient while the kernel's depth (`kh·kw` times the channels it sums over) is at most
+    /// [`DIRECT_MAX_DEPTH`] — deeper, the weights no longer stay in L1 across pixel tiles and
+    /// im2col + GEMM (which blocks the depth) measured faster.
+    fn direct(&self, x: Shape) -> Direct {
+        if self.pointwise() {
+            return Direct::default();
+        }
+        let d = conv::supported(&self.geom(1, x));
+        let taps = self.k.0 * self.k.1;
+        Direct {
+            grad_w: d.forward,
+            forward: d.forward && taps * self.cin <= DIRECT_MAX_DEPTH,
+            grad_x: d.grad_x && taps * self.cout <= DIRECT_MAX_DEPTH,
+        }
     }
 
     /// Words one worker needs for one sample: the im2col matrix, the GEMMs' packing space, and
@@ -94,7 +106,8 @@ impl Conv2d {
         let pack = gemm_words(r, kd, co)
             .max(gemm_words(kd, r, co))
             .max(gemm_words(r, co, kd));
-        let direct = match self.direct_grad_w(x) {
+        let d = self.direct(x);
+        let direct = match d.forward || d.grad_w || d.grad_x {
             true => words_for_f32(conv::buf_len(&self.geom(1, x)).unwrap_or(usize::MAX)),
             false => 0,
         };
@@ -126,9 +139,10 @@ impl Conv2d {
         self.k.0 * self.k.1 * self.cin * self.cout
     }
 
-    /// Per worker: a sample's im2col matrix and packing space; with more than one worker, also
-    /// a private weight gradient that is summed in worker order (so a run is reproducible for a
-    /// given thread count). A pointwise convolution needs only packing space for the batch.
+    /// Per worker: a sample's im2col matrix and packing space (and the direct kernels' padded
+    /// copy); with more than one worker, also a private weight gradient that is summed in worker
+    /// order (so a run is reproducible for a given thread count); the flipped weights of the
+    /// direct input gradient. A pointwise convolution needs only packing space for the batch.
     fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
         if self.pointwise() {
             let (r, c, co) = (n * x.rows(), self.cin, self.cout);
@@ -137,12 +151,11 @@ impl Conv2d {
                 .max(gemm_words(r, co, c));
         }
         let t = max_groups(n, threads);
-        let partial = if t > 1 {
-            words_for_f32(self.weight_len())
-        } else {
-            0
-        };
+        let wl = words_for_f32(self.weight_len());
+        let partial = if t > 1 { wl } else { 0 };
+        let flipped = if self.direct(x).grad_x { wl } else { 0 };
         t.saturating_mul(self.unit_words(x, y).saturating_add(partial))
+            .saturating_add(flipped)
     }
 
     /// He initialisation (normal, fan-out, as torchvision's ResNets); bias as PyTorch's default.
@@ -255,9 +268,17 @@ impl Conv2d {
             .chunks_mut(per * ys.numel())
             .zip(f.x.chunks(per * xs.numel()))
             .zip(f.scratch.chunks_mut(unit));
+        let (direct, g1) = (self.direct(xs).forward, self.geom(1, xs));
         each(groups, |((y, x), s)| {
-            let (col, pack, _) = self.split_scratch(xs, ys, s);
+            let (col, pack, dbuf) = self.split_scratch(xs, ys, s);
             for (i, y) in y.chunks_exact_mut(ys.numel()).enumerate() {
+                if direct {
+                    // The kernel copies the sample first, so `y` may hold the input (in place).
+                    let xi = x.map(|x| &x[i * xs.numel()..][..xs.numel()]);
+                    let b = self.bias.then_some(bias);
+                    conv::forward(&g1, xi, &w[..self.weight_len()], b, y, dbuf)?;
+                    continue;
+                }
                 // im2col copies the sample first, so `y` may hold the input (in place).
                 let xi = match x {
                     Some(x) => &x[i * xs.numel()..][..xs.numel()],
@@ -350,14 +371,24 @@ impl Conv2d {
         let (per, t) = split(b.n, b.threads);
         let (xn, yn) = (xs.numel(), ys.numel());
         let unit = self.unit_words(xs, ys);
-        // Scratch: per worker its unit; the partials; per worker a sample buffer (rebuilt input).
+        // Scratch: per worker its unit; the partials; the flipped weights (direct input
+        // gradient); per worker a sample buffer (rebuilt input).
+        let d = self.direct(xs);
         let pwords = if t > 1 { t * words_for_f32(wl) } else { 0 };
+        let fwords = if d.grad_x { words_for_f32(wl) } else { 0 };
         let sample = if rebuild.is_some() { words_for_f32(xn) } else { 0 };
-        if b.scratch.len() < t * (unit + sample) + pwords {
+        if b.scratch.len() < t * (unit + sample) + pwords + fwords {
             return Err(super::planner_bug(Self::KIND, "scratch too small"));
         }
         let (units, rest) = b.scratch.split_at_mut(t * unit);
-        let (partials, samples) = rest.split_at_mut(pwords);
+        let (partials, rest) = rest.split_at_mut(pwords);
+        let (flipped, samples) = rest.split_at_mut(fwords);
+        let g1 = self.geom(1, xs);
+        let wt = &mut f32s_mut(flipped)[..if d.grad_x { wl } else { 0 }];
+        if d.grad_x {
+            conv::flip_weights(&g1, &b.p[..wl], wt)?;
+        }
+        let wt: &[f32] = wt;
         let samples = if rebuild.is_some() { samples } else { &mut [] };
         let mut samples = samples
             .chunks_mut(sample.max(1))
@@ -366,8 +397,8 @@ impl Conv2d {
         // partials, summed below in worker order.
         let partials = &mut f32s_mut(partials)[..if has_x && t > 1 { t * wl } else { 0 }];
         partials.fill(0.0);
-        let direct = has_x && t == 1;
-        let mut gw_one = Some(&mut *gw).filter(|_| direct);
+        let one = has_x && t == 1;
+        let mut gw_one = Some(&mut *gw).filter(|_| one);
         let mut parts = partials.chunks_mut(wl.max(1));
         let dys = b.dy.buf();
         let xc = x.map(|x| x.chunks(per * xn));
@@ -382,7 +413,6 @@ impl Conv2d {
             .map(|(g, part)| (g, part, (xc.next(), samples.next()), dxc.next()))
             .zip(units.chunks_mut(unit));
         let (r, kd, acc) = (ys.rows(), self.kdim(), b.acc);
-        let (g1, direct) = (self.geom(1, xs), self.direct_grad_w(xs));
         each(work, |((g, mut part, (x, mut buf), mut dx), s)| {
             let (col, pack, dbuf) = self.split_scratch(xs, ys, s);
             let count = per.min(b.n - g * per);
@@ -403,7 +433,7 @@ impl Conv2d {
                         (None, Some(dx)) => &dx[i * xn..][..yn],
                         (None, None) => &[],
                     };
-                    if direct {
+                    if d.grad_w {
                         conv::grad_w(&g1, xi, dyi, part, dbuf)?;
                     } else {
                         let dyi = Mat::new(dyi, r, self.cout)?;
@@ -418,7 +448,11 @@ impl Conv2d {
                         )?;
                     }
                 }
-                if let Some(dx) = dx.as_deref_mut() {
+                if let (Some(dx), true) = (dx.as_deref_mut(), d.grad_x) {
+                    // In place (no `dys`), the kernel copies dY out of `dx` before writing it.
+                    let dyi = dys.map(|dy| &dy[(g * per + i) * yn..][..yn]);
+                    conv::grad_x(&g1, dyi, wt, &mut dx[i * xn..][..xn], acc, dbuf)?;
+                } else if let Some(dx) = dx.as_deref_mut() {
                     let dyi: &[f32] = match dys {
                         Some(dy) => &dy[(g * per + i) * yn..][..yn],
                         None => &dx[i * xn..][..yn],
@@ -465,6 +499,18 @@ pub(super) fn window_out(
             x,
         ),
     }
+}
+
+/// Deepest direct forward or input gradient (`kh·kw·channels`): the cnn's 3×3 layers over 32
+/// and 64 channels ran faster direct, over 128 slower (bench group `conv`).
+const DIRECT_MAX_DEPTH: usize = 576;
+
+/// Which passes of a layer run the direct kernels.
+#[derive(Debug, Clone, Copy, Default)]
+struct Direct {
+    forward: bool,
+    grad_w: bool,
+    grad_x: bool,
 }
 
 impl Op for Conv2d {
