@@ -37,11 +37,14 @@ fn dropit_peaks_and_budget() {
     let (dense, _) = run(DropIt::dense());
     let (sparse, _) = run(DropIt::new(0.9));
     let (lean, _) = run(DropIt::new(0.9).lean(true));
+    let (lean8, _) = run(DropIt::new(0.9).lean(true).int8_norms(true));
     let (r, rl) = (sparse as f64 / kept as f64, lean as f64 / kept as f64);
     println!(
-        "cnn batch 64 peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3})",
-        dense as f64 / kept as f64
+        "cnn batch 64 peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean 8-bit norms {lean8} B ({:.3})",
+        dense as f64 / kept as f64,
+        lean8 as f64 / kept as f64
     );
+    assert!(lean8 < lean, "8-bit norms did not lower the lean peak");
     assert!(dense < kept, "rebuilding did not lower the dense peak");
     assert!(r <= 0.75, "γ=0.9 peak ratio {r}");
     assert!(rl <= 0.50, "γ=0.9 lean peak ratio {rl}");
@@ -106,10 +109,16 @@ fn peaks(name: &str, model: fn() -> dropit::Result<Model>, cfg: TrainerConfig) -
     let (dense, _) = run(DropIt::dense());
     let (sparse, _) = run(DropIt::new(0.9));
     let (lean, arena) = run(DropIt::new(0.9).lean(true));
+    let (lean8, _) = run(DropIt::new(0.9).lean(true).int8_norms(true));
     let (r, rl) = (sparse as f64 / kept as f64, lean as f64 / kept as f64);
     println!(
-        "{name} batch {n} peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3})",
-        dense as f64 / kept as f64
+        "{name} batch {n} peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean 8-bit norms {lean8} B ({:.3})",
+        dense as f64 / kept as f64,
+        lean8 as f64 / kept as f64
+    );
+    assert!(
+        lean8 < lean,
+        "{name}: 8-bit norms did not lower the lean peak"
     );
     assert!(
         dense < kept,
