@@ -421,12 +421,7 @@ const FAST_MIN: usize = 512;
 
 /// [`topk_threshold`] with the pass's engine and the size from which it is tried (tests force
 /// both).
-fn topk_with(
-    x: &[f32],
-    k: usize,
-    engine: fast::Engine,
-    fast_min: usize,
-) -> Result<Threshold> {
+fn topk_with(x: &[f32], k: usize, engine: fast::Engine, fast_min: usize) -> Result<Threshold> {
     let n = x.len();
     if k > n {
         return Err(Error::KTooLarge { k, n });
@@ -529,7 +524,12 @@ mod tests {
     fn same_as_multi_pass(x: &[f32], k: usize) {
         let want = multi_pass(x, k).unwrap();
         for e in engines() {
-            assert_eq!(topk_with(x, k, e, 0).unwrap(), want, "{e:?}, n {}, k {k}", x.len());
+            assert_eq!(
+                topk_with(x, k, e, 0).unwrap(),
+                want,
+                "{e:?}, n {}, k {k}",
+                x.len()
+            );
         }
         assert_eq!(topk_threshold(x, k).unwrap(), want);
     }
@@ -603,7 +603,9 @@ mod tests {
             }
         }
         let ties = std::vec![1.5f32; n];
-        let mut two: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 2.0 } else { -1.0 }).collect();
+        let mut two: Vec<f32> = (0..n)
+            .map(|i| if i % 3 == 0 { 2.0 } else { -1.0 })
+            .collect();
         two[n - 1] = f32::INFINITY;
         for x in [&base, &sorted, &reversed, &relu, &blocks, &ties, &two] {
             for k in [1, 2, 100, n / 100, n / 10, n / 3, n / 2, n - 100, n - 1] {

@@ -150,23 +150,26 @@ impl Scan {
             if new_hi == self.hi && new_lo == self.lo {
                 return;
             }
+            // Another round only pays when this one cut the window at least in half.
+            let again = new_hi - new_lo <= width / 2;
             let (mut kept, mut above, mut below) = (0usize, 0usize, self.below_max);
             for i in 0..self.len {
+                // Branch-free: the three outcomes are equally hard to predict.
                 let c = self.buf[i];
-                if c as i64 >= new_hi {
-                    above += 1;
-                } else if (c as i64) < new_lo {
-                    below = below.max(c);
-                } else {
-                    self.buf[kept] = c;
-                    kept += 1;
-                }
+                let (over, under) = (c as i64 >= new_hi, (c as i64) < new_lo);
+                self.buf[kept] = c;
+                kept += (!over && !under) as usize;
+                above += over as usize;
+                below = below.max(if under { c } else { -1 });
             }
             self.len = kept;
             self.above += above;
             self.below_max = below;
             self.hi = new_hi;
             self.lo = new_lo;
+            if !again {
+                return;
+            }
         }
     }
 
@@ -218,7 +221,7 @@ impl Scan {
     /// One element, for the ends the vector loops leave.
     #[inline(always)]
     fn scalar(&mut self, v: f32, index: usize) {
-        if index % SAMPLE == 0 {
+        if index.is_multiple_of(SAMPLE) {
             self.legacy(v);
         }
         let c = key(v);
@@ -290,48 +293,63 @@ impl Scan {
     /// # Safety
     /// The CPU must support AVX-512F.
     #[cfg(x86_detect)]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,popcnt")]
     unsafe fn pass_avx512(&mut self, x: &[f32]) -> bool {
         use core::arch::x86_64::*;
         let abs = _mm512_set1_epi32(0x7FFF_FFFF);
         let mut below = _mm512_set1_epi32(-1);
         let mut runs = x.chunks_exact(RUN);
-        for run in &mut runs {
-            if self.len + RUN > CAP && !self.make_room() {
-                return false;
+        let (mut len, mut above) = (self.len, 0usize);
+        let mut ge_hi = _mm512_set1_epi32((self.hi - 1) as i32);
+        let mut ge_lo = _mm512_set1_epi32((self.lo - 1) as i32);
+        for (r, run) in (&mut runs).enumerate() {
+            if len + RUN > CAP {
+                (self.len, self.above, self.seen) = (len, self.above + above, r * RUN);
+                if !self.make_room() {
+                    return false;
+                }
+                (len, above) = (self.len, 0);
+                ge_hi = _mm512_set1_epi32((self.hi - 1) as i32);
+                ge_lo = _mm512_set1_epi32((self.lo - 1) as i32);
             }
-            let ge_hi = _mm512_set1_epi32((self.hi - 1) as i32);
-            let ge_lo = _mm512_set1_epi32((self.lo - 1) as i32);
-            let mut above = 0u32;
+            // Compare first; compress only the vectors with keys in the window (after the first
+            // narrowing, few runs have any).
+            let mut keys = [_mm512_setzero_si512(); RUN / 16];
+            let mut inside = [0u16; RUN / 16];
+            let mut any = 0u16;
             for q in 0..RUN / 16 {
                 // SAFETY: `run` has RUN = 64 elements, so lanes 16q .. 16q + 16 are in bounds
-                // (an unaligned load). The compress-store writes popcount(inside) ≤ 16 keys at
-                // `buf[len ..]`, and `len + RUN <= CAP` holds before every run (checked above),
-                // while `len` grows by at most 16 per vector, so every write lands in `buf`.
-                unsafe {
-                    let v = _mm512_loadu_si512(run.as_ptr().add(16 * q) as *const _);
-                    let k = _mm512_and_si512(v, abs);
-                    let hi = _mm512_cmpgt_epi32_mask(k, ge_hi);
-                    let lo = _mm512_cmpgt_epi32_mask(k, ge_lo);
-                    let inside = lo & !hi;
-                    _mm512_mask_compressstoreu_epi32(
-                        self.buf.as_mut_ptr().add(self.len) as *mut _,
-                        inside,
-                        k,
-                    );
-                    self.len += inside.count_ones() as usize;
-                    above += hi.count_ones();
-                    below = _mm512_mask_max_epi32(below, !lo, below, k);
+                // (an unaligned load).
+                let v = unsafe { _mm512_loadu_si512(run.as_ptr().add(16 * q) as *const _) };
+                let k = _mm512_and_si512(v, abs);
+                let hi = _mm512_cmpgt_epi32_mask(k, ge_hi);
+                let lo = _mm512_cmpgt_epi32_mask(k, ge_lo);
+                inside[q] = lo & !hi;
+                any |= inside[q];
+                above += hi.count_ones() as usize;
+                below = _mm512_mask_max_epi32(below, !lo, below, k);
+                keys[q] = k;
+            }
+            if any != 0 {
+                for q in 0..RUN / 16 {
+                    let packed = _mm512_maskz_compress_epi32(inside[q], keys[q]);
+                    // SAFETY: 16 keys are stored at `buf[len ..]` (the in-window ones first):
+                    // `len + RUN <= CAP` holds before every run (checked above) and `len` grows
+                    // by at most 16 per vector, so `len + 16 <= CAP` here.
+                    unsafe {
+                        _mm512_storeu_si512(self.buf.as_mut_ptr().add(len) as *mut _, packed)
+                    };
+                    len += inside[q].count_ones() as usize;
                 }
             }
-            self.above += above as usize;
             for q in 0..RUN / SAMPLE {
                 self.legacy(run[q * SAMPLE]);
             }
-            self.seen += RUN;
         }
+        (self.len, self.above) = (len, self.above + above);
+        self.seen = x.len() - runs.remainder().len();
         self.below_max = self.below_max.max(_mm512_reduce_max_epi32(below));
-        self.tail(x, x.len() - runs.remainder().len())
+        self.tail(x, self.seen)
     }
 
     fn pass(&mut self, x: &[f32], engine: Engine) -> bool {
@@ -450,7 +468,11 @@ pub(super) fn legacy_threshold(
     }
     // The whole class is kept: the first pass whose bin edge falls between the next key down and
     // the k-th largest stops there, at that bin's lowest key.
-    let diff = (f.kth ^ f.below.max(0)) as u32 | (f.below < 0) as u32 * u32::MAX;
+    let diff = if f.below < 0 {
+        u32::MAX
+    } else {
+        (f.kth ^ f.below) as u32
+    };
     let d = 31 - diff.leading_zeros();
     let s = legacy_shifts(n, guess, f.kth)
         .into_iter()
