@@ -414,6 +414,7 @@ impl Scan {
 /// The exact k-th largest key and its neighbourhood in one pass, or `None` when the pass could
 /// not be sure (the caller then runs the multi-pass select). Also returns the legacy sample's
 /// guessed bins when the pass could see them. `0 < k < x.len()`.
+#[inline(never)]
 pub(super) fn one_pass(
     x: &[f32],
     k: usize,
