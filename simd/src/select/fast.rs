@@ -6,13 +6,16 @@
 //!    key unless the sample is off by more than five standard deviations.
 //! 2. **One pass.** Keys are compared with `hi` and `lo` a vector at a time: keys at or above `hi`
 //!    are only counted, keys in the window are appended to a candidate buffer of [`CAP`] keys
-//!    (AVX-512: one compress-store per 16 keys), and the largest key below the window is kept.
-//!    Whenever the buffer fills, the window is narrowed around where the k-th largest key is now
-//!    expected — its rank among the elements seen so far is known to within a few standard
-//!    deviations, and the margin shrinks as the pass goes on — so the buffer stays small.
+//!    (AVX-512: compressed into place, 16 keys per store; while the window is sparse only the
+//!    64-element runs that hold a candidate store anything). Whenever the buffer fills, the window
+//!    is narrowed around where the k-th largest key is now expected — its rank among the elements
+//!    seen so far is known to within a few standard deviations, and the margin shrinks as the pass
+//!    goes on — so the buffer stays small.
 //! 3. **Finish.** If the k-th largest key lies in the final window (the counts say so for
-//!    certain), its exact value, the counts above and equal to it and the largest key below it
-//!    follow from the candidates alone. Otherwise (a sample or a narrowing that guessed wrong,
+//!    certain), its exact value and the counts above and equal to it follow from the candidates
+//!    alone, by a radix select over them (histograms of 256 bins, a few rounds); so does the
+//!    largest key below it, unless no candidate lay below it (then one more read finds it, and
+//!    only when the threshold needs it). Otherwise (a sample or a narrowing that guessed wrong,
 //!    data sorted by magnitude, a tie class larger than the buffer) the caller falls back to the
 //!    exact multi-pass radix select, so the result never depends on luck, only the time does.
 //!
@@ -28,7 +31,7 @@ pub(super) const CAP: usize = 3072;
 /// Elements per step of the pass (the buffer has room for a whole run before each).
 const RUN: usize = 64;
 /// Bins of the legacy-sample window histogram, plus one below and one above it.
-const LEG: usize = 256;
+const LEG: usize = 128;
 /// Bins of a narrowing histogram over the candidates.
 const NB: usize = 256;
 /// Standard deviations of margin when narrowing mid-pass, and for the sampled window.
@@ -45,16 +48,21 @@ pub(super) struct Scan {
     /// Elements seen with keys at or above `hi` (for the `hi` of the time they were seen, and
     /// candidates that narrowing moved above the window).
     above: usize,
-    /// The largest key seen below `lo` (−1: none).
+    /// The largest key of the candidates narrowing moved below the window (−1: none). Keys the
+    /// pass itself found below the window are not tracked (see [`Scan::finish`]).
     below_max: i32,
     /// Elements seen so far.
     seen: usize,
     len: usize,
     buf: [i32; CAP],
     /// Every 16th element's `key >> 20`, bins `leg_base .. leg_base + LEG` at `1 ..= LEG`,
-    /// those below in 0, above in `LEG + 1`.
-    leg: [u32; LEG + 2],
+    /// those below in 0, above in `LEG + 1`; two interleaved copies (sample `i` counts into
+    /// copy `i % 2`) so that runs of equal bins do not wait on one counter.
+    leg: [[u32; LEG + 2]; 2],
     leg_base: i32,
+    /// The share of the sample inside the window it set.
+    sample_share: f64,
+    engine: Engine,
 }
 
 /// What the pass found: the exact k-th largest key and its neighbourhood.
@@ -92,7 +100,7 @@ impl Engine {
 }
 
 impl Scan {
-    fn new(n: usize, k: usize) -> Self {
+    pub(super) fn new(n: usize, k: usize, engine: Engine) -> Self {
         Scan {
             n,
             k,
@@ -103,8 +111,10 @@ impl Scan {
             seen: 0,
             len: 0,
             buf: [0; CAP],
-            leg: [0; LEG + 2],
+            leg: [[0; LEG + 2]; 2],
             leg_base: 0,
+            sample_share: 1.0,
+            engine,
         }
     }
 
@@ -123,10 +133,22 @@ impl Scan {
             while ((width - 1) >> sh) >= NB as i64 {
                 sh += 1;
             }
-            let mut h = [0u32; NB];
+            // Four interleaved copies: candidates cluster in few bins, and increments of one
+            // counter would wait on each other. `u16` is enough: at most CAP candidates.
+            let mut hs = [[0u16; NB]; 4];
             let lo = self.lo;
-            for &c in &self.buf[..self.len] {
-                h[((c as i64 - lo) >> sh) as usize] += 1;
+            let mut quads = self.buf[..self.len].chunks_exact(4);
+            for c in &mut quads {
+                for (h, &c) in hs.iter_mut().zip(c) {
+                    h[((c as i64 - lo) >> sh) as usize] += 1;
+                }
+            }
+            for &c in quads.remainder() {
+                hs[0][((c as i64 - lo) >> sh) as usize] += 1;
+            }
+            let [h, h1, h2, h3] = &mut hs;
+            for b in 0..NB {
+                h[b] += h1[b] + h2[b] + h3[b];
             }
             let top = ((width - 1) >> sh) as usize;
             // From the top bin down: `cum` counts candidates at or above the current bin's top.
@@ -152,19 +174,10 @@ impl Scan {
             }
             // Another round only pays when this one cut the window at least in half.
             let again = new_hi - new_lo <= width / 2;
-            let (mut kept, mut above, mut below) = (0usize, 0usize, self.below_max);
-            for i in 0..self.len {
-                // Branch-free: the three outcomes are equally hard to predict.
-                let c = self.buf[i];
-                let (over, under) = (c as i64 >= new_hi, (c as i64) < new_lo);
-                self.buf[kept] = c;
-                kept += (!over && !under) as usize;
-                above += over as usize;
-                below = below.max(if under { c } else { -1 });
-            }
+            let (kept, above, below) = self.partition(new_lo, new_hi);
             self.len = kept;
             self.above += above;
-            self.below_max = below;
+            self.below_max = self.below_max.max(below);
             self.hi = new_hi;
             self.lo = new_lo;
             if !again {
@@ -173,8 +186,77 @@ impl Scan {
         }
     }
 
+    /// Keeps the candidates in `[lo, hi)` at the front of the buffer: returns how many, how many
+    /// were at or above `hi`, and the largest below `lo` (−1: none).
+    fn partition(&mut self, lo: i64, hi: i64) -> (usize, usize, i32) {
+        match self.engine {
+            Engine::Portable => self.partition_portable(0, 0, lo, hi),
+            // SAFETY: `Engine::Avx512` is only chosen when the CPU reports AVX-512F.
+            #[cfg(x86_detect)]
+            Engine::Avx512 => unsafe { self.partition_avx512(lo, hi) },
+        }
+    }
+
+    /// [`Scan::partition`] one candidate at a time from `from` on (`kept` kept before it).
+    fn partition_portable(
+        &mut self,
+        from: usize,
+        kept: usize,
+        lo: i64,
+        hi: i64,
+    ) -> (usize, usize, i32) {
+        let (mut kept, mut above, mut below) = (kept, 0usize, -1i32);
+        for i in from..self.len {
+            // Branch-free: the three outcomes are equally hard to predict.
+            let c = self.buf[i];
+            let (over, under) = (c as i64 >= hi, (c as i64) < lo);
+            self.buf[kept] = c;
+            kept += (!over && !under) as usize;
+            above += over as usize;
+            below = below.max(if under { c } else { -1 });
+        }
+        (kept, above, below)
+    }
+
+    /// [`Scan::partition`], 16 candidates at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(x86_detect)]
+    #[target_feature(enable = "avx512f,popcnt")]
+    unsafe fn partition_avx512(&mut self, lo: i64, hi: i64) -> (usize, usize, i32) {
+        use core::arch::x86_64::*;
+        // Keys are below 2^31: `hi` up to 2^31 compares as "greater than hi − 1".
+        let ge_hi = _mm512_set1_epi32((hi - 1) as i32);
+        let ge_lo = _mm512_set1_epi32((lo - 1) as i32);
+        let (mut kept, mut above) = (0usize, 0usize);
+        let mut below = _mm512_set1_epi32(-1);
+        let whole = self.len / 16 * 16;
+        let ptr = self.buf.as_mut_ptr();
+        for i in (0..whole).step_by(16) {
+            // SAFETY: `i + 16 <= len <= CAP`, so the load reads `buf[i .. i + 16]`; the store
+            // writes `buf[kept .. kept + 16]` with `kept <= i`, so it stays inside `buf` and only
+            // overwrites candidates already read (this vector's included, which is in a register).
+            unsafe {
+                let k = _mm512_loadu_si512(ptr.add(i) as *const _);
+                let over = _mm512_cmpgt_epi32_mask(k, ge_hi);
+                let at_lo = _mm512_cmpgt_epi32_mask(k, ge_lo);
+                let inside = _kandn_mask16(over, at_lo);
+                below = _mm512_mask_max_epi32(below, _knot_mask16(at_lo), below, k);
+                _mm512_storeu_si512(
+                    ptr.add(kept) as *mut _,
+                    _mm512_maskz_compress_epi32(inside, k),
+                );
+                kept += inside.count_ones() as usize;
+                above += over.count_ones() as usize;
+            }
+        }
+        let (kept, a, b) = self.partition_portable(whole, kept, lo, hi);
+        (kept, above + a, b.max(_mm512_reduce_max_epi32(below)))
+    }
+
     /// Sets the window from a sample of up to 1024 keys spread over `x`.
-    fn sample(&mut self, x: &[f32]) {
+    pub(super) fn sample(&mut self, x: &[f32]) {
         let n = x.len();
         let run = (n / 16).clamp(1, 64);
         let runs = if n >= 16 { 16 } else { n };
@@ -191,6 +273,7 @@ impl Scan {
         let mid = q * m as f64;
         let d = Z_SAMPLE * libm::sqrt(q * (1.0 - q) * m as f64) + 3.0;
         self.narrow(libm::floor(mid - d) as i64, libm::ceil(mid + d) as i64);
+        self.sample_share = self.len as f64 / m.max(1) as f64;
         // The legacy-sample histogram is centred on the window.
         let centre = ((self.lo + self.hi) / 2) >> 20;
         self.leg_base = (centre as i32 - LEG as i32 / 2).clamp(0, (BINS - LEG) as i32);
@@ -213,16 +296,16 @@ impl Scan {
     }
 
     #[inline(always)]
-    fn legacy(&mut self, v: f32) {
+    fn legacy(&mut self, v: f32, copy: usize) {
         let b = (key(v) >> 20) - self.leg_base + 1;
-        self.leg[b.clamp(0, LEG as i32 + 1) as usize] += 1;
+        self.leg[copy][b.clamp(0, LEG as i32 + 1) as usize] += 1;
     }
 
     /// One element, for the ends the vector loops leave.
     #[inline(always)]
     fn scalar(&mut self, v: f32, index: usize) {
         if index.is_multiple_of(SAMPLE) {
-            self.legacy(v);
+            self.legacy(v, 0);
         }
         let c = key(v);
         if c as i64 >= self.hi {
@@ -230,8 +313,6 @@ impl Scan {
         } else if c as i64 >= self.lo {
             self.buf[self.len] = c;
             self.len += 1;
-        } else {
-            self.below_max = self.below_max.max(c);
         }
         self.seen += 1;
     }
@@ -251,7 +332,6 @@ impl Scan {
     fn pass_portable(&mut self, x: &[f32]) -> bool {
         let mut runs = x.chunks_exact(RUN);
         let mut above = i32x8::splat(0);
-        let mut below = i32x8::splat(-1);
         for run in &mut runs {
             if self.len + RUN > CAP {
                 self.above += above.to_array().iter().map(|&c| c as usize).sum::<usize>();
@@ -269,8 +349,6 @@ impl Scan {
                 let lo = k.simd_gt(ge_lo);
                 above -= hi; // a true lane is −1
                 inside |= ((lo & !hi).to_bitmask() as u64) << (8 * q);
-                // Lanes in or above the window become −1.
-                below = below.max((k & !lo) | lo);
             }
             while inside != 0 {
                 let j = inside.trailing_zeros() as usize;
@@ -279,12 +357,11 @@ impl Scan {
                 inside &= inside - 1;
             }
             for q in 0..RUN / SAMPLE {
-                self.legacy(run[q * SAMPLE]);
+                self.legacy(run[q * SAMPLE], q % 2);
             }
             self.seen += RUN;
         }
         self.above += above.to_array().iter().map(|&c| c as usize).sum::<usize>();
-        self.below_max = self.below_max.max(below.reduce_max());
         self.tail(x, x.len() - runs.remainder().len())
     }
 
@@ -297,23 +374,26 @@ impl Scan {
     unsafe fn pass_avx512(&mut self, x: &[f32]) -> bool {
         use core::arch::x86_64::*;
         let abs = _mm512_set1_epi32(0x7FFF_FFFF);
-        let mut below = _mm512_set1_epi32(-1);
+        let one = _mm512_set1_epi32(1);
+        let mut above = _mm512_setzero_si512();
         let mut runs = x.chunks_exact(RUN);
-        let (mut len, mut above) = (self.len, 0usize);
+        let mut len = self.len;
         let mut ge_hi = _mm512_set1_epi32((self.hi - 1) as i32);
         let mut ge_lo = _mm512_set1_epi32((self.lo - 1) as i32);
+        let mut sparse = self.sparse();
         for (r, run) in (&mut runs).enumerate() {
             if len + RUN > CAP {
-                (self.len, self.above, self.seen) = (len, self.above + above, r * RUN);
+                let counted = _mm512_reduce_add_epi32(above) as u32 as usize;
+                (self.len, self.above, self.seen) = (len, self.above + counted, r * RUN);
+                above = _mm512_setzero_si512();
                 if !self.make_room() {
                     return false;
                 }
-                (len, above) = (self.len, 0);
+                len = self.len;
                 ge_hi = _mm512_set1_epi32((self.hi - 1) as i32);
                 ge_lo = _mm512_set1_epi32((self.lo - 1) as i32);
+                sparse = self.sparse();
             }
-            // Compare first; compress only the vectors with keys in the window (after the first
-            // narrowing, few runs have any).
             let mut keys = [_mm512_setzero_si512(); RUN / 16];
             let mut inside = [0u16; RUN / 16];
             let mut any = 0u16;
@@ -323,14 +403,14 @@ impl Scan {
                 let v = unsafe { _mm512_loadu_si512(run.as_ptr().add(16 * q) as *const _) };
                 let k = _mm512_and_si512(v, abs);
                 let hi = _mm512_cmpgt_epi32_mask(k, ge_hi);
-                let lo = _mm512_cmpgt_epi32_mask(k, ge_lo);
-                inside[q] = lo & !hi;
+                inside[q] = _kandn_mask16(hi, _mm512_cmpgt_epi32_mask(k, ge_lo));
                 any |= inside[q];
-                above += hi.count_ones() as usize;
-                below = _mm512_mask_max_epi32(below, !lo, below, k);
+                above = _mm512_mask_add_epi32(above, hi, above, one);
                 keys[q] = k;
             }
-            if any != 0 {
+            // Dense windows (the start of a small tensor) compress every vector; sparse ones
+            // skip the runs without a candidate, which is then most of them.
+            if !sparse || any != 0 {
                 for q in 0..RUN / 16 {
                     let packed = _mm512_maskz_compress_epi32(inside[q], keys[q]);
                     // SAFETY: 16 keys are stored at `buf[len ..]` (the in-window ones first):
@@ -343,17 +423,24 @@ impl Scan {
                 }
             }
             for q in 0..RUN / SAMPLE {
-                self.legacy(run[q * SAMPLE]);
+                self.legacy(run[q * SAMPLE], q % 2);
             }
         }
-        (self.len, self.above) = (len, self.above + above);
+        let counted = _mm512_reduce_add_epi32(above) as u32 as usize;
+        (self.len, self.above) = (len, self.above + counted);
         self.seen = x.len() - runs.remainder().len();
-        self.below_max = self.below_max.max(_mm512_reduce_max_epi32(below));
         self.tail(x, self.seen)
     }
 
-    fn pass(&mut self, x: &[f32], engine: Engine) -> bool {
-        match engine {
+    /// Whether few runs are expected to hold a candidate: under ~1 in 600 elements in the window
+    /// (from the candidates per element seen so far, or the sample's share at the start).
+    #[cfg(x86_detect)]
+    fn sparse(&self) -> bool {
+        self.len * 600 < self.seen.max(1) || (self.seen == 0 && self.sample_share * 600.0 < 1.0)
+    }
+
+    pub(super) fn pass(&mut self, x: &[f32]) -> bool {
+        match self.engine {
             Engine::Portable => self.pass_portable(x),
             // SAFETY: `Engine::Avx512` is only chosen (by `Engine::best`, or by tests after the
             // same check) when the CPU reports AVX-512F.
@@ -362,12 +449,15 @@ impl Scan {
         }
     }
 
-    /// After the pass: the exact k-th largest key if the window holds it.
+    /// After the pass: the exact k-th largest key if the window holds it. `below` is exact when
+    /// a candidate below the k-th largest key was left in the window (every key the pass did
+    /// not keep lies below those); otherwise it is −1 and the caller finds it if it needs it.
     fn finish(&mut self) -> Option<Found> {
         let k = self.k as i64;
         if (self.above as i64) >= k || ((self.above + self.len) as i64) < k {
             return None;
         }
+        let lo = self.lo;
         self.narrow(k, k);
         // `narrow(k, k)` leaves one key when the window holds the k-th largest; the counts
         // confirm it.
@@ -379,7 +469,11 @@ impl Scan {
             kth: self.lo as i32,
             above: self.above,
             equal: self.len,
-            below: self.below_max,
+            below: if self.below_max as i64 >= lo {
+                self.below_max
+            } else {
+                -1
+            },
         })
     }
 
@@ -392,13 +486,14 @@ impl Scan {
         let margin = 4 * ks.isqrt() + 8;
         let (want_hi, want_lo) = (ks.saturating_sub(margin), ks + margin);
         let base = self.leg_base as usize;
-        let mut cum = self.leg[LEG + 1] as usize;
+        let bin = |i: usize| self.leg.iter().map(|c| c[i] as usize).sum::<usize>();
+        let mut cum = bin(LEG + 1);
         if cum > want_hi {
             return None;
         }
         let mut b_hi = None;
         for i in (0..LEG).rev() {
-            cum += self.leg[i + 1] as usize;
+            cum += bin(i + 1);
             if b_hi.is_none() && cum > want_hi {
                 b_hi = Some(base + i);
             }
@@ -420,12 +515,23 @@ pub(super) fn one_pass(
     k: usize,
     engine: Engine,
 ) -> Option<(Found, Option<(usize, usize)>)> {
-    let mut s = Scan::new(x.len(), k);
+    let mut s = Scan::new(x.len(), k, engine);
     s.sample(x);
-    if !s.pass(x, engine) {
+    if !s.pass(x) {
         return None;
     }
-    let f = s.finish()?;
+    let mut f = s.finish()?;
+    if f.below < 0 && k - f.above == f.equal {
+        // The whole tie class is kept and the largest key below it was not among the
+        // candidates: one more read finds it (rare: the window's lowest candidate was the
+        // k-th largest).
+        f.below = x
+            .iter()
+            .map(|&v| key(v))
+            .filter(|&c| c < f.kth)
+            .max()
+            .unwrap_or(-1);
+    }
     Some((f, s.legacy_guess()))
 }
 
