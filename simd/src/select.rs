@@ -662,6 +662,52 @@ mod tests {
     }
 
     #[test]
+    fn key_below_found_by_another_read_when_no_candidate_is_below() {
+        // The first half holds a tie class at 5.0 that, with the large values spread over the
+        // whole tensor, completes k exactly: the pass narrows onto the class early and skips
+        // every smaller key afterwards, so the largest key below it takes one more read.
+        let n = 40_000;
+        let small = xorshift(n, 4);
+        let x: Vec<f32> = (0..n)
+            .map(|i| match i {
+                _ if i < n / 2 && i % 10 == 0 => 5.0,
+                _ if i % 20 == 5 => 10.0 + small[i].abs(),
+                _ => small[i].abs().min(0.99),
+            })
+            .collect();
+        let k = n / 10;
+        for e in engines() {
+            let (f, _) = fast::one_pass(&x, k, e).expect("the one pass decides");
+            assert_eq!((f.kth, f.equal, f.above), (key(5.0), n / 20, n / 20));
+            let below = x.iter().map(|&v| key(v)).filter(|&c| c < key(5.0)).max();
+            assert_eq!(Some(f.below), below);
+        }
+        same_as_multi_pass(&x, k);
+    }
+
+    #[test]
+    fn legacy_sample_outside_the_window_is_recounted() {
+        // Every 16th element (the multi-pass select's sample) is far above the rest: its guessed
+        // bins lie outside the pass's window histogram, so the full sample is counted again, and
+        // the threshold still matches field for field.
+        let n = 1 << 15;
+        for far in [1e6f32, 1e30, 1e-30] {
+            let x: Vec<f32> = xorshift(n, 3)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i % 16 == 0 { far } else { *v })
+                .collect();
+            for k in [n / 10, n / 4] {
+                for e in engines() {
+                    let (_, guess) = fast::one_pass(&x, k, e).expect("the one pass decides");
+                    assert_eq!(guess, None, "far {far}: the window histogram saw the guess");
+                }
+                same_as_multi_pass(&x, k);
+            }
+        }
+    }
+
+    #[test]
     fn one_pass_agrees_at_every_k_of_a_small_tensor() {
         let x = xorshift(700, 9);
         for k in 0..=x.len() {
