@@ -590,6 +590,7 @@ pub(super) fn legacy_threshold(
 
 /// The full legacy sample guess from a strided pass (when the window histogram could not see
 /// it).
+#[inline(never)]
 pub(super) fn legacy_guess_full(x: &[f32], k: usize) -> (usize, usize) {
     let mut h = [0u32; BINS];
     for &v in x.iter().step_by(SAMPLE) {
