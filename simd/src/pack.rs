@@ -2,6 +2,14 @@
 //!
 //! Packing reads the tensor once: eight keys at a time are compared with the threshold, and only
 //! the kept lanes are written (value rounded to the format's type, position in the format's form).
+//! With [`crate::select::topk_threshold`] reading it about once as well, selecting and packing
+//! ([`select_and_pack`]) read the input about twice.
+//!
+//! A tensor-wide packing can be split across workers: each counts its chunk
+//! ([`chunk_counts`]), [`split_parts`] turns the counts into every chunk's share of the ties
+//! (the first ones in index order) and its output slots, and each worker packs its part
+//! ([`pack_part`]). Chunks are whole bitmap words (64 elements) or whole `Block16` blocks, so no
+//! two parts write the same word or count; the bytes are those of one [`pack`].
 
 use crate::format::{Packed, PackedMut, Positions, PositionsMut, Value, Values, ValuesMut};
 use crate::select::{Threshold, keep_mask8, keeps, keys8};
@@ -44,12 +52,13 @@ impl PosSink for Block16Sink<'_> {
     }
 }
 
-struct U32Sink<'a>(&'a mut [u32]);
+/// `u32` indices; `.1` is added to every index (a part's first element in the tensor).
+struct U32Sink<'a>(&'a mut [u32], usize);
 impl PosSink for U32Sink<'_> {
     #[inline(always)]
     fn run(&mut self, base: usize, mut mask: u64, mut slot: usize) {
         while mask != 0 {
-            self.0[slot] = (base + mask.trailing_zeros() as usize) as u32;
+            self.0[slot] = (self.1 + base + mask.trailing_zeros() as usize) as u32;
             slot += 1;
             mask &= mask - 1;
         }
@@ -152,7 +161,7 @@ fn pack_with(
                     counts.fill(0);
                     pack_typed(x, block, &mut thr, $vals, Block16Sink { counts, offsets })
                 }
-                PositionsMut::U32(i) => pack_typed(x, block, &mut thr, $vals, U32Sink(i)),
+                PositionsMut::U32(i) => pack_typed(x, block, &mut thr, $vals, U32Sink(i, 0)),
             }
         };
     }
@@ -209,6 +218,232 @@ pub fn pack(x: &[f32], t: &Threshold, out: &mut PackedMut<'_>) -> Result<()> {
         core::slice::from_ref(t)
     };
     pack_blocks(x, x.len().max(1), blocks, out)
+}
+
+/// How many elements of `x` have a key above `t`'s, and how many equal it: what one worker's
+/// chunk contributes to a packing split across workers (see [`split_parts`]).
+pub fn chunk_counts(x: &[f32], t: &Threshold) -> (usize, usize) {
+    let tk = t.key();
+    let (tv, mut gt, mut eq) = (
+        wide::i32x8::splat(tk),
+        wide::i32x8::splat(0),
+        wide::i32x8::splat(0),
+    );
+    let mut eights = x.chunks_exact(8);
+    for e in &mut eights {
+        let k = keys8(e);
+        gt -= k.simd_gt(tv); // a true lane is −1
+        eq -= k.simd_eq(tv);
+    }
+    let sum = |v: wide::i32x8| {
+        v.to_array()
+            .iter()
+            .map(|&c| c as u32 as usize)
+            .sum::<usize>()
+    };
+    let (mut above, mut equal) = (sum(gt), sum(eq));
+    for &v in eights.remainder() {
+        let k = crate::select::key(v);
+        above += (k > tk) as usize;
+        equal += (k == tk) as usize;
+    }
+    (above, equal)
+}
+
+/// One worker's share of a packing split across workers: elements `start .. start + len` of the
+/// tensor and the slots their kept values go to (from [`split_parts`]; pack it with
+/// [`pack_part`]).
+#[derive(Debug)]
+pub struct PackPart<'a> {
+    start: usize,
+    len: usize,
+    key: i32,
+    ties: usize,
+    values: ValuesMut<'a>,
+    positions: PositionsMut<'a>,
+}
+
+impl PackPart<'_> {
+    /// The part's first element in the tensor.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Elements in the part.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the part has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// How long each part's chunk must be a multiple of for `out`'s position form: 64 for a bitmap
+/// (a part owns whole words), [`crate::format::BLOCK16`] for `Block16` (a part owns whole block
+/// counts), 1 for `u32` indices.
+pub fn part_align(out: &PackedMut<'_>) -> usize {
+    match out.positions {
+        PositionsMut::Bitmap(_) => 64,
+        PositionsMut::Block16 { .. } => crate::format::BLOCK16,
+        PositionsMut::U32(_) => 1,
+    }
+}
+
+fn split_vals<'a>(v: ValuesMut<'a>, at: usize) -> (ValuesMut<'a>, ValuesMut<'a>) {
+    match v {
+        ValuesMut::F32(a) => {
+            let (l, r) = a.split_at_mut(at);
+            (ValuesMut::F32(l), ValuesMut::F32(r))
+        }
+        ValuesMut::Bf16(a) => {
+            let (l, r) = a.split_at_mut(at);
+            (ValuesMut::Bf16(l), ValuesMut::Bf16(r))
+        }
+        ValuesMut::F16(a) => {
+            let (l, r) = a.split_at_mut(at);
+            (ValuesMut::F16(l), ValuesMut::F16(r))
+        }
+    }
+}
+
+/// Splits `out` (a tensor of `out.n` elements packed under the tensor-wide `t`) into one part
+/// per chunk of `chunk` elements (the last one shorter). `counts[i]` is
+/// [`chunk_counts`] of chunk `i`; from them each part gets its share of the ties (the first
+/// ones in index order) and its output slots (a prefix sum), so the parts can be packed in any
+/// order, on any thread, and give the bytes [`pack`] gives. `chunk` must be a multiple of
+/// [`part_align`] (or cover the whole tensor); `parts` gets one part per chunk, `None` after.
+pub fn split_parts<'a>(
+    t: &Threshold,
+    chunk: usize,
+    counts: &[(usize, usize)],
+    out: &'a mut PackedMut<'_>,
+    parts: &mut [Option<PackPart<'a>>],
+) -> Result<()> {
+    let n = out.n;
+    if chunk == 0 || (chunk < n && !chunk.is_multiple_of(part_align(out))) {
+        return Err(Error::Invalid {
+            what: "part length (a multiple of the position form's alignment)",
+            value: chunk,
+        });
+    }
+    let nparts = n.div_ceil(chunk);
+    check_len("chunk counts", nparts, counts.len())?;
+    if parts.len() < nparts {
+        return Err(Error::Length {
+            what: "parts",
+            expected: nparts,
+            given: parts.len(),
+        });
+    }
+    // Each part's kept count: all its keys above, and the ties left when it starts.
+    let mut ties_left = t.ties();
+    let mut total = 0usize;
+    for &(above, equal) in counts {
+        total += above + equal.min(ties_left);
+        ties_left -= equal.min(ties_left);
+    }
+    check_len("packed tensor kept count", out.k, total)?;
+    let value_len = match &out.values {
+        ValuesMut::F32(v) => v.len(),
+        ValuesMut::Bf16(v) => v.len(),
+        ValuesMut::F16(v) => v.len(),
+    };
+    check_len("packed values", out.k, value_len)?;
+    match &out.positions {
+        PositionsMut::Bitmap(w) => check_len("bitmap words", n.div_ceil(64), w.len())?,
+        PositionsMut::Block16 { counts, offsets } => {
+            check_len(
+                "block counts",
+                n.div_ceil(crate::format::BLOCK16),
+                counts.len(),
+            )?;
+            check_len("block offsets", out.k, offsets.len())?;
+        }
+        PositionsMut::U32(i) => check_len("indices", out.k, i.len())?,
+    }
+    let mut values = core::mem::replace(&mut out.values, ValuesMut::F32(&mut []));
+    let mut positions = core::mem::replace(&mut out.positions, PositionsMut::U32(&mut []));
+    let mut ties_left = t.ties();
+    for (i, (&(above, equal), slot)) in counts.iter().zip(parts.iter_mut()).enumerate() {
+        let (start, len) = (i * chunk, chunk.min(n - i * chunk));
+        let ties = equal.min(ties_left);
+        ties_left -= ties;
+        let kept = above + ties;
+        let (v, rest) = split_vals(values, kept);
+        values = rest;
+        let p = match &mut positions {
+            PositionsMut::Bitmap(w) => {
+                let (l, r) = core::mem::take(w).split_at_mut(len.div_ceil(64));
+                *w = r;
+                PositionsMut::Bitmap(l)
+            }
+            PositionsMut::Block16 { counts, offsets } => {
+                let blocks = len.div_ceil(crate::format::BLOCK16);
+                let (cl, cr) = core::mem::take(counts).split_at_mut(blocks);
+                let (ol, or) = core::mem::take(offsets).split_at_mut(kept);
+                (*counts, *offsets) = (cr, or);
+                PositionsMut::Block16 {
+                    counts: cl,
+                    offsets: ol,
+                }
+            }
+            PositionsMut::U32(idx) => {
+                let (l, r) = core::mem::take(idx).split_at_mut(kept);
+                *idx = r;
+                PositionsMut::U32(l)
+            }
+        };
+        *slot = Some(PackPart {
+            start,
+            len,
+            key: t.key(),
+            ties,
+            values: v,
+            positions: p,
+        });
+    }
+    parts[nparts..].iter_mut().for_each(|p| *p = None);
+    Ok(())
+}
+
+/// Packs one part (from [`split_parts`]): `x` is the part's chunk of the tensor.
+pub fn pack_part(x: &[f32], part: PackPart<'_>) -> Result<()> {
+    check_len("part length", part.len, x.len())?;
+    let t = Threshold::from_parts(part.key, 0, part.ties);
+    let mut slot = 0;
+    macro_rules! with_sink {
+        ($vals:expr) => {{
+            let vals = $vals;
+            match part.positions {
+                PositionsMut::Bitmap(w) => {
+                    w.fill(0);
+                    pack_range(x, 0, &t, vals, &mut BitmapSink(w), &mut slot)?;
+                }
+                PositionsMut::Block16 { counts, offsets } => {
+                    counts.fill(0);
+                    pack_range(
+                        x,
+                        0,
+                        &t,
+                        vals,
+                        &mut Block16Sink { counts, offsets },
+                        &mut slot,
+                    )?;
+                }
+                PositionsMut::U32(i) => {
+                    pack_range(x, 0, &t, vals, &mut U32Sink(i, part.start), &mut slot)?;
+                }
+            }
+            check_len("kept elements after packing a part", vals.len(), slot)
+        }};
+    }
+    match part.values {
+        ValuesMut::F32(v) => with_sink!(v),
+        ValuesMut::Bf16(v) => with_sink!(v),
+        ValuesMut::F16(v) => with_sink!(v),
+    }
 }
 
 const CORRUPT: Error = Error::Invalid {

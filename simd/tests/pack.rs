@@ -264,3 +264,94 @@ fn bad_input_is_an_error_not_a_panic() {
         assert!(dropit_simd::spmm::linear_grad_w(&b.packed(), 10, 10, &dy, 3, &mut gw).is_err());
     }
 }
+
+/// Packs `x` under its top-k threshold split into parts of `chunk` (counted, split, packed in
+/// reverse order) and checks the bytes equal one `pack` and the scalar twin.
+fn check_parts(x: &[f32], k: usize, fmt: Format, chunk: usize) {
+    use dropit_simd::pack::{PackPart, chunk_counts, pack_part, split_parts};
+    let t = topk_threshold(x, k).unwrap();
+    let mut a = Buf::new(fmt, x.len(), k);
+    let mut b = Buf::new(fmt, x.len(), k);
+    pack(x, &t, &mut a.packed_mut()).unwrap();
+    let counts: Vec<(usize, usize)> = x.chunks(chunk).map(|c| chunk_counts(c, &t)).collect();
+    let mut parts: Vec<Option<PackPart<'_>>> = (0..counts.len() + 2).map(|_| None).collect();
+    let mut out = b.packed_mut();
+    split_parts(&t, chunk, &counts, &mut out, &mut parts).unwrap();
+    assert!(parts[counts.len()..].iter().all(Option::is_none));
+    for p in parts.into_iter().flatten().rev() {
+        let (s, l) = (p.start(), p.len());
+        pack_part(&x[s..s + l], p).unwrap();
+    }
+    assert_eq!(
+        a.bytes(),
+        b.bytes(),
+        "{fmt:?} chunk {chunk}: parts differ from one pack"
+    );
+    let mut c = Buf::new(fmt, x.len(), k);
+    let blocks = if x.is_empty() { 0 } else { 1 };
+    reference::pack_blocks(x, x.len().max(1), &[t][..blocks], &mut c.packed_mut()).unwrap();
+    assert_eq!(
+        b.bytes(),
+        c.bytes(),
+        "{fmt:?} chunk {chunk}: parts differ from the twin"
+    );
+}
+
+fn part_chunk(fmt: Format, units: usize) -> usize {
+    units
+        * match fmt.positions {
+            PosForm::Bitmap => 64,
+            PosForm::Block16 => BLOCK16,
+            PosForm::U32 => 1,
+        }
+}
+
+proptest! {
+    #[test]
+    fn parts_match_one_pack(x in prop::collection::vec(values(), 1..1200), kf in 0.0f64..=1.0, units in 1usize..9) {
+        let k = (x.len() as f64 * kf) as usize;
+        for fmt in FORMATS {
+            check_parts(&x, k, fmt, part_chunk(fmt, units));
+        }
+    }
+}
+
+#[test]
+fn parts_split_ties_across_chunk_borders() {
+    // One tie class across every chunk, NaN and zeros, sizes past a Block16 block.
+    let n = 2 * BLOCK16 + 1000;
+    let mut x = normals(n, 17);
+    x[1000..BLOCK16 + 5000].fill(-1.25);
+    x[70_000] = f32::NAN;
+    x[n - 10..].fill(0.0);
+    for k in [0, 1, 3000, 40_000, n - 1, n] {
+        for fmt in FORMATS {
+            for units in [1, 2, 5] {
+                let chunk = part_chunk(fmt, units).min(n);
+                let chunk = if fmt.positions == PosForm::U32 {
+                    777 * units
+                } else {
+                    chunk
+                };
+                check_parts(&x, k, fmt, chunk);
+            }
+        }
+    }
+}
+
+#[test]
+fn parts_refuse_misaligned_chunks_and_wrong_counts() {
+    use dropit_simd::pack::{PackPart, split_parts};
+    let x = normals(256, 1);
+    let t = topk_threshold(&x, 30).unwrap();
+    let fmt = Format::new(ValueType::F32, PosForm::Bitmap);
+    let mut b = Buf::new(fmt, x.len(), 30);
+    let mut out = b.packed_mut();
+    {
+        let mut parts: Vec<Option<PackPart<'_>>> = (0..8).map(|_| None).collect();
+        assert!(split_parts(&t, 100, &[(0, 0); 3], &mut out, &mut parts).is_err());
+    }
+    // Counts that do not add up to k.
+    let mut parts: Vec<Option<PackPart<'_>>> = (0..8).map(|_| None).collect();
+    assert!(split_parts(&t, 64, &[(1, 0); 4], &mut out, &mut parts).is_err());
+}

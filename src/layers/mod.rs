@@ -20,8 +20,10 @@ use contract::{Dims, Input, Mode, Op, Params, Saved, SavedMut};
 use dropit_simd::format::{Format, Packed, PackedMut};
 use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm};
 use dropit_simd::mask::{apply_mask, mask_in_place};
-use dropit_simd::pack::{pack, select_and_pack};
-use dropit_simd::select::{Histogram, RadixSelect, Threshold};
+use dropit_simd::pack::{
+    PackPart, chunk_counts, pack, pack_part, part_align, select_and_pack, split_parts,
+};
+use dropit_simd::select::{Threshold, topk_threshold};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::error::Result;
@@ -160,8 +162,10 @@ pub(crate) fn gemm_words(m: usize, k: usize, n: usize) -> usize {
 }
 
 /// Packs a layer's input `x` (`n` samples of `numel`) under its DropIT settings. A tensor-wide
-/// selection counts its histograms on `threads` workers; the threshold, and so the packed copy,
-/// is the same for any number of workers.
+/// selection finds its threshold in one read of `x` (`topk_threshold`), then packs split across
+/// `threads` workers: each counts its chunk, a prefix sum over the counts gives every chunk its
+/// share of the ties and its output slots, and each packs its chunk. The packed bytes are the
+/// same for any number of workers.
 pub(crate) fn pack_input(
     sp: &SparseSave,
     x: &[f32],
@@ -174,36 +178,36 @@ pub(crate) fn pack_input(
     let bytes = &mut bytemuck::cast_slice_mut(p.words)[..p.format.bytes(len, k)];
     let mut out = PackedMut::from_bytes(p.format, len, k, bytes)?;
     let block = sp.block(n, numel);
-    if threads > 1 && block >= len && len >= PARALLEL_SELECT_MIN {
-        let t = parallel_threshold(x, k, threads)?;
-        return Ok(pack(x, &t, &mut out)?);
+    if threads > 1 && block >= len && len >= PARALLEL_PACK_MIN {
+        let t = topk_threshold(x, k)?;
+        return parallel_pack(x, &t, &mut out, threads);
     }
     Ok(select_and_pack(x, block, sp.keep, &mut out)?)
 }
 
-/// Below this many elements a selection is not worth handing out.
-const PARALLEL_SELECT_MIN: usize = 1 << 16;
+/// Below this many elements packing is not worth handing out.
+const PARALLEL_PACK_MIN: usize = 1 << 16;
 
-/// The top-k threshold of `x`, each radix pass counted in chunks on up to 8 workers (their
-/// histograms, 8 KiB each, on this thread's stack) and merged.
-fn parallel_threshold(x: &[f32], k: usize, threads: usize) -> Result<Threshold> {
-    const GROUPS: usize = 8;
-    let mut rs = RadixSelect::new(x.len(), k)?;
-    let mut hs: [Histogram; GROUPS] = core::array::from_fn(|_| Histogram::new());
-    let chunk = x.len().div_ceil(threads.clamp(1, GROUPS));
-    let groups = x.len().div_ceil(chunk);
-    while !rs.is_done() {
-        let sel = &rs;
-        par::each(hs.iter_mut().zip(x.chunks(chunk)), |(h, xc)| {
-            h.clear();
-            sel.count(xc, h);
-            Ok(())
-        })?;
-        let (all, rest) = hs.split_at_mut(1);
-        rest[..groups - 1].iter().for_each(|h| all[0].merge(h));
-        rs.advance(&all[0])?;
+/// Packs `x` under the tensor-wide `t` in chunks on up to `threads` workers (chunk lengths a
+/// multiple of what the position form needs; one chunk packs on this thread).
+fn parallel_pack(x: &[f32], t: &Threshold, out: &mut PackedMut<'_>, threads: usize) -> Result<()> {
+    let align = part_align(out);
+    let chunk = par::elem_chunk(x.len(), threads).div_ceil(align) * align;
+    let parts = x.len().div_ceil(chunk);
+    if parts < 2 {
+        return Ok(pack(x, t, out)?);
     }
-    Ok(rs.threshold().unwrap_or(Threshold::NONE))
+    let mut counts = [(0usize, 0usize); par::MAX_THREADS];
+    par::each(counts.iter_mut().zip(x.chunks(chunk)), |(c, xc)| {
+        *c = chunk_counts(xc, t);
+        Ok(())
+    })?;
+    let mut slots: [Option<PackPart<'_>>; par::MAX_THREADS] = [const { None }; par::MAX_THREADS];
+    split_parts(t, chunk, &counts[..parts], out, &mut slots)?;
+    par::each(slots.iter_mut().filter_map(Option::take), |part| {
+        let s = part.start();
+        Ok(pack_part(&x[s..s + part.len()], part)?)
+    })
 }
 
 /// Views a layer's packed input (`n` samples of `numel`).
@@ -606,8 +610,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parallel_threshold_is_the_serial_one() {
-        let n = 100_003;
+    fn parallel_pack_is_the_serial_one() {
+        use dropit_simd::format::{PosForm, ValueType};
+        let n = 3 * 65_536 + 1_003;
         let mut s = 0x9E37_79B9_7F4A_7C15u64;
         let mut x: alloc::vec::Vec<f32> = (0..n)
             .map(|_| {
@@ -618,18 +623,33 @@ mod tests {
             })
             .collect();
         // Ties across chunk borders, zeros and a NaN.
-        x[40_000..60_000].fill(1.5);
-        x[70_000..71_000].fill(0.0);
+        x[40_000..90_000].fill(1.5);
+        x[100_000..101_000].fill(0.0);
         x[99_999] = f32::NAN;
-        for k in [0, 1, 10_000, 30_000, n - 1, n] {
-            let want = dropit_simd::select::topk_threshold(&x, k).unwrap();
-            for threads in [2, 3, 8, 64] {
-                let got = parallel_threshold(&x, k, threads).unwrap();
-                assert_eq!(
-                    (got.key(), got.above(), got.ties()),
-                    (want.key(), want.above(), want.ties()),
-                    "k {k}, {threads} threads"
-                );
+        for k in [0, 1, 10_000, 30_000, 60_000, n - 1, n] {
+            let t = topk_threshold(&x, k).unwrap();
+            for pos in [PosForm::Bitmap, PosForm::Block16, PosForm::U32] {
+                let fmt = Format::new(ValueType::Bf16, pos);
+                let mut want = alloc::vec![!0u64; fmt.bytes(n, k).div_ceil(8)];
+                let bytes = &mut bytemuck::cast_slice_mut(&mut want)[..fmt.bytes(n, k)];
+                pack(
+                    &x,
+                    &t,
+                    &mut PackedMut::from_bytes(fmt, n, k, bytes).unwrap(),
+                )
+                .unwrap();
+                for threads in [2, 3, 8, 64] {
+                    // Stale bytes (as in `want`) must be overwritten alike.
+                    let mut got = alloc::vec![!0u64; want.len()];
+                    let bytes = &mut bytemuck::cast_slice_mut(&mut got)[..fmt.bytes(n, k)];
+                    let mut out = PackedMut::from_bytes(fmt, n, k, bytes).unwrap();
+                    parallel_pack(&x, &t, &mut out, threads).unwrap();
+                    let (a, b): (&[u8], &[u8]) = (
+                        &bytemuck::cast_slice(&got)[..fmt.bytes(n, k)],
+                        &bytemuck::cast_slice(&want)[..fmt.bytes(n, k)],
+                    );
+                    assert!(a == b, "k {k}, {pos:?}, {threads} threads");
+                }
             }
         }
     }
