@@ -27,6 +27,7 @@ LAYER = re.compile(r"<dropit::layers::\w+::(\w+) as dropit::layers::contract::Op
 # Kernel groups by function name (exclusive counts), first match wins.
 KERNELS = [
     ("GEMM", r"dropit_simd::gemm::"),
+    ("direct convolution", r"dropit_simd::conv::"),
     ("im2col / col2im", r"Conv2d::(im2col|col2im)"),
     ("top-k selection", r"dropit_simd::select::|parallel_threshold"),
     ("packing", r"dropit_simd::pack::|dropit_simd::format::"),
@@ -41,6 +42,9 @@ KERNELS = [
     ("loss", r"layers::loss::"),
     ("memcpy / memset", r"memcpy|memmove|memset"),
     ("trainer (gradient norm, bookkeeping)", r"dropit::trainer::"),
+    # Loops that the compiler inlined into the closures the workers run (`par::each`): layer
+    # code such as batch norm's, the direct kernels' drivers, ReLU6.
+    ("layer loops inlined into worker closures", r"par::each|call_once|FnOnce"),
 ]
 
 
