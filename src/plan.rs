@@ -492,18 +492,23 @@ pub(crate) fn plan(
     check_sizes(model, batch)?;
     let declared = declare(model, batch, threads);
     let mut chains: PerNode<Option<Chain>> = repeat(None, declared.len());
-    let mut best = plan_with(model, batch, opt_slots, threads, &declared, &chains)?;
+    // Only the sizes are compared, so that one plan at a time is on the stack (a
+    // microcontroller's is small).
+    let words = |c: &[Option<Chain>]| {
+        plan_with(model, batch, opt_slots, threads, &declared, c).map(|p| p.total_words)
+    };
+    let mut best = words(&chains)?;
     for (i, n) in declared.iter().enumerate().filter(|_| rebuild_inputs) {
         chains[i] = rebuild::candidate(model, i, n);
         if chains[i].is_none() {
             continue;
         }
-        match plan_with(model, batch, opt_slots, threads, &declared, &chains) {
-            Ok(p) if p.total_words <= best.total_words => best = p,
+        match words(&chains) {
+            Ok(w) if w <= best => best = w,
             _ => chains[i] = None,
         }
     }
-    Ok(best)
+    plan_with(model, batch, opt_slots, threads, &declared, &chains)
 }
 
 /// The plan with the inputs of the nodes that have a chain rebuilt.

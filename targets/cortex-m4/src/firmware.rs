@@ -9,7 +9,7 @@ use cortex_m_semihosting::{debug, hprintln};
 use dropit_cortex_m4::{Samples, evaluate, fine_tune, tiny, trainer};
 
 /// The trainer's arena: the plan must fit (`Trainer::with_arena` says so if not).
-const ARENA: usize = 232 * 1024;
+const ARENA: usize = 224 * 1024;
 static mut ARENA_BUF: [u8; ARENA] = [0; ARENA];
 /// One normalized batch.
 static mut X: [f32; tiny::BATCH * tiny::PIXELS] = [0.0; tiny::BATCH * tiny::PIXELS];

@@ -68,7 +68,10 @@ impl Eval {
 }
 
 /// The fine-tuning model: [`tiny::tiny`], frozen up to [`FIRST_TUNED`], DropIT γ on the tuned
-/// conv, lean.
+/// conv, lean. Never inlined: building a model moves its fixed-capacity lists several times,
+/// and inlined into [`trainer`] those copies' stack would add to the planner's (together more
+/// than the Cortex-M4's 64 KB of stack).
+#[inline(never)]
 pub fn model() -> dropit::Result<Model> {
     let m = tiny::tiny()?;
     let frozen = m.find(FIRST_TUNED).unwrap_or(0);
