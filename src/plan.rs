@@ -12,8 +12,8 @@
 //! - **scratch**: the largest single need of any layer (conv's per-sample im2col), shared.
 //!
 //! A tensor that a backward reads but that can be rebuilt from what its producer keeps anyway
-//! (`crate::rebuild`) is not held: the reader gets an activation buffer for its backward step
-//! alone, and the trainer rebuilds the tensor there first.
+//! (`crate::rebuild`) is not held: the reader rebuilds it piece by piece in its scratch, or gets
+//! an activation buffer for its backward step alone in which the trainer rebuilds it first.
 //!
 //! Every size comes from the layers' declarations ([`crate::layers::Needs`]); the plan is made
 //! in named steps: declarations, readers and liveness, parameters, the activation pool, the

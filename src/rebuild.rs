@@ -1,8 +1,10 @@
 //! Keep only what cannot be rebuilt: a Linear or convolution reads its input again in backward
 //! (for its weight gradient), but when that input is a layer's output that the layer can
 //! rebuild from what it keeps anyway — a batch or layer norm's `γ·x̂ + β` from its x̂, GELU of
-//! its kept input, then any ReLU, ReLU6 or dropout on top — nobody holds it: the trainer
-//! rebuilds it, just before the reader's backward, into an activation buffer that lives for
+//! its kept input, then any ReLU, ReLU6 or dropout on top — nobody holds it: the reader's
+//! backward rebuilds it piece by piece in its scratch where it declared it can
+//! (`Needs::rebuild_scratch`: a 3×3 convolution one sample at a time, a Linear 256 rows at a
+//! time), and otherwise the trainer rebuilds it first into an activation buffer that lives for
 //! that one step. Each layer declares what it can rebuild ([`Rebuild`]); this module follows
 //! those declarations back from a tensor to the layer that keeps what it is made of, and the
 //! planner rebuilds wherever that makes the plan smaller (a rebuilt input needs no copy, but
