@@ -10,7 +10,7 @@ use super::contract::{
     Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
 };
 use super::xhat::{Code, Form, scale_for};
-use super::{Bwd, Fwd, Rb, not_in_place, put, rebuild_affine};
+use super::{Bwd, Fwd, Rb, not_in_place, put, rebuild_norm};
 use half::bf16;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::arena::words_for_f32;
@@ -111,17 +111,9 @@ impl Op for LayerNorm {
         Rebuild::FromSaved
     }
 
+    /// 8-bit scales per row, in entry 2.
     fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
-        let c = self.c;
-        match self.form() {
-            Form::F32 => rebuild_affine(r, r.saved.f32(1)?, c, |_| 1.0, Self::KIND),
-            Form::Bf16 => rebuild_affine(r, r.saved.bf16(1)?, c, |_| 1.0, Self::KIND),
-            Form::Int8 => {
-                let s = r.saved.f32(2)?;
-                let q: &[i8] = bytemuck::cast_slice(r.saved.bytes(1)?);
-                rebuild_affine(r, q, c, |i| s[i / c], Self::KIND)
-            }
-        }
+        rebuild_norm(r, self.form(), self.c, (2, true), Self::KIND)
     }
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {

@@ -246,10 +246,31 @@ pub(crate) fn rebuilt_part<'s, T>(r: &Rb<'_, '_>, saved: &'s [T], kind: &str) ->
         .ok_or_else(|| planner_bug(kind, "rebuilds past what it kept"))
 }
 
+/// Rebuilds part of a norm's output from its x̂ kept in `form` (entry 1 of its context; for
+/// 8-bit codes, their scales in entry `scales`, one per channel or, `per_row`, per row of `c`).
+pub(crate) fn rebuild_norm(
+    r: &mut Rb<'_, '_>,
+    form: xhat::Form,
+    c: usize,
+    (scales, per_row): (usize, bool),
+    kind: &str,
+) -> Result<()> {
+    match form {
+        xhat::Form::F32 => rebuild_affine(r, r.saved.f32(1)?, c, |_| 1.0, kind),
+        xhat::Form::Bf16 => rebuild_affine(r, r.saved.bf16(1)?, c, |_| 1.0, kind),
+        xhat::Form::Int8 => {
+            let s = r.saved.f32(scales)?;
+            let q: &[i8] = bytemuck::cast_slice(r.saved.bytes(1)?);
+            let group = |i: usize| if per_row { i / c } else { i % c };
+            rebuild_affine(r, q, c, |i| s.get(group(i)).copied().unwrap_or(1.0), kind)
+        }
+    }
+}
+
 /// Rebuilds part of a norm's output, `y = γ·x̂ + β` per channel, from its kept `xhat` (rows of
 /// `c`; the parameters are γ then β), each element's code times `scale(its index)`: from f32,
 /// the same products and sums as its forward.
-pub(crate) fn rebuild_affine<V: xhat::Code>(
+fn rebuild_affine<V: xhat::Code>(
     r: &mut Rb<'_, '_>,
     xhat: &[V],
     c: usize,
