@@ -383,21 +383,53 @@ fn bench_spmm_conv(c: &mut Criterion) {
 // gemm: ours (packs into caller scratch, allocates nothing) vs matrixmultiply (allocates its
 // packing buffers on every call), on the trainer's shapes.
 
+/// Every GEMM the reference workloads run in a training step at batch 64 on two workers (one
+/// worker's call): `(name, m, k, n, A transposed, B transposed)`. Forward `X·W`; grad_W
+/// `Xᵀ·dY` (a band of input features per worker); grad_X `dY·Wᵀ`.
+const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 27] = [
+    // mlp 784–512–512–10, 32 rows per worker.
+    ("mlp_fc1_fwd_32x784x512", 32, 784, 512, false, false),
+    ("mlp_fc2_fwd_32x512x512", 32, 512, 512, false, false),
+    ("mlp_fc1_gradw_392x64x512", 392, 64, 512, true, false),
+    ("mlp_fc2_gradw_256x64x512", 256, 64, 512, true, false),
+    ("mlp_fc2_gradx_32x512x512", 32, 512, 512, false, true),
+    // cnn: the 128-channel 3×3 convolution runs im2col (depth 1152 > the direct kernels'
+    // limit), one 7×7 sample at a time; the 28×28 32-channel shapes where no direct kernel
+    // exists (ARM).
+    ("cnn_conv128_fwd_49x1152x128", 49, 1152, 128, false, false),
+    ("cnn_conv128_gradx_49x128x1152", 49, 128, 1152, false, true),
+    ("cnn_conv32_fwd_784x288x32", 784, 288, 32, false, false),
+    ("cnn_conv32_gradw_288x784x32", 288, 784, 32, true, false),
+    ("cnn_conv32_gradx_784x32x288", 784, 32, 288, false, true),
+    // vit: 1600 token rows per worker, dim 96, MLP 384; attention per (sample, head), 50
+    // tokens of 32.
+    ("vit_qkv_fwd_1600x96x288", 1600, 96, 288, false, false),
+    ("vit_proj_fwd_1600x96x96", 1600, 96, 96, false, false),
+    ("vit_fc1_fwd_1600x96x384", 1600, 96, 384, false, false),
+    ("vit_fc2_fwd_1600x384x96", 1600, 384, 96, false, false),
+    ("vit_qkv_gradw_48x3200x288", 48, 3200, 288, true, false),
+    ("vit_fc2_gradw_192x3200x96", 192, 3200, 96, true, false),
+    ("vit_rebuilt_gradw_96x256x384", 96, 256, 384, true, false),
+    ("vit_qkv_gradx_1600x288x96", 1600, 288, 96, false, true),
+    ("vit_fc1_gradx_1600x384x96", 1600, 384, 96, false, true),
+    ("vit_fc2_gradx_1600x96x384", 1600, 96, 384, false, true),
+    ("vit_attn_scores_50x32x50", 50, 32, 50, false, true),
+    ("vit_attn_pv_50x50x32", 50, 50, 32, false, false),
+    ("vit_attn_dv_50x50x32", 50, 50, 32, true, false),
+    // mobilenet: pointwise convolutions over the whole batch (64 · H · W rows).
+    ("mobilenet_expand_12544x16x64", 12544, 16, 64, false, false),
+    ("mobilenet_project_12544x64x16", 12544, 64, 16, false, false),
+    ("mobilenet_expand_3136x32x128", 3136, 32, 128, false, false),
+    ("mobilenet_project_1024x128x48", 1024, 128, 48, false, false),
+];
+
 fn bench_gemm(c: &mut Criterion) {
     use dropit_simd::gemm::{Mat, MatMut, scratch_len, sgemm as ours};
     let mut g = c.benchmark_group("gemm");
-    g.warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
-    // (name, m, k, n, A transposed)
-    let shapes = [
-        ("linear_fwd_128x512x512", 128, 512, 512, false),
-        ("conv_fwd_784x288x32", 784, 288, 32, false),
-        ("conv_gradw_288x784x32", 288, 784, 32, true),
-        ("vit_fc1_fwd_1600x96x384", 1600, 96, 384, false),
-        ("vit_attn_scores_50x32x50", 50, 32, 50, false),
-    ];
-    for (name, m, k, n, at) in shapes {
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(15);
+    for (name, m, k, n, at, bt) in GEMM_SHAPES {
         let a = normals(m * k, 1);
         let b = normals(k * n, 2);
         let mut c1 = vec![0f32; m * n];
@@ -408,7 +440,11 @@ fn bench_gemm(c: &mut Criterion) {
         } else {
             (Mat::new(&a, m, k).unwrap(), (k, 1))
         };
-        let bm = Mat::new(&b, k, n).unwrap();
+        let (bm, bstr) = if bt {
+            (Mat::new(&b, n, k).unwrap().t(), (1, k))
+        } else {
+            (Mat::new(&b, k, n).unwrap(), (n, 1))
+        };
         ours(
             1.0,
             am,
@@ -418,7 +454,7 @@ fn bench_gemm(c: &mut Criterion) {
             &mut scratch,
         )
         .unwrap();
-        sgemm(m, k, n, &a, astr, &b, (n, 1), &mut c2);
+        sgemm(m, k, n, &a, astr, &b, bstr, &mut c2);
         assert_close(name, &c1, &c2);
         g.throughput(Throughput::Elements((m * k * n) as u64));
         g.bench_function(BenchmarkId::new("ours", name), |bch| {
@@ -435,7 +471,7 @@ fn bench_gemm(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("matrixmultiply", name), |bch| {
-            bch.iter(|| sgemm(m, k, n, &a, astr, &b, (n, 1), black_box(&mut c2)))
+            bch.iter(|| sgemm(m, k, n, &a, astr, &b, bstr, black_box(&mut c2)))
         });
     }
     g.finish();

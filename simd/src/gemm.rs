@@ -236,6 +236,70 @@ trait Micro {
     ///
     /// The CPU has the target features this build uses (none for [`Plain`]).
     unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR];
+
+    /// [`Micro::tile`] written into a full `MR × N` tile of C: row `i` is `c[i·rs ..][..N]`,
+    /// each element updated by `store` (the same two roundings as the edge path in
+    /// [`blocked`], so both give the same bits).
+    ///
+    /// # Safety
+    ///
+    /// As [`Micro::tile`].
+    #[inline(always)]
+    unsafe fn tile_into<const N: usize>(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        rs: usize,
+        alpha: f32,
+        store: Store,
+    ) {
+        // SAFETY: passed on from the caller.
+        let acc = unsafe { Self::tile::<N>(kc, a, b) };
+        for (i, row) in acc.iter().enumerate() {
+            store.row(&mut c[i * rs..][..N], row, alpha);
+        }
+    }
+}
+
+/// How a finished tile meets C: the first `KC` block sets it (`Set`: `alpha·v`, or `Blend`:
+/// `alpha·v + beta·c`), later blocks add (`Add`: `c + alpha·v`).
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Set,
+    Blend(f32),
+    Add,
+}
+
+impl Store {
+    fn new(first: bool, beta: f32) -> Self {
+        match (first, beta == 0.0) {
+            (false, _) => Store::Add,
+            (true, true) => Store::Set,
+            (true, false) => Store::Blend(beta),
+        }
+    }
+
+    /// `d[j] ← store(d[j], alpha · v[j])` along a contiguous row.
+    #[inline(always)]
+    fn row(self, d: &mut [f32], v: &[f32], alpha: f32) {
+        let z = d.iter_mut().zip(v);
+        match self {
+            Store::Add => z.for_each(|(d, v)| *d += alpha * v),
+            Store::Set => z.for_each(|(d, v)| *d = alpha * v),
+            Store::Blend(beta) => z.for_each(|(d, v)| *d = alpha * v + beta * *d),
+        }
+    }
+
+    /// The same for one element.
+    #[inline(always)]
+    fn one(self, d: &mut f32, v: f32, alpha: f32) {
+        *d = match self {
+            Store::Add => *d + alpha * v,
+            Store::Set => alpha * v,
+            Store::Blend(beta) => alpha * v + beta * *d,
+        };
+    }
 }
 
 /// The baseline: plain Rust for the autovectorizer, separate multiply and add (the baseline
@@ -342,6 +406,8 @@ pub(crate) trait Vector {
     unsafe fn store(p: *mut f32, v: Self::Reg);
     /// `a + b` in each lane.
     unsafe fn add(a: Self::Reg, b: Self::Reg) -> Self::Reg;
+    /// `a · b` in each lane.
+    unsafe fn mul(a: Self::Reg, b: Self::Reg) -> Self::Reg;
 }
 
 /// AVX2 + FMA: 256-bit registers (used inside `gemm_avx2` only).
@@ -381,6 +447,11 @@ impl Vector for Avx2 {
     unsafe fn add(a: Self::Reg, b: Self::Reg) -> Self::Reg {
         // SAFETY: the caller guarantees AVX.
         unsafe { core::arch::x86_64::_mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self::Reg, b: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX.
+        unsafe { core::arch::x86_64::_mm256_mul_ps(a, b) }
     }
 }
 
@@ -422,33 +493,86 @@ impl Vector for Avx512 {
         // SAFETY: the caller guarantees AVX-512F.
         unsafe { core::arch::x86_64::_mm512_add_ps(a, b) }
     }
+    #[inline(always)]
+    unsafe fn mul(a: Self::Reg, b: Self::Reg) -> Self::Reg {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_mul_ps(a, b) }
+    }
 }
 
 #[cfg(x86_detect)]
 impl<V: Vector> Micro for V {
     #[inline(always)]
     unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-        // SAFETY: the caller guarantees `V`'s target features, as `micro_simd` needs.
-        unsafe { micro_simd::<V, N>(kc, a, b) }
+        let mut out = [[0.0f32; N]; MR];
+        // SAFETY: the caller guarantees `V`'s target features, as `micro_simd` needs. Every
+        // store writes LANES floats at offset 0 or LANES of a row of `out` (N = 2·LANES long,
+        // asserted in `micro_simd`).
+        unsafe {
+            let acc = micro_simd::<V, N>(kc, a, b);
+            for (i, row) in out.iter_mut().enumerate() {
+                V::store(row.as_mut_ptr(), acc[2 * i]);
+                V::store(row.as_mut_ptr().add(V::LANES), acc[2 * i + 1]);
+            }
+        }
+        out
+    }
+
+    #[inline(always)]
+    unsafe fn tile_into<const N: usize>(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        rs: usize,
+        alpha: f32,
+        store: Store,
+    ) {
+        // Row i of the tile is c[i·rs ..][..N]; the last row ends at (MR − 1)·rs + N.
+        let c = &mut c[..(MR - 1) * rs + N];
+        // SAFETY: the caller guarantees `V`'s target features. Each load and store touches
+        // LANES floats at c[i·rs + h·LANES ..] for i < MR and h < 2, which ends at most at
+        // (MR − 1)·rs + 2·LANES = (MR − 1)·rs + N (N = 2·LANES, asserted in `micro_simd`):
+        // inside `c`, whose length was checked by the slice above.
+        unsafe {
+            let acc = micro_simd::<V, N>(kc, a, b);
+            let al = V::splat(alpha);
+            for (i, pair) in acc.chunks_exact(2).enumerate() {
+                for (h, &v) in pair.iter().enumerate() {
+                    let p = c.as_mut_ptr().add(i * rs + h * V::LANES);
+                    let v = V::mul(al, v);
+                    let out = match store {
+                        Store::Add => V::add(V::load(p), v),
+                        Store::Set => v,
+                        Store::Blend(beta) => V::add(v, V::mul(V::splat(beta), V::load(p))),
+                    };
+                    V::store(p, out);
+                }
+            }
+        }
     }
 }
 
 /// The intrinsics micro-kernel, one body for every register width: `N = 2 · LANES` columns,
-/// twelve accumulator registers, two loads of B̃ and six broadcasts of Ã per step of k.
+/// twelve accumulator registers (row `i` in `2i` and `2i + 1`), two loads of B̃ and six
+/// broadcasts of Ã per step of k.
 ///
 /// # Safety
 ///
 /// The CPU has `V`'s target features.
 #[cfg(x86_detect)]
 #[inline(always)]
-unsafe fn micro_simd<V: Vector, const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+unsafe fn micro_simd<V: Vector, const N: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+) -> [V::Reg; 2 * MR] {
     const { assert!(N == 2 * V::LANES, "a row of the tile is two registers") };
     let (a, b) = (&a[..kc * MR], &b[..kc * N]);
-    let mut out = [[0.0f32; N]; MR];
     // SAFETY: the caller guarantees `V`'s target features. Every load reads LANES floats at
     // `b[k·N ..]` or `b[k·N + LANES ..]` with k < kc and N = 2·LANES (asserted above), inside
     // `b` (length kc·N, checked by the slice above); `a` is read at k·MR + i < kc·MR (the
-    // same); every store writes LANES floats at offset 0 or LANES of a row of `out` (N long).
+    // same).
     unsafe {
         let mut acc = [V::zero(); 2 * MR];
         for k in 0..kc {
@@ -460,12 +584,8 @@ unsafe fn micro_simd<V: Vector, const N: usize>(kc: usize, a: &[f32], b: &[f32])
                 acc[2 * i + 1] = V::fmadd(ai, b1, acc[2 * i + 1]);
             }
         }
-        for (i, row) in out.iter_mut().enumerate() {
-            V::store(row.as_mut_ptr(), acc[2 * i]);
-            V::store(row.as_mut_ptr().add(V::LANES), acc[2 * i + 1]);
-        }
+        acc
     }
-    out
 }
 
 /// The AVX2 + FMA build: the blocked loops with the 6×16 intrinsics micro-kernel.
@@ -499,16 +619,39 @@ fn pack_a(a: &Mat<'_>, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f3
     {
         let r0 = i0 + q * MR;
         let rows = MR.min(i0 + mc - r0);
-        for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
-            let col = (p0 + kk) * a.cs;
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = if i < rows {
-                    a.data[(r0 + i) * a.rs + col]
-                } else {
-                    0.0
-                };
+        if a.rs == 1 && rows == MR {
+            // Aᵀ stored row-major: the panel's MR values of each k are contiguous.
+            for (kk, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let at = r0 + (p0 + kk) * a.cs;
+                dst.copy_from_slice(&a.data[at..at + MR]);
             }
+            continue;
         }
+        if rows < MR {
+            panel.fill(0.0);
+        }
+        // Row by row: each row of A is read along k (contiguous when `cs == 1`).
+        for i in 0..rows {
+            gather(
+                a.data,
+                (r0 + i) * a.rs + p0 * a.cs,
+                a.cs,
+                kc,
+                &mut panel[i..],
+                MR,
+            );
+        }
+    }
+}
+
+/// `dst[t · to] = src[from + t · step]` for `t < n` (`step` may be 0: a repeated element).
+#[inline(always)]
+fn gather(src: &[f32], from: usize, step: usize, n: usize, dst: &mut [f32], to: usize) {
+    let dst = dst.iter_mut().step_by(to).take(n);
+    if step == 1 {
+        dst.zip(&src[from..from + n]).for_each(|(d, &v)| *d = v);
+    } else {
+        dst.enumerate().for_each(|(t, d)| *d = src[from + t * step]);
     }
 }
 
@@ -529,19 +672,26 @@ fn pack_b<const NR: usize>(
     {
         let c0 = j0 + q * NR;
         let cols = NR.min(j0 + nc - c0);
-        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            let row = (p0 + kk) * b.rs;
-            if b.cs == 1 && cols == NR {
-                dst.copy_from_slice(&b.data[row + c0..row + c0 + NR]);
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = if j < cols {
-                        b.data[row + (c0 + j) * b.cs]
-                    } else {
-                        0.0
-                    };
-                }
+        if b.cs == 1 && cols == NR {
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let at = (p0 + kk) * b.rs + c0;
+                dst.copy_from_slice(&b.data[at..at + NR]);
             }
+            continue;
+        }
+        if cols < NR {
+            panel.fill(0.0);
+        }
+        // Column by column: each column of B is read along k (contiguous for Wᵀ, `rs == 1`).
+        for j in 0..cols {
+            gather(
+                b.data,
+                p0 * b.rs + (c0 + j) * b.cs,
+                b.rs,
+                kc,
+                &mut panel[j..],
+                NR,
+            );
         }
     }
 }
@@ -567,7 +717,7 @@ unsafe fn blocked<M: Micro, const NR: usize>(
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let first = p0 == 0;
+            let store = Store::new(p0 == 0, beta);
             pack_b::<NR>(&b, p0, kc, j0, nc, bpack);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
@@ -577,35 +727,35 @@ unsafe fn blocked<M: Micro, const NR: usize>(
                     let cj = j0 + jq * NR;
                     let cols = NR.min(n - cj);
                     for iq in 0..mc.div_ceil(MR) {
-                        // SAFETY: the caller guarantees `M`'s target features.
-                        let acc = unsafe { M::tile::<NR>(kc, &apack[iq * kc * MR..], bp) };
+                        let ap = &apack[iq * kc * MR..];
                         let ci = i0 + iq * MR;
                         let rows = MR.min(m - ci);
+                        let at = ci * c.rs + cj * c.cs;
+                        if c.cs == 1 && rows == MR && cols == NR {
+                            // SAFETY: the caller guarantees `M`'s target features.
+                            unsafe {
+                                M::tile_into::<NR>(
+                                    kc,
+                                    ap,
+                                    bp,
+                                    &mut c.data[at..],
+                                    c.rs,
+                                    alpha,
+                                    store,
+                                )
+                            };
+                            continue;
+                        }
+                        // SAFETY: the caller guarantees `M`'s target features.
+                        let acc = unsafe { M::tile::<NR>(kc, ap, bp) };
                         for (i, row) in acc.iter().enumerate().take(rows) {
-                            let at = (ci + i) * c.rs + cj * c.cs;
-                            let row = &row[..cols];
+                            let at = at + i * c.rs;
                             if c.cs == 1 {
-                                // Contiguous: one vectorizable loop per case.
-                                let d = &mut c.data[at..at + cols];
-                                if !first {
-                                    d.iter_mut().zip(row).for_each(|(d, v)| *d += alpha * v);
-                                } else if beta == 0.0 {
-                                    d.iter_mut().zip(row).for_each(|(d, v)| *d = alpha * v);
-                                } else {
-                                    let z = d.iter_mut().zip(row);
-                                    z.for_each(|(d, v)| *d = alpha * v + beta * *d);
+                                store.row(&mut c.data[at..at + cols], &row[..cols], alpha);
+                            } else {
+                                for (j, &v) in row[..cols].iter().enumerate() {
+                                    store.one(&mut c.data[at + j * c.cs], v, alpha);
                                 }
-                                continue;
-                            }
-                            for (j, &v) in row.iter().enumerate() {
-                                let d = &mut c.data[at + j * c.cs];
-                                *d = if !first {
-                                    *d + alpha * v
-                                } else if beta == 0.0 {
-                                    alpha * v
-                                } else {
-                                    alpha * v + beta * *d
-                                };
                             }
                         }
                     }
@@ -709,6 +859,65 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// `rows × cols` row-major `v` stored transposed (`cols × rows` row-major).
+    fn transposed(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|t| v[(t % rows) * cols + t / rows])
+            .collect()
+    }
+
+    /// A transposed operand (Aᵀ or Bᵀ stored row-major, as grad_W and grad_X pass them) and a
+    /// repeated one (stride 0) are packed into the same panels as the row-major operand, so the
+    /// product has the same bits, on the build this CPU runs; shapes with full and edge tiles
+    /// and more than one block of k, m and n.
+    #[test]
+    fn operand_layouts_give_the_same_bits() {
+        for (m, k, n) in [
+            (37, 300, 45),
+            (6, 32, 32),
+            (1, 1, 1),
+            (100, 520, 70),
+            (12, 7, 1100),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
+            let mut s = std::vec![0.0; scratch_len(m, k, n)];
+            let mut run = |a: Mat<'_>, b: Mat<'_>| {
+                let mut c = std::vec![1.0f32; m * n];
+                sgemm(0.5, a, b, 2.0, MatMut::new(&mut c, m, n).unwrap(), &mut s).unwrap();
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            let (am, bm) = (Mat::new(&a, m, k).unwrap(), Mat::new(&b, k, n).unwrap());
+            let (atm, btm) = (
+                Mat::new(&at, k, m).unwrap().t(),
+                Mat::new(&bt, n, k).unwrap().t(),
+            );
+            let want = run(am, bm);
+            assert!(run(atm, bm) == want, "{m}×{k}×{n}: Aᵀ stored");
+            assert!(run(am, btm) == want, "{m}×{k}×{n}: Bᵀ stored");
+            assert!(run(atm, btm) == want, "{m}×{k}×{n}: both stored transposed");
+            // A column repeated along k (stride 0) is the matrix of that column.
+            let col: Vec<f32> = (0..m).map(|i| a[i * k]).collect();
+            let rep: Vec<f32> = (0..m * k).map(|t| col[t / k]).collect();
+            let rep_view = Mat::strided(&col, m, k, 1, 0).unwrap();
+            assert!(
+                run(rep_view, bm) == run(Mat::new(&rep, m, k).unwrap(), bm),
+                "{m}×{k}×{n}: stride 0"
+            );
         }
     }
 }

@@ -9,6 +9,7 @@ use dropit_simd::conv;
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use super::bands::Bands;
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::par::{each, max_groups, split};
 use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words, missing, pack_input, packed_input};
@@ -74,6 +75,15 @@ impl Conv2d {
 
     fn pointwise(&self) -> bool {
         self.k == (1, 1) && self.stride == (1, 1) && self.pad == (0, 0)
+    }
+
+    /// A 1×1 convolution's products, shared out among the workers as a Linear's.
+    fn bands(&self) -> Bands {
+        Bands {
+            kind: Self::KIND,
+            inp: self.cin,
+            out: self.cout,
+        }
     }
 
     fn kdim(&self) -> usize {
@@ -145,10 +155,7 @@ impl Conv2d {
     /// direct input gradient. A pointwise convolution needs only packing space for the batch.
     fn scratch_words(&self, n: usize, x: Shape, y: Shape, threads: usize) -> usize {
         if self.pointwise() {
-            let (r, c, co) = (n * x.rows(), self.cin, self.cout);
-            return gemm_words(r, c, co)
-                .max(gemm_words(c, r, co))
-                .max(gemm_words(r, co, c));
+            return self.bands().words(n * x.rows(), threads);
         }
         let t = max_groups(n, threads);
         let wl = words_for_f32(self.weight_len());
@@ -245,21 +252,10 @@ impl Conv2d {
         let beta = if self.bias { 1.0 } else { 0.0 };
         let wm = Mat::new(w, self.kdim(), self.cout)?;
         if self.pointwise() {
-            let rows = f.n * xs.rows();
-            if self.bias {
-                f.y.chunks_exact_mut(self.cout)
-                    .for_each(|r| r.copy_from_slice(bias));
-            }
             let x = not_in_place(f.x, Self::KIND)?;
-            let xm = Mat::new(x, rows, self.cin)?;
-            return gemm(
-                1.0,
-                xm,
-                wm,
-                beta,
-                MatMut::new(f.y, rows, self.cout)?,
-                f.scratch,
-            );
+            let rows = f.n * xs.rows();
+            let b = self.bias.then_some(bias);
+            return (self.bands()).forward(x, rows, w, b, f.y, f.scratch, f.threads);
         }
         let (per, _) = split(f.n, f.threads);
         let unit = self.unit_words(xs, ys);
@@ -338,30 +334,14 @@ impl Conv2d {
         };
         let has_x = x.is_some() || rebuild.is_some();
         if self.pointwise() {
-            let rows = b.n * xs.rows();
+            let (rows, bands) = (b.n * xs.rows(), self.bands());
             let dy = not_in_place(b.dy, Self::KIND)?;
-            let dy = Mat::new(dy, rows, self.cout)?;
             if let Some(x) = x {
-                let xt = Mat::new(x, rows, self.cin)?.t();
-                gemm(
-                    1.0,
-                    xt,
-                    dy,
-                    1.0,
-                    MatMut::new(gw, self.cin, self.cout)?,
-                    b.scratch,
-                )?;
+                let dym = Mat::new(dy, rows, self.cout)?;
+                bands.grad_w(x, rows, dym, gw, b.scratch, b.threads)?;
             }
             if let Some(dx) = b.dx.as_deref_mut() {
-                let beta = if b.acc { 1.0 } else { 0.0 };
-                gemm(
-                    1.0,
-                    dy,
-                    w.t(),
-                    beta,
-                    MatMut::new(dx, rows, self.cin)?,
-                    b.scratch,
-                )?;
+                bands.grad_x(dy, &b.p[..wl], b.acc, dx, b.scratch, b.threads)?;
             }
             return Ok(());
         }

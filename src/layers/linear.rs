@@ -7,7 +7,8 @@
 use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::par::{each, max_groups, split};
+use super::bands::Bands;
+use super::par::{each, split};
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::{
     Bwd, Fwd, Rebuilder, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input,
@@ -54,12 +55,8 @@ impl Linear {
     /// (rows are shared out for Y and dX, input features for grad_W); with DropIT's scatter
     /// path, also the dense input it scatters into.
     fn scratch_words(&self, rows: usize, threads: usize) -> usize {
-        let t = max_groups(rows, threads);
         let (i, o) = (self.inp, self.out);
-        let (r, ip) = (rows.div_ceil(t), i.div_ceil(t.min(i).max(1)));
-        let banded = t * gemm_words(r, i, o)
-            .max(gemm_words(ip, rows, o))
-            .max(gemm_words(r, o, i));
+        let banded = self.bands().words(rows, threads);
         let scatter = self.save.sparse().is_some_and(|s| !s.direct(false));
         banded.max(if scatter {
             words_for_f32(rows * i) + gemm_words(i, rows, o)
@@ -74,28 +71,13 @@ impl Linear {
 const REBUILT_ROWS: usize = dropit_simd::gemm::KC;
 
 impl Linear {
-    /// grad_Wᵀ[in × out] += Xᵀ · dY for `rows` rows of `x` and `dy`, each of `t` workers a band
-    /// of input features with its share of `scratch`.
-    fn grad_w_banded(
-        &self,
-        x: &[f32],
-        rows: usize,
-        dy: Mat<'_>,
-        gw: &mut [f32],
-        scratch: &mut [u64],
-        t: usize,
-    ) -> Result<()> {
-        let (i, o) = (self.inp, self.out);
-        let ip = i.div_ceil(t.min(i).max(1));
-        let unit = scratch.len() / t.max(1);
-        each(
-            gw.chunks_mut(ip * o).enumerate().zip(scratch.chunks_mut(unit)),
-            |((k, g), s)| {
-                let band = g.len() / o;
-                let xt = Mat::strided(&x[k * ip..], band, rows, 1, i)?;
-                gemm(1.0, xt, dy, 1.0, MatMut::new(g, band, o)?, s)
-            },
-        )
+    /// The dense products, shared out among the workers.
+    fn bands(&self) -> Bands {
+        Bands {
+            kind: Self::KIND,
+            inp: self.inp,
+            out: self.out,
+        }
     }
 
     /// grad_W from the input rebuilt [`REBUILT_ROWS`] rows at a time into the head of
@@ -116,7 +98,6 @@ impl Linear {
         }
         let (xbuf, rest) = scratch.split_at_mut(words);
         let xbuf = &mut f32s_mut(xbuf)[..REBUILT_ROWS * i];
-        let (_, t) = split(rows, threads);
         for r0 in (0..rows).step_by(REBUILT_ROWS) {
             let rr = REBUILT_ROWS.min(rows - r0);
             let x = &mut xbuf[..rr * i];
@@ -125,7 +106,7 @@ impl Linear {
                 rb.fill((r0 + g * per) * i, part)
             })?;
             let dyc = Mat::new(&dy[r0 * o..(r0 + rr) * o], rr, o)?;
-            self.grad_w_banded(x, rr, dyc, gw, rest, t)?;
+            (self.bands()).grad_w(x, rr, dyc, gw, rest, threads)?;
         }
         Ok(())
     }
@@ -188,23 +169,9 @@ impl Op for Linear {
         let rows = f.n * f.x_shape.rows();
         let (i, o) = (self.inp, self.out);
         let (w, b) = f.p.split_at(i * o);
-        let beta = if self.bias { 1.0 } else { 0.0 };
-        let wm = Mat::new(w, i, o)?;
-        let (per, t) = split(rows, f.threads);
-        let unit = f.scratch.len() / t;
         let x = not_in_place(f.x, Self::KIND)?;
-        let groups = x
-            .chunks(per * i)
-                .zip(f.y.chunks_mut(per * o))
-                .zip(f.scratch.chunks_mut(unit));
-        each(groups, |((x, y), s)| {
-            let r = x.len() / i;
-            if self.bias {
-                // The GEMM adds onto the bias (each worker fills its own rows).
-                y.chunks_exact_mut(o).for_each(|row| row.copy_from_slice(b));
-            }
-            gemm(1.0, Mat::new(x, r, i)?, wm, beta, MatMut::new(y, r, o)?, s)
-        })?;
+        let bias = self.bias.then_some(b);
+        (self.bands()).forward(x, rows, w, bias, f.y, f.scratch, f.threads)?;
         match (self.save.sparse(), f.packed.take()) {
             (Some(sp), Some(p)) if f.mode == Mode::Train && p.packs => {
                 pack_input(sp, x, f.n, f.x_shape.numel(), p, f.threads)
@@ -225,8 +192,6 @@ impl Op for Linear {
                 }
             }
         }
-        let (per, t) = split(rows, b.threads);
-        let unit = b.scratch.len() / t;
         let dy = Mat::new(dy_all, rows, o)?;
         if let Some(rb) = b.rebuild {
             // The planner rebuilds the input (instead of DropIT, if the layer has it).
@@ -244,30 +209,12 @@ impl Op for Linear {
                 gemm(1.0, xt, dy, 1.0, MatMut::new(gw, i, o)?, pack)?;
             }
         } else {
-            self.grad_w_banded(held(b.x, Self::KIND)?, rows, dy, gw, b.scratch, t)?;
+            let x = held(b.x, Self::KIND)?;
+            (self.bands()).grad_w(x, rows, dy, gw, b.scratch, b.threads)?;
         }
         let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());
         };
-        // dX = dY · Wᵀ, each worker a band of rows.
-        let (beta, wt) = (
-            if b.acc { 1.0 } else { 0.0 },
-            Mat::new(&b.p[..i * o], i, o)?.t(),
-        );
-        let groups = dx
-            .chunks_mut(per * i)
-            .zip(dy_all.chunks(per * o))
-                .zip(b.scratch.chunks_mut(unit));
-        each(groups, |((dx, dy), s)| {
-            let r = dy.len() / o;
-            gemm(
-                1.0,
-                Mat::new(dy, r, o)?,
-                wt,
-                beta,
-                MatMut::new(dx, r, i)?,
-                s,
-            )
-        })
+        (self.bands()).grad_x(dy_all, &b.p[..i * o], b.acc, dx, b.scratch, b.threads)
     }
 }

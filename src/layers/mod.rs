@@ -7,6 +7,7 @@
 //! slices of the arena — input, output, parameters, gradients, its saved entries and the shared
 //! scratch — through `Fwd` and `Bwd`.
 
+pub(crate) mod bands;
 pub(crate) mod contract;
 pub(crate) mod loss;
 pub(crate) mod par;
