@@ -30,6 +30,8 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// Columns of the micro-tile in the AVX-512 build (two 512-bit registers per row).
 const NR_WIDE: usize = 32;
+/// Rows of the micro-tile in the AVX-512 build.
+const MR_WIDE: usize = 12;
 /// Depth of a packed block: C is updated once per `KC` of the inner dimension, so a product
 /// split along it at multiples of `KC` (each part added onto C) gives the same bits as one.
 pub const KC: usize = 256;
@@ -118,6 +120,17 @@ impl<'a> Mat<'a> {
 }
 
 impl<'a> MatMut<'a> {
+    /// The transpose (a view; nothing is copied).
+    fn t(self) -> Self {
+        MatMut {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
     /// A row-major `rows × cols` matrix.
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
         Self::strided(data, rows, cols, cols, 1)
@@ -164,10 +177,34 @@ pub const fn scratch_len(m: usize, k: usize, n: usize) -> usize {
         return 0;
     }
     let kc = if k < KC { k } else { KC };
-    let mc = (if m < MC { m } else { MC }).div_ceil(MR) * MR;
+    // Row panels are rounded to the taller build's tile (MC is a multiple of both).
+    let mc = if m < MC { m } else { MC };
+    let mc = if mc.div_ceil(MR) * MR > mc.div_ceil(MR_WIDE) * MR_WIDE {
+        mc.div_ceil(MR) * MR
+    } else {
+        mc.div_ceil(MR_WIDE) * MR_WIDE
+    };
     // Panels are rounded to the widest build's tile, so one plan serves every CPU.
     let nc = (if n < NC { n } else { NC }).div_ceil(NR_WIDE) * NR_WIDE;
-    kc * (mc + nc)
+    // Both panels start on a cache line (`ALIGN` floats), so no load of B̃ splits a line.
+    kc * (mc + nc) + 2 * ALIGN
+}
+
+/// Rows of C up to which a row-major B is read in place rather than packed.
+const B_IN_PLACE_ROWS: usize = 64;
+
+/// Floats in a 64-byte cache line: where the packed panels start.
+const ALIGN: usize = 16;
+
+/// `s` from its first 64-byte-aligned float on (`s` as given if the address cannot be aligned,
+/// which only costs speed).
+fn aligned(s: &mut [f32]) -> &mut [f32] {
+    let skip = s.as_ptr().align_offset(64);
+    if skip < ALIGN && skip <= s.len() {
+        &mut s[skip..]
+    } else {
+        s
+    }
 }
 
 /// `c = alpha · a · b + beta · c`, with `scratch` of at least [`scratch_len`] floats. With
@@ -222,7 +259,7 @@ pub fn sgemm(
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
         Isa::Avx2Fma => unsafe { gemm_avx2(alpha, a, b, beta, c, scratch) },
         // SAFETY: the baseline build uses no target feature beyond the compilation target's.
-        Isa::Base => unsafe { blocked::<Plain, NR>(alpha, a, b, beta, c, scratch) },
+        Isa::Base => unsafe { blocked::<Plain, MR, NR>(alpha, a, b, beta, c, scratch) },
     }
     Ok(())
 }
@@ -235,27 +272,36 @@ trait Micro {
     /// # Safety
     ///
     /// The CPU has the target features this build uses (none for [`Plain`]).
-    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR];
+    unsafe fn tile<const MR: usize, const N: usize>(
+        kc: usize,
+        a: Panel<'_>,
+        b: Panel<'_>,
+    ) -> [[f32; N]; MR];
 
     /// [`Micro::tile`] written into a full `MR × N` tile of C: row `i` is `c[i·rs ..][..N]`,
+    /// from a packed panel of A, or one in place where [`Micro::READS_ROWS`];
     /// each element updated by `store` (the same two roundings as the edge path in
     /// [`blocked`], so both give the same bits).
     ///
     /// # Safety
     ///
     /// As [`Micro::tile`].
+    /// Whether [`Micro::tile_into`] reads A in place (a panel of `Ap` with any strides); the
+    /// others take packed panels only.
+    const READS_ROWS: bool = false;
+
     #[inline(always)]
-    unsafe fn tile_into<const N: usize>(
+    unsafe fn tile_into<const MR: usize, const N: usize>(
         kc: usize,
-        a: &[f32],
-        b: &[f32],
+        a: Panel<'_>,
+        b: Panel<'_>,
         c: &mut [f32],
         rs: usize,
         alpha: f32,
         store: Store,
     ) {
         // SAFETY: passed on from the caller.
-        let acc = unsafe { Self::tile::<N>(kc, a, b) };
+        let acc = unsafe { Self::tile::<MR, N>(kc, a, b) };
         for (i, row) in acc.iter().enumerate() {
             store.row(&mut c[i * rs..][..N], row, alpha);
         }
@@ -302,16 +348,58 @@ impl Store {
     }
 }
 
+/// Where a micro-kernel reads a panel: element `(k, i)` at `a[k·ks + i·is]`. An `MR`-row panel
+/// of A packed (`ks = MR`, `is = 1`) or in place (A's strides); an `N`-column panel of B packed
+/// (`ks = N`, `is = 1`) or in place in a row-major B (`ks` its row stride).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(x86_detect), allow(dead_code))]
+struct Panel<'a> {
+    a: &'a [f32],
+    ks: usize,
+    is: usize,
+}
+
+impl<'a> Panel<'a> {
+    /// A packed panel.
+    fn packed<const MR: usize>(a: &'a [f32]) -> Self {
+        Panel { a, ks: MR, is: 1 }
+    }
+
+    /// `a` cut to the `kc × MR` elements the panel reaches (panics if it is shorter); for B,
+    /// `MR` is the panel's width `N` (`is = 1`).
+    #[cfg(x86_detect)]
+    #[inline(always)]
+    fn checked<const MR: usize>(self, kc: usize) -> Self {
+        let end = match kc {
+            0 => 0,
+            _ => (kc - 1) * self.ks + (MR - 1) * self.is + 1,
+        };
+        Panel {
+            a: &self.a[..end],
+            ..self
+        }
+    }
+}
+
 /// The baseline: plain Rust for the autovectorizer, separate multiply and add (the baseline
 /// has no FMA instruction).
 struct Plain;
 impl Micro for Plain {
     #[inline(always)]
-    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+    unsafe fn tile<const MR: usize, const N: usize>(
+        kc: usize,
+        a: Panel<'_>,
+        b: Panel<'_>,
+    ) -> [[f32; N]; MR] {
+        debug_assert!(
+            a.ks == MR && b.ks == N,
+            "the baseline reads packed panels only"
+        );
+        let (a, b) = (a.a, b.a);
         #[cfg(all(target_arch = "arm", not(target_feature = "neon")))]
-        return micro_strips::<N>(kc, a, b);
+        return micro_strips::<MR, N>(kc, a, b);
         #[cfg(not(all(target_arch = "arm", not(target_feature = "neon"))))]
-        micro_scalar::<N>(kc, a, b, |a, b, c| a * b + c)
+        micro_scalar::<MR, N>(kc, a, b, |a, b, c| a * b + c)
     }
 }
 
@@ -327,7 +415,11 @@ const STRIP: usize = 4;
     not(any(test, all(target_arch = "arm", not(target_feature = "neon")))),
     allow(dead_code)
 )]
-fn micro_strips<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+fn micro_strips<const MR: usize, const N: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+) -> [[f32; N]; MR] {
     const { assert!(N.is_multiple_of(STRIP)) };
     let mut acc = [[0.0f32; N]; MR];
     for j0 in (0..N).step_by(STRIP) {
@@ -358,7 +450,7 @@ fn micro_strips<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; M
     all(target_arch = "arm", not(target_feature = "neon"), not(test)),
     allow(dead_code)
 )]
-fn micro_scalar<const N: usize>(
+fn micro_scalar<const MR: usize, const N: usize>(
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -503,26 +595,32 @@ impl Vector for Avx512 {
 #[cfg(x86_detect)]
 impl<V: Vector> Micro for V {
     #[inline(always)]
-    unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
+    unsafe fn tile<const MR: usize, const N: usize>(
+        kc: usize,
+        a: Panel<'_>,
+        b: Panel<'_>,
+    ) -> [[f32; N]; MR] {
         let mut out = [[0.0f32; N]; MR];
         // SAFETY: the caller guarantees `V`'s target features, as `micro_simd` needs. Every
         // store writes LANES floats at offset 0 or LANES of a row of `out` (N = 2·LANES long,
         // asserted in `micro_simd`).
         unsafe {
-            let acc = micro_simd::<V, N>(kc, a, b);
+            let acc = micro_simd::<V, MR, N>(kc, a, b);
             for (i, row) in out.iter_mut().enumerate() {
-                V::store(row.as_mut_ptr(), acc[2 * i]);
-                V::store(row.as_mut_ptr().add(V::LANES), acc[2 * i + 1]);
+                V::store(row.as_mut_ptr(), acc[i][0]);
+                V::store(row.as_mut_ptr().add(V::LANES), acc[i][1]);
             }
         }
         out
     }
 
+    const READS_ROWS: bool = true;
+
     #[inline(always)]
-    unsafe fn tile_into<const N: usize>(
+    unsafe fn tile_into<const MR: usize, const N: usize>(
         kc: usize,
-        a: &[f32],
-        b: &[f32],
+        a: Panel<'_>,
+        b: Panel<'_>,
         c: &mut [f32],
         rs: usize,
         alpha: f32,
@@ -535,9 +633,9 @@ impl<V: Vector> Micro for V {
         // (MR − 1)·rs + 2·LANES = (MR − 1)·rs + N (N = 2·LANES, asserted in `micro_simd`):
         // inside `c`, whose length was checked by the slice above.
         unsafe {
-            let acc = micro_simd::<V, N>(kc, a, b);
+            let acc = micro_simd::<V, MR, N>(kc, a, b);
             let al = V::splat(alpha);
-            for (i, pair) in acc.chunks_exact(2).enumerate() {
+            for (i, pair) in acc.iter().enumerate() {
                 for (h, &v) in pair.iter().enumerate() {
                     let p = c.as_mut_ptr().add(i * rs + h * V::LANES);
                     let v = V::mul(al, v);
@@ -562,26 +660,28 @@ impl<V: Vector> Micro for V {
 /// The CPU has `V`'s target features.
 #[cfg(x86_detect)]
 #[inline(always)]
-unsafe fn micro_simd<V: Vector, const N: usize>(
+unsafe fn micro_simd<V: Vector, const MR: usize, const N: usize>(
     kc: usize,
-    a: &[f32],
-    b: &[f32],
-) -> [V::Reg; 2 * MR] {
+    a: Panel<'_>,
+    b: Panel<'_>,
+) -> [[V::Reg; 2]; MR] {
     const { assert!(N == 2 * V::LANES, "a row of the tile is two registers") };
-    let (a, b) = (&a[..kc * MR], &b[..kc * N]);
+    let (a, b) = (a.checked::<MR>(kc), b.checked::<N>(kc));
     // SAFETY: the caller guarantees `V`'s target features. Every load reads LANES floats at
-    // `b[k·N ..]` or `b[k·N + LANES ..]` with k < kc and N = 2·LANES (asserted above), inside
-    // `b` (length kc·N, checked by the slice above); `a` is read at k·MR + i < kc·MR (the
-    // same).
+    // `b[k·ks ..]` or `b[k·ks + LANES ..]` with k < kc and N = 2·LANES (asserted above), so at
+    // most up to (kc − 1)·ks + N, inside `b.a` (cut to that by `checked`); `a` is read at
+    // k·ks + i·is for k < kc and i < MR, at most (kc − 1)·ks + (MR − 1)·is, inside `a.a` (cut
+    // to that by `checked`).
     unsafe {
-        let mut acc = [V::zero(); 2 * MR];
+        let mut acc = [[V::zero(); 2]; MR];
         for k in 0..kc {
-            let bp = b.as_ptr().add(k * N);
+            let bp = b.a.as_ptr().add(k * b.ks);
             let (b0, b1) = (V::load(bp), V::load(bp.add(V::LANES)));
-            for i in 0..MR {
-                let ai = V::splat(*a.get_unchecked(k * MR + i));
-                acc[2 * i] = V::fmadd(ai, b0, acc[2 * i]);
-                acc[2 * i + 1] = V::fmadd(ai, b1, acc[2 * i + 1]);
+            let ak = a.a.as_ptr().add(k * a.ks);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = V::splat(*ak.add(i * a.is));
+                row[0] = V::fmadd(ai, b0, row[0]);
+                row[1] = V::fmadd(ai, b1, row[1]);
             }
         }
         acc
@@ -595,7 +695,7 @@ fn gemm_avx2(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: &m
     // SAFETY: a `#[target_feature]` function runs only on CPUs with its features (a caller
     // without them must vouch for them in `unsafe`, as `sgemm` does after detection), so AVX2
     // and FMA, all that `Avx2` uses, are present.
-    unsafe { blocked::<Avx2, NR>(alpha, a, b, beta, c, s) }
+    unsafe { blocked::<Avx2, MR, NR>(alpha, a, b, beta, c, s) }
 }
 
 /// The AVX-512 build: the same loops with a tile twice as wide (each row of the micro-tile is
@@ -606,12 +706,19 @@ fn gemm_avx512(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: MatMut<'_>, s: 
     // SAFETY: a `#[target_feature]` function runs only on CPUs with its features (a caller
     // without them must vouch for them in `unsafe`, as `sgemm` does after detection), so
     // AVX-512F, all that `Avx512` uses, is present.
-    unsafe { blocked::<Avx512, NR_WIDE>(alpha, a, b, beta, c, s) }
+    unsafe { blocked::<Avx512, MR_WIDE, NR_WIDE>(alpha, a, b, beta, c, s) }
 }
 
 /// Packs `a[i0.., p0..]` (`mc × kc`) into `MR`-row panels, `k` outer, zero-padded.
 #[inline(always)]
-fn pack_a(a: &Mat<'_>, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+fn pack_a<const MR: usize>(
+    a: &Mat<'_>,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
     for (q, panel) in out
         .chunks_exact_mut(kc * MR)
         .take(mc.div_ceil(MR))
@@ -702,7 +809,7 @@ fn pack_b<const NR: usize>(
 ///
 /// The CPU has the target features `M` uses (see [`Micro::tile`]).
 #[inline(always)]
-unsafe fn blocked<M: Micro, const NR: usize>(
+unsafe fn blocked<M: Micro, const MR: usize, const NR: usize>(
     alpha: f32,
     a: Mat<'_>,
     b: Mat<'_>,
@@ -710,31 +817,68 @@ unsafe fn blocked<M: Micro, const NR: usize>(
     c: MatMut<'_>,
     s: &mut [f32],
 ) {
+    // A B that must be packed (not row-major) costs k·n copies; the transposed product
+    // Cᵀ = Bᵀ·Aᵀ reads it in place and writes C through the strided path instead, m·n stores per
+    // block of k. Each element gets the same products in the same order, so the bits are the
+    // same either way.
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (a, b, c) = match M::READS_ROWS
+        && b.cs != 1
+        && k > m * k.div_ceil(KC)
+        && scratch_len(n, k, m) <= s.len()
+    {
+        true => (b.t(), a.t(), c.t()),
+        false => (a, b, c),
+    };
+    let (m, n) = (a.rows, b.cols);
     let kc_max = k.min(KC);
-    let (apack, bpack) = s.split_at_mut(kc_max * m.min(MC).div_ceil(MR) * MR);
+    const { assert!(MC.is_multiple_of(MR)) };
+    let apack_len = (kc_max * m.min(MC).div_ceil(MR) * MR).next_multiple_of(ALIGN);
+    let (apack, bpack) = aligned(s).split_at_mut(apack_len);
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let store = Store::new(p0 == 0, beta);
-            pack_b::<NR>(&b, p0, kc, j0, nc, bpack);
+            // Full column panels of a row-major B are read in place too when few row panels
+            // reuse them (at most `B_IN_PLACE_ROWS` rows): then packing costs more than the
+            // strided reads (bench group `gemm`).
+            let b_in_place = M::READS_ROWS && b.cs == 1 && m <= B_IN_PLACE_ROWS;
+            let bfull = if b_in_place { nc / NR } else { 0 };
+            pack_b::<NR>(&b, p0, kc, j0 + bfull * NR, nc - bfull * NR, bpack);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                pack_a(&a, i0, mc, p0, kc, apack);
+                // Full row panels of A are read in place (no packing) by the builds that can;
+                // only a last, partial panel is packed.
+                let full = if M::READS_ROWS { mc / MR } else { 0 };
+                pack_a::<MR>(&a, i0 + full * MR, mc - full * MR, p0, kc, apack);
                 for jq in 0..nc.div_ceil(NR) {
-                    let bp = &bpack[jq * kc * NR..];
+                    let bp = match jq < bfull {
+                        true => Panel {
+                            a: &b.data[p0 * b.rs + j0 + jq * NR..],
+                            ks: b.rs,
+                            is: 1,
+                        },
+                        false => Panel::packed::<NR>(&bpack[(jq - bfull) * kc * NR..]),
+                    };
                     let cj = j0 + jq * NR;
                     let cols = NR.min(n - cj);
                     for iq in 0..mc.div_ceil(MR) {
-                        let ap = &apack[iq * kc * MR..];
+                        let ap = match iq < full {
+                            true => Panel {
+                                a: &a.data[(i0 + iq * MR) * a.rs + p0 * a.cs..],
+                                ks: a.cs,
+                                is: a.rs,
+                            },
+                            false => Panel::packed::<MR>(&apack[(iq - full) * kc * MR..]),
+                        };
                         let ci = i0 + iq * MR;
                         let rows = MR.min(m - ci);
                         let at = ci * c.rs + cj * c.cs;
                         if c.cs == 1 && rows == MR && cols == NR {
                             // SAFETY: the caller guarantees `M`'s target features.
                             unsafe {
-                                M::tile_into::<NR>(
+                                M::tile_into::<MR, NR>(
                                     kc,
                                     ap,
                                     bp,
@@ -747,7 +891,7 @@ unsafe fn blocked<M: Micro, const NR: usize>(
                             continue;
                         }
                         // SAFETY: the caller guarantees `M`'s target features.
-                        let acc = unsafe { M::tile::<NR>(kc, ap, bp) };
+                        let acc = unsafe { M::tile::<MR, NR>(kc, ap, bp) };
                         for (i, row) in acc.iter().enumerate().take(rows) {
                             let at = at + i * c.rs;
                             if c.cs == 1 {
@@ -776,8 +920,12 @@ mod tests {
     /// intrinsics builds compute, element by element.
     struct ScalarFma;
     impl Micro for ScalarFma {
-        unsafe fn tile<const N: usize>(kc: usize, a: &[f32], b: &[f32]) -> [[f32; N]; MR] {
-            micro_scalar::<N>(kc, a, b, f32::mul_add)
+        unsafe fn tile<const MR: usize, const N: usize>(
+            kc: usize,
+            a: Panel<'_>,
+            b: Panel<'_>,
+        ) -> [[f32; N]; MR] {
+            micro_scalar::<MR, N>(kc, a.a, b.a, f32::mul_add)
         }
     }
 
@@ -805,10 +953,11 @@ mod tests {
             builds.iter().map(|b| b.0).collect::<Vec<_>>()
         );
         // SAFETY: both scalar micro-kernels use no target feature beyond the target's.
-        let base: Build = |al, a, b, be, c, s| unsafe { blocked::<Plain, NR>(al, a, b, be, c, s) };
+        let base: Build =
+            |al, a, b, be, c, s| unsafe { blocked::<Plain, MR, NR>(al, a, b, be, c, s) };
         // SAFETY: as above.
         let fused: Build =
-            |al, a, b, be, c, s| unsafe { blocked::<ScalarFma, NR>(al, a, b, be, c, s) };
+            |al, a, b, be, c, s| unsafe { blocked::<ScalarFma, MR, NR>(al, a, b, be, c, s) };
         let shapes = [
             (37, 300, 45),
             (6, 32, 32),
@@ -937,8 +1086,8 @@ mod strip_tests {
             let b: std::vec::Vec<f32> = (0..kc * N)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) * 1.7e-3)
                 .collect();
-            let want = micro_scalar::<N>(kc, &a, &b, |a, b, c| a * b + c);
-            let got = micro_strips::<N>(kc, &a, &b);
+            let want = micro_scalar::<MR, N>(kc, &a, &b, |a, b, c| a * b + c);
+            let got = micro_strips::<MR, N>(kc, &a, &b);
             for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
                 assert_eq!(g.to_bits(), w.to_bits(), "N = {N}, kc = {kc}");
             }
