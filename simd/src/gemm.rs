@@ -892,6 +892,16 @@ unsafe fn blocked<M: Micro, const MR: usize, const NR: usize>(
                         }
                         // SAFETY: the caller guarantees `M`'s target features.
                         let acc = unsafe { M::tile::<MR, NR>(kc, ap, bp) };
+                        if c.rs == 1 && c.cs != 1 {
+                            // Column-major C (the transposed product): a tile's columns are
+                            // contiguous.
+                            for j in 0..cols {
+                                let at = at + j * c.cs;
+                                let col: [f32; MR] = core::array::from_fn(|i| acc[i][j]);
+                                store.row(&mut c.data[at..at + rows], &col[..rows], alpha);
+                            }
+                            continue;
+                        }
                         for (i, row) in acc.iter().enumerate().take(rows) {
                             let at = at + i * c.rs;
                             if c.cs == 1 {
