@@ -895,11 +895,11 @@ unsafe fn blocked<M: Micro, const MR: usize, const NR: usize>(
                         if c.rs == 1 && c.cs != 1 {
                             // Column-major C (the transposed product): a tile's columns are
                             // contiguous.
-                            for j in 0..cols {
+                            (0..cols).for_each(|j| {
                                 let at = at + j * c.cs;
                                 let col: [f32; MR] = core::array::from_fn(|i| acc[i][j]);
                                 store.row(&mut c.data[at..at + rows], &col[..rows], alpha);
-                            }
+                            });
                             continue;
                         }
                         for (i, row) in acc.iter().enumerate().take(rows) {
