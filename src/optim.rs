@@ -55,8 +55,55 @@ impl Optimizer {
         }
     }
 
-    /// One update at step `t` (counted from 1) with learning rate `lr`.
+    /// One update at step `t` (counted from 1) with learning rate `lr`; `state` holds
+    /// [`Optimizer::state_slots`] arrays as long as `p`, one after the other.
+    #[cfg(test)]
     pub(crate) fn update(&self, lr: f32, t: u64, p: &mut [f32], g: &[f32], state: &mut [f32]) {
+        let (m, v) = state.split_at_mut(p.len().min(state.len()));
+        self.update_slots(lr, t, p, g, m, v);
+    }
+
+    /// [`Optimizer::update`] shared out among `threads` workers, each a range of the parameters
+    /// with their gradients and state (elementwise, so the bits are those of one call); each
+    /// gradient is first scaled by `clip` where given (clipping by the global norm).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn update_split(
+        &self,
+        lr: f32,
+        t: u64,
+        p: &mut [f32],
+        g: &mut [f32],
+        state: &mut [f32],
+        clip: Option<f32>,
+        threads: usize,
+    ) -> crate::error::Result<()> {
+        let n = p.len();
+        let (per, _) = crate::layers::par::split(n, threads);
+        let (m, v) = state.split_at_mut(n.min(state.len()));
+        let empty = || core::iter::repeat_with(|| &mut [][..]);
+        let ms = m.chunks_mut(per).chain(empty());
+        let vs = v.chunks_mut(per).chain(empty());
+        let parts = p.chunks_mut(per).zip(g.chunks_mut(per)).zip(ms.zip(vs));
+        crate::layers::par::each(parts, |((p, g), (m, v))| {
+            if let Some(scale) = clip {
+                g.iter_mut().for_each(|v| *v *= scale);
+            }
+            self.update_slots(lr, t, p, g, m, v);
+            Ok(())
+        })
+    }
+
+    /// The update on one range: `m` the momentum buffer (SGD) or first moment (AdamW), `v` the
+    /// second moment (AdamW); empty where the optimizer keeps none.
+    fn update_slots(
+        &self,
+        lr: f32,
+        t: u64,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
         match *self {
             Optimizer::Sgd {
                 momentum,
@@ -69,7 +116,7 @@ impl Optimizer {
                     }
                     return;
                 }
-                for ((p, &g), b) in p.iter_mut().zip(g).zip(state.iter_mut()) {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(m.iter_mut()) {
                     let g = g + weight_decay * *p;
                     *b = momentum * *b + g;
                     *p -= lr * if nesterov { g + momentum * *b } else { *b };
@@ -81,7 +128,6 @@ impl Optimizer {
                 eps,
                 weight_decay,
             } => {
-                let (m, v) = state.split_at_mut(p.len());
                 let c1 = 1.0 - libm::powf(beta1, t as f32);
                 let c2 = 1.0 - libm::powf(beta2, t as f32);
                 for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
@@ -208,6 +254,49 @@ mod tests {
         o.update(0.1, 1, &mut p, &g, &mut b);
         // g' = 0.6; buf = 0.6; nesterov step = 0.6 + 0.54 = 1.14
         assert!((b[0] - 0.6).abs() < 1e-7 && (p[0] - (1.0 - 0.114)).abs() < 1e-7);
+    }
+
+    /// Shared out among 1–4 workers (a range each), the update has the bits of one call, for
+    /// each optimizer, with and without clipping, on lengths that split unevenly.
+    #[test]
+    fn split_updates_are_the_single_one() {
+        let opts = [
+            Optimizer::sgd(0.0, 0.01),
+            Optimizer::sgd(0.9, 5e-4),
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.1,
+            },
+            Optimizer::adamw(0.05),
+        ];
+        let val = |i: usize, k: usize| ((i * k % 97) as f32 - 48.0) / 17.0;
+        for opt in opts {
+            for n in [1, 7, 1001] {
+                for clip in [None, Some(0.25)] {
+                    let slots = opt.state_slots();
+                    let p0: std::vec::Vec<f32> = (0..n).map(|i| val(i, 31)).collect();
+                    let g0: std::vec::Vec<f32> = (0..n).map(|i| val(i, 57)).collect();
+                    let s0: std::vec::Vec<f32> = (0..slots * n).map(|i| val(i, 13).abs()).collect();
+                    let (mut p, mut g, mut s) = (p0.clone(), g0.clone(), s0.clone());
+                    if let Some(c) = clip {
+                        g.iter_mut().for_each(|v| *v *= c);
+                    }
+                    opt.update(0.1, 3, &mut p, &g, &mut s);
+                    for threads in 1..=4 {
+                        let (mut q, mut h, mut t) = (p0.clone(), g0.clone(), s0.clone());
+                        opt.update_split(0.1, 3, &mut q, &mut h, &mut t, clip, threads)
+                            .unwrap();
+                        let bits =
+                            |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<std::vec::Vec<_>>();
+                        assert!(
+                            bits(&q) == bits(&p) && bits(&t) == bits(&s),
+                            "{opt:?} n {n} clip {clip:?} threads {threads}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

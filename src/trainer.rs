@@ -193,6 +193,9 @@ pub struct Trainer<'a> {
     /// Workers of `pool` that have exited (dropping the trainer waits for all of them).
     #[cfg(feature = "parallel")]
     exited: alloc::sync::Arc<core::sync::atomic::AtomicUsize>,
+    /// Wall time per node, forward and backward, while [`Trainer::time_layers`] is on.
+    #[cfg(feature = "std")]
+    times: Option<alloc::vec::Vec<[core::time::Duration; 2]>>,
 }
 
 #[cfg(feature = "alloc")]
@@ -334,7 +337,24 @@ impl<'a> Trainer<'a> {
             pool,
             #[cfg(feature = "parallel")]
             exited,
+            #[cfg(feature = "std")]
+            times: None,
         })
+    }
+
+    /// Starts (from zero) or stops timing each layer's forward and backward calls, for
+    /// [`Trainer::layer_times`]. Off by default: timing reads the clock twice per layer call.
+    #[cfg(feature = "std")]
+    pub fn time_layers(&mut self, on: bool) {
+        self.times =
+            on.then(|| alloc::vec![[core::time::Duration::ZERO; 2]; self.model.nodes.len()]);
+    }
+
+    /// Wall time spent in each node's forward and backward calls (in the order of
+    /// [`Model::nodes`]) since [`Trainer::time_layers`] turned timing on; `None` when off.
+    #[cfg(feature = "std")]
+    pub fn layer_times(&self) -> Option<&[[core::time::Duration; 2]]> {
+        self.times.as_deref()
     }
 
     /// The model.
@@ -565,7 +585,13 @@ impl<'a> Trainer<'a> {
                     packs: p.packs,
                 }),
             };
+            #[cfg(feature = "std")]
+            let start = self.times.is_some().then(std::time::Instant::now);
             node.layer.forward(&mut f)?;
+            #[cfg(feature = "std")]
+            if let (Some(t), Some(start)) = (self.times.as_mut(), start) {
+                t[i][0] += start.elapsed();
+            }
         }
         Ok(())
     }
@@ -657,7 +683,13 @@ impl<'a> Trainer<'a> {
                 threads: self.cfg.threads,
                 packed: plan.packed[i].as_ref().map(|p| (&*v.packed, p.format)),
             };
+            #[cfg(feature = "std")]
+            let start = self.times.is_some().then(std::time::Instant::now);
             node.layer.backward(&mut b)?;
+            #[cfg(feature = "std")]
+            if let (Some(t), Some(start)) = (self.times.as_mut(), start) {
+                t[i][1] += start.elapsed();
+            }
         }
         Ok(())
     }
@@ -718,7 +750,7 @@ impl<'a> Trainer<'a> {
         }
         self.backward(n)?;
         // The norm in f64 cannot overflow, so it is finite exactly when every gradient is.
-        let norm = libm::sqrt(self.grads().iter().map(|&g| g as f64 * g as f64).sum());
+        let norm = libm::sqrt(sum_of_squares(self.grads()));
         // A non-finite gradient (from a finite loss), or staged state that cannot be committed
         // (a batch norm variance that overflowed), is skipped like a non-finite loss.
         let skipped = !norm.is_finite() || !self.commit(n, false)?;
@@ -769,6 +801,12 @@ impl<'a> Trainer<'a> {
             return Ok(stats);
         }
         self.step += 1;
+        self.with_workers(|t| t.update(&stats))?;
+        Ok(stats)
+    }
+
+    /// The optimizer's update after an accepted step, shared out among the workers.
+    fn update(&mut self, stats: &StepStats) -> Result<()> {
         let r = &self.plan.regions;
         let [p, g, s] = carve(
             self.arena.words(),
@@ -781,14 +819,13 @@ impl<'a> Trainer<'a> {
         let slots = self.cfg.optimizer.state_slots();
         let s = &mut f32s_mut(s)[..slots * (np - ts)];
         let (p, g) = (&mut f32s_mut(p)[ts..np], &mut f32s_mut(g)[..np - ts]);
-        if let Some(max) = self.cfg.clip_grad_norm {
-            let scale = max / (stats.grad_norm + 1e-6);
-            if scale < 1.0 {
-                g.iter_mut().for_each(|v| *v *= scale);
-            }
-        }
-        self.cfg.optimizer.update(stats.lr, self.step, p, g, s);
-        Ok(stats)
+        let clip = self
+            .cfg
+            .clip_grad_norm
+            .map(|max| max / (stats.grad_norm + 1e-6))
+            .filter(|&scale| scale < 1.0);
+        let (opt, threads) = (self.cfg.optimizer, self.cfg.threads);
+        opt.update_split(stats.lr, self.step, p, g, s, clip, threads)
     }
 
     /// Loss and accuracy on a batch, with running statistics and nothing saved for backward.
@@ -865,6 +902,27 @@ impl Drop for Trainer<'_> {
         }
     }
 }
+
+/// `Σ g²` in f64 (each square is exact), summed in [`NORM_LANES`] interleaved partial sums
+/// added in order at the end: the same bits on every CPU and for any number of workers, and a
+/// loop the compiler vectorizes (one running sum is bound by the latency of an addition).
+fn sum_of_squares(g: &[f32]) -> f64 {
+    let mut acc = [0f64; NORM_LANES];
+    let chunks = g.chunks_exact(NORM_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v as f64 * v as f64;
+    }
+    acc.iter().sum()
+}
+
+/// Partial sums of [`sum_of_squares`].
+const NORM_LANES: usize = 32;
 
 /// One node's call, forward or backward, on `n` samples: its shapes and its declaration for
 /// `n` (the saved entries are split for the samples at hand, inside the planned context).

@@ -374,3 +374,41 @@ fn transformer_builders_refuse_bad_sizes_and_leave_the_builder_as_it_was() {
     let e = Model::vision_transformer(&cfg).unwrap_err();
     assert!(format!("{e}").contains("patch"), "{e}");
 }
+
+/// Layer timing is off until asked for; on, it has one forward and one backward time per node,
+/// grows with each step (a frozen prefix has no backward), and turning it on again starts
+/// from zero. Timing changes nothing of the results.
+#[test]
+fn layer_times_cover_every_node_and_change_nothing() {
+    let model = Model::resnet8(Shape::new(8, 8, 1), 4).unwrap();
+    let nodes = model.nodes().len();
+    let (x, y) = quadrant_task(6, 8, 5);
+    let mut timed = Trainer::new(model.clone(), config(6)).unwrap();
+    let mut plain = Trainer::new(model, config(6)).unwrap();
+    assert!(timed.layer_times().is_none());
+    timed.time_layers(true);
+    let total = |t: &Trainer<'_>| -> [std::time::Duration; 2] {
+        let times = t.layer_times().unwrap();
+        assert_eq!(times.len(), nodes);
+        [0, 1].map(|k| times.iter().map(|d| d[k]).sum())
+    };
+    assert_eq!(total(&timed), [std::time::Duration::ZERO; 2]);
+    let a = timed.step(&x, &y).unwrap();
+    let once = total(&timed);
+    assert!(once[0] > std::time::Duration::ZERO && once[1] > std::time::Duration::ZERO);
+    timed.step(&x, &y).unwrap();
+    let twice = total(&timed);
+    assert!(twice[0] > once[0] && twice[1] > once[1]);
+    timed.time_layers(true);
+    assert_eq!(total(&timed), [std::time::Duration::ZERO; 2]);
+    timed.time_layers(false);
+    assert!(timed.layer_times().is_none());
+    let b = plain.step(&x, &y).unwrap();
+    plain.step(&x, &y).unwrap();
+    assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    let bits = |t: &Trainer<'_>| t.params().iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(&timed) == bits(&plain),
+        "timing changed the parameters"
+    );
+}

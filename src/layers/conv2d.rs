@@ -92,19 +92,21 @@ impl Conv2d {
 
     /// Which passes run the direct kernels (`dropit_simd::conv`) for input shape `x` on this
     /// CPU, chosen from bench group `conv` on the cnn's 3×3 layers: the weight gradient wherever
-    /// there is a kernel (it measured faster than im2col + GEMM on each); forward and the input
-    /// gradient while the kernel's depth (`kh·kw` times the channels it sums over) is at most
-    /// [`DIRECT_MAX_DEPTH`] — deeper, the weights no longer stay in L1 across pixel tiles and
-    /// im2col + GEMM (which blocks the depth) measured faster.
+    /// there is a kernel at stride 1 (at stride 2, im2col + GEMM measured faster); forward and
+    /// the input gradient at stride 1 while the kernel's depth (`kh·kw` times the channels it
+    /// sums over) is at most [`DIRECT_MAX_DEPTH`] — deeper, the weights no longer stay in L1
+    /// across pixel tiles and im2col + GEMM (which reads the im2col rows in place and blocks
+    /// the depth) measured faster.
     fn direct(&self, x: Shape) -> Direct {
         if self.pointwise() {
             return Direct::default();
         }
         let d = conv::supported(&self.geom(1, x));
         let taps = self.k.0 * self.k.1;
+        let s1 = self.stride == (1, 1);
         Direct {
-            grad_w: d.forward,
-            forward: d.forward && taps * self.cin <= DIRECT_MAX_DEPTH,
+            grad_w: d.forward && s1,
+            forward: d.forward && s1 && taps * self.cin <= DIRECT_MAX_DEPTH,
             grad_x: d.grad_x && taps * self.cout <= DIRECT_MAX_DEPTH,
         }
     }
@@ -482,8 +484,9 @@ pub(super) fn window_out(
 }
 
 /// Deepest direct forward or input gradient (`kh·kw·channels`): the cnn's 3×3 layers over 32
-/// and 64 channels ran faster direct, over 128 slower (bench group `conv`).
-const DIRECT_MAX_DEPTH: usize = 576;
+/// channels ran faster direct (1.4× forward, 1.2× input gradient), over 64 and 128 slower than
+/// im2col + GEMM (1.24× and 1.47× forward; bench group `conv`).
+const DIRECT_MAX_DEPTH: usize = 288;
 
 /// Which passes of a layer run the direct kernels.
 #[derive(Debug, Clone, Copy, Default)]
