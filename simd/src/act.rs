@@ -6,8 +6,6 @@
 
 use wide::{f32x8, i32x8};
 
-use crate::isa::{Isa, isa};
-
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
@@ -122,18 +120,7 @@ fn map8(v: &mut [f32], f: impl Fn(f32x8) -> f32x8) {
 /// use whole 256-bit registers for the eight lanes).
 #[inline(always)]
 fn dispatch(body: impl FnOnce()) {
-    match isa() {
-        #[cfg(x86_detect)]
-        // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { with_avx2(body) },
-        Isa::Base => body(),
-    }
-}
-
-#[cfg(x86_detect)]
-#[target_feature(enable = "avx2,fma")]
-fn with_avx2(body: impl FnOnce()) {
-    body()
+    crate::isa::vectorized(body)
 }
 
 /// `v[i] = e^{v[i] − shift}`; returns the sum of the results (a softmax row's denominator).

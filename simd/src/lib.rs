@@ -40,6 +40,7 @@ pub mod format;
 pub mod gemm;
 mod isa;
 pub mod mask;
+pub mod norm;
 pub mod pack;
 pub mod reference;
 pub mod select;

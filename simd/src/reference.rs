@@ -382,3 +382,68 @@ pub fn gelu(x: f32, tanh: bool) -> (f32, f32) {
         ((x64 * cdf) as f32, (cdf + x64 * pdf) as f32)
     }
 }
+
+/// Batch norm's statistics, one channel after another: `acc[i] = Σ_rows x` or, with `mean`,
+/// `Σ_rows (x − mean[i])²`, in f64 over the rows in order (as [`crate::norm::channel_sums`]).
+pub fn bn_channel_sums(x: &[f32], c: usize, mean: Option<&[f64]>, acc: &mut [f64]) {
+    acc.fill(0.0);
+    for row in x.chunks_exact(c.max(1)) {
+        for (i, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
+            let v = v as f64;
+            *a += match mean {
+                Some(m) => (v - m[i]) * (v - m[i]),
+                None => v,
+            };
+        }
+    }
+}
+
+/// Batch norm's forward, element by element (as [`crate::norm::normalize`]).
+pub fn bn_normalize<H: crate::norm::Xhat>(
+    src: Option<&[f32]>,
+    y: &mut [f32],
+    h: &mut [H],
+    c: usize,
+    a: crate::norm::Affine<'_>,
+) {
+    for (e, (yv, hv)) in y.iter_mut().zip(h.iter_mut()).enumerate() {
+        let i = e % c;
+        let xv = src.map_or(*yv, |x| x[e]);
+        let v = (xv - a.mean[i]) * a.inv[i];
+        *hv = H::put(v);
+        *yv = a.gamma[i] * v + a.beta[i];
+    }
+}
+
+/// Batch norm's backward sums, element by element (as [`crate::norm::grad_sums`]).
+pub fn bn_grad_sums<H: crate::norm::Xhat>(
+    dy: &[f32],
+    h: &[H],
+    c: usize,
+    db: &mut [f64],
+    dg: &mut [f64],
+) {
+    db.fill(0.0);
+    dg.fill(0.0);
+    for (e, (&d, hv)) in dy.iter().zip(h).enumerate() {
+        db[e % c] += d as f64;
+        dg[e % c] += (d * hv.get()) as f64;
+    }
+}
+
+/// Batch norm's input gradient, element by element (as [`crate::norm::grad_x`]).
+pub fn bn_grad_x<H: crate::norm::Xhat>(
+    dy: Option<&[f32]>,
+    dx: &mut [f32],
+    h: &[H],
+    c: usize,
+    b: crate::norm::Back<'_>,
+    acc: bool,
+) {
+    for (e, (xv, hv)) in dx.iter_mut().zip(h).enumerate() {
+        let i = e % c;
+        let d = dy.map_or(*xv, |d| d[e]);
+        let v = b.k[i] * (b.m * d - b.dbeta[i] - hv.get() * b.dgamma[i]);
+        *xv = if acc { *xv + v } else { v };
+    }
+}

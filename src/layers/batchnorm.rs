@@ -13,9 +13,9 @@ use super::contract::{
 };
 use super::xhat::{Code, Form, scale_for};
 use super::{Bwd, Fwd, Rb, planner_bug, put, rebuild_norm};
-use half::bf16;
 
-use crate::arena::words_for_f32;
+use crate::arena::{f32s_mut, words_for_f32};
+use dropit_simd::norm::{self, Affine, Back, Xhat, channel_sums};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -53,8 +53,13 @@ impl BatchNorm2d {
     }
 
     /// Per worker two f64 sums per channel, and two more for the combined statistics; 8-bit:
-    /// per worker the channels' extremes too.
+    /// per worker the channels' extremes too; then up to four f32 constants per channel for
+    /// the kernels ([`CONSTS`] words a channel).
     fn scratch_words(&self, n: usize, threads: usize) -> usize {
+        (self.stats_words(n, threads)).saturating_add(CONSTS * self.c)
+    }
+
+    fn stats_words(&self, n: usize, threads: usize) -> usize {
         let t = max_groups(n, threads);
         let extremes = if self.form() == Form::Int8 { t } else { 0 };
         (t + 1 + extremes).saturating_mul(2 * self.c)
@@ -180,9 +185,9 @@ impl Op for BatchNorm2d {
         let src: &[f32] = f.x.buf().unwrap_or(f.y);
         let m = (src.len() / c) as f64;
         let form = self.form();
-        let ext = if form == Form::Int8 { t * 2 * c } else { 0 };
-        let scratch: &mut [f64] =
-            bytemuck::cast_slice_mut(&mut f.scratch[..(t + 1) * 2 * c + ext]);
+        let (stats, consts) = f.scratch.split_at_mut(self.stats_words(f.n, f.threads));
+        let mean32 = &mut f32s_mut(consts)[..c];
+        let scratch: &mut [f64] = bytemuck::cast_slice_mut(stats);
         let (parts, rest) = scratch.split_at_mut(t * 2 * c);
         let (stats, extremes) = rest.split_at_mut(2 * c);
         let (mean, var) = stats.split_at_mut(c);
@@ -195,7 +200,7 @@ impl Op for BatchNorm2d {
         each(
             src.chunks(chunk).zip(parts.chunks_mut(2 * c)).zip(exts),
             |((x, s), e)| {
-                row_sums(x, c, &mut s[..c], |_, v| v as f64);
+                channel_sums(x, c, None, &mut s[..c])?;
                 if let Some(e) = e {
                     row_extremes(x, c, e);
                 }
@@ -205,11 +210,7 @@ impl Op for BatchNorm2d {
         combine(parts, c, 0, mean, m);
         let mean_r: &[f64] = mean;
         each(src.chunks(chunk).zip(parts.chunks_mut(2 * c)), |(x, s)| {
-            row_sums(x, c, &mut s[c..], |i, v| {
-                let d = v as f64 - mean_r[i];
-                d * d
-            });
-            Ok(())
+            Ok(channel_sums(x, c, Some(mean_r), &mut s[c..])?)
         })?;
         combine(parts, c, c, var, m);
         let inv = f.saved.f32(0)?;
@@ -225,18 +226,19 @@ impl Op for BatchNorm2d {
             };
             smean[i] = mean[i] as f32;
             svar[i] = unbiased as f32;
+            mean32[i] = mean[i] as f32;
         }
-        let (inv, mean): (&[f32], &[f64]) = (inv, mean);
+        let (inv, mean32): (&[f32], &[f32]) = (inv, mean32);
+        let aff = Affine {
+            mean: mean32,
+            inv,
+            gamma,
+            beta,
+        };
         let (gb, chunk) = ((gamma, beta), chunk);
         match form {
-            Form::F32 => {
-                let h = f.saved.f32(1)?;
-                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, _| v)
-            }
-            Form::Bf16 => {
-                let h = f.saved.bf16(1)?;
-                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, _| bf16::from_f32(v))
-            }
+            Form::F32 => kernel_normalize(f.x, f.y, f.saved.f32(1)?, chunk, c, aff),
+            Form::Bf16 => kernel_normalize(f.x, f.y, f.saved.bf16(1)?, chunk, c, aff),
             Form::Int8 => {
                 // Per channel, the largest |x̂| lies at the input's smallest or largest value.
                 let scale = f.saved.f32(3)?;
@@ -252,7 +254,7 @@ impl Op for BatchNorm2d {
                 }
                 let inv_scale: &[f64] = &extremes[..c];
                 let h: &mut [i8] = bytemuck::cast_slice_mut(f.saved.bytes(1)?);
-                normalize(f.x, f.y, h, chunk, c, mean, inv, gb, |v, i| {
+                normalize(f.x, f.y, h, chunk, c, mean32, inv, gb, |v, i| {
                     i8::encode(v, inv_scale[i] as f32)
                 })
             }
@@ -262,31 +264,106 @@ impl Op for BatchNorm2d {
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let inv = b.saved.f32(0)?;
         match self.form() {
-            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[]),
-            Form::Bf16 => self.backward_with(b, b.saved.bf16(1)?, inv, &[]),
+            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[], Kernels),
+            Form::Bf16 => self.backward_with(b, b.saved.bf16(1)?, inv, &[], Kernels),
             Form::Int8 => {
                 let q: &[i8] = bytemuck::cast_slice(b.saved.bytes(1)?);
-                self.backward_with(b, q, inv, b.saved.f32(3)?)
+                self.backward_with(b, q, inv, b.saved.f32(3)?, Scalar)
             }
         }
     }
 }
 
-impl BatchNorm2d {
+/// Words of scratch per channel for the f32 constants of the kernels (four f32 a channel).
+const CONSTS: usize = 2;
 
+/// Backward's two loops over a worker's rows, for x̂ kept as `V`.
+trait Loops<V> {
+    /// `db = Σ dy`, `dg = Σ dy·x̂` per channel.
+    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()>;
+    /// `dx = k·(m·dy − dβ − x̂·dγ)` (added when `acc`; `dy` in `dx` when `None`).
+    fn grad_x(
+        &self,
+        dy: Option<&[f32]>,
+        dx: &mut [f32],
+        h: &[V],
+        c: usize,
+        b: Back<'_>,
+        acc: bool,
+    ) -> Result<()>;
+}
+
+/// The vector kernels (f32 and bf16 x̂).
+struct Kernels;
+
+impl<V: Xhat> Loops<V> for Kernels {
+    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()> {
+        Ok(norm::grad_sums(dy, h, c, db, dg)?)
+    }
+    fn grad_x(
+        &self,
+        dy: Option<&[f32]>,
+        dx: &mut [f32],
+        h: &[V],
+        c: usize,
+        b: Back<'_>,
+        acc: bool,
+    ) -> Result<()> {
+        Ok(norm::grad_x(dy, dx, h, c, b, acc)?)
+    }
+}
+
+/// Scalar loops (8-bit codes).
+struct Scalar;
+
+impl<V: Code> Loops<V> for Scalar {
+    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()> {
+        db.fill(0.0);
+        dg.fill(0.0);
+        for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
+            for i in 0..c {
+                db[i] += dr[i] as f64;
+                dg[i] += (dr[i] * hr[i].decode()) as f64;
+            }
+        }
+        Ok(())
+    }
+    fn grad_x(
+        &self,
+        dy: Option<&[f32]>,
+        dx: &mut [f32],
+        h: &[V],
+        c: usize,
+        b: Back<'_>,
+        acc: bool,
+    ) -> Result<()> {
+        for (r, (xr, hr)) in dx.chunks_exact_mut(c).zip(h.chunks_exact(c)).enumerate() {
+            for i in 0..c {
+                let d = dy.map_or(xr[i], |dy| dy[r * c + i]);
+                let v = b.k[i] * (b.m * d - b.dbeta[i] - hr[i].decode() * b.dgamma[i]);
+                put(&mut xr[i], v, acc);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BatchNorm2d {
     /// Backward from x̂ kept as `xhat`, each channel's codes times its `scale` (none: 1).
-    fn backward_with<V: Code>(
+    fn backward_with<V: Sync>(
         &self,
         b: &mut Bwd<'_>,
         xhat: &[V],
         inv: &[f32],
         scale: &[f32],
+        loops: impl Loops<V> + Sync,
     ) -> Result<()> {
         let c = self.c;
         let m = (xhat.len() / c) as f32;
         let (per, t) = split(b.n, b.threads);
         let chunk = per * b.x_shape.numel();
-        let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..(t + 1) * 2 * c]);
+        let (stats, consts) = b.scratch.split_at_mut(self.stats_words(b.n, b.threads));
+        let scratch: &mut [f64] = bytemuck::cast_slice_mut(&mut stats[..(t + 1) * 2 * c]);
         let (parts, sums) = scratch.split_at_mut(t * 2 * c);
         // In place, dY is in `dx`.
         let dy_all: &[f32] = match (b.dy.buf(), b.dx.as_deref()) {
@@ -301,15 +378,7 @@ impl BatchNorm2d {
                 .zip(parts.chunks_mut(2 * c)),
             |((dy, h), s)| {
                 let (db, dg) = s.split_at_mut(c);
-                db.fill(0.0);
-                dg.fill(0.0);
-                for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
-                    for i in 0..c {
-                        db[i] += dr[i] as f64;
-                        dg[i] += (dr[i] * hr[i].decode()) as f64;
-                    }
-                }
-                Ok(())
+                loops.sums(dy, h, c, db, dg)
             },
         )?;
         let (dbeta, dgamma) = sums.split_at_mut(c);
@@ -327,33 +396,51 @@ impl BatchNorm2d {
         for (g, s) in dgamma.iter_mut().zip(scale) {
             *g *= *s as f64;
         }
-        let (gamma, acc) = (&b.p[..c], b.acc);
-        let (dbeta, dgamma): (&[f64], &[f64]) = (dbeta, dgamma);
         let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());
         };
+        // Per channel: k = γ·inv/m, and the sums as f32.
+        let gamma = &b.p[..c];
+        let consts = &mut f32s_mut(consts)[..3 * c];
+        let (k, rest) = consts.split_at_mut(c);
+        let (db32, dg32) = rest.split_at_mut(c);
+        for i in 0..c {
+            k[i] = gamma[i] * inv[i] / m;
+            db32[i] = dbeta[i] as f32;
+            dg32[i] = dgamma[i] as f32;
+        }
+        let back = Back {
+            k,
+            dbeta: db32,
+            dgamma: dg32,
+            m,
+        };
+        let acc = b.acc;
         each(
             dx.chunks_mut(chunk)
                 .zip(b.dy.chunks(chunk))
                 .zip(xhat.chunks(chunk)),
-            |((dx, dy), h)| {
-                for (r, (xr, hr)) in dx.chunks_exact_mut(c).zip(h.chunks_exact(c)).enumerate() {
-                    for i in 0..c {
-                        let d = dy.map_or(xr[i], |dy| dy[r * c + i]);
-                        let k = gamma[i] * inv[i] / m;
-                        let v =
-                            k * (m * d - dbeta[i] as f32 - hr[i].decode() * dgamma[i] as f32);
-                        put(&mut xr[i], v, acc);
-                    }
-                }
-                Ok(())
-            },
+            |((dx, dy), h)| loops.grad_x(dy, dx, h, c, back, acc),
         )
     }
 }
 
+/// [`norm::normalize`] by worker groups (in place, the input is in `y`).
+fn kernel_normalize<H: Xhat>(
+    x: Input<'_>,
+    y: &mut [f32],
+    h: &mut [H],
+    chunk: usize,
+    c: usize,
+    aff: Affine<'_>,
+) -> Result<()> {
+    let groups = y.chunks_mut(chunk).zip(x.chunks(chunk)).zip(h.chunks_mut(chunk));
+    each(groups, |((y, x), h)| Ok(norm::normalize(x, y, h, c, aff)?))
+}
+
 /// `h = (x − mean)·inv` kept as `enc(h, channel)`, `y = γ·h + β` from the unrounded `h`, by
-/// worker groups (in place, the input is in `y`).
+/// worker groups (in place, the input is in `y`): the 8-bit form, whose codes need the
+/// channel's scale.
 #[allow(clippy::too_many_arguments)]
 fn normalize<V: Code>(
     x: Input<'_>,
@@ -361,7 +448,7 @@ fn normalize<V: Code>(
     xhat: &mut [V],
     chunk: usize,
     c: usize,
-    mean: &[f64],
+    mean: &[f32],
     inv: &[f32],
     (gamma, beta): (&[f32], &[f32]),
     enc: impl Fn(f32, usize) -> V + Sync,
@@ -374,7 +461,7 @@ fn normalize<V: Code>(
             for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
                 for i in 0..c {
                     let xv = x.map_or(yr[i], |x| x[r * c + i]);
-                    let v = (xv - mean[i] as f32) * inv[i];
+                    let v = (xv - mean[i]) * inv[i];
                     hr[i] = enc(v, i);
                     yr[i] = gamma[i] * v + beta[i];
                 }
@@ -394,16 +481,6 @@ fn row_extremes(x: &[f32], c: usize, e: &mut [f64]) {
         for (i, &v) in row.iter().enumerate() {
             lo[i] = lo[i].min(v as f64);
             hi[i] = hi[i].max(v as f64);
-        }
-    }
-}
-
-/// `acc[i] = Σ_rows f(i, row[i])` over the `c`-wide rows of `x`.
-fn row_sums(x: &[f32], c: usize, acc: &mut [f64], f: impl Fn(usize, f32) -> f64) {
-    acc.fill(0.0);
-    for row in x.chunks_exact(c) {
-        for (i, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
-            *a += f(i, v);
         }
     }
 }

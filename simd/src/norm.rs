@@ -1,0 +1,291 @@
+//! Batch norm's per-channel loops over NHWC rows (`c` channels each), eight channels at a time.
+//!
+//! Each channel's sums run over the rows in order, in f64, and every element gets the same
+//! operations as in the scalar twins in [`crate::reference`] (no fused multiply-add, no
+//! reordering), so the results have the same bits; only more channels are done per
+//! instruction. Channels past the last multiple of eight take the scalar path. x̂ is kept as
+//! f32 or bf16 ([`Xhat`]); bf16 rounds to nearest, ties to even, as `half::bf16::from_f32`.
+
+use half::bf16;
+use wide::{f32x8, f64x4, u32x8};
+
+use crate::{Result, check_len};
+
+/// How x̂ is kept: f32, or bf16 (rounded to nearest even).
+pub trait Xhat: Copy + Send + Sync {
+    /// Eight values from `h[..8]` as f32.
+    fn load8(h: &[Self]) -> f32x8;
+    /// Eight values to `h[..8]`.
+    fn store8(h: &mut [Self], v: f32x8);
+    /// One value as f32.
+    fn get(self) -> f32;
+    /// One value from f32.
+    fn put(v: f32) -> Self;
+}
+
+impl Xhat for f32 {
+    #[inline(always)]
+    fn load8(h: &[f32]) -> f32x8 {
+        load(h)
+    }
+    #[inline(always)]
+    fn store8(h: &mut [f32], v: f32x8) {
+        h[..8].copy_from_slice(&v.to_array());
+    }
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn put(v: f32) -> f32 {
+        v
+    }
+}
+
+impl Xhat for bf16 {
+    #[inline(always)]
+    fn load8(h: &[bf16]) -> f32x8 {
+        let b: [u32; 8] = core::array::from_fn(|j| (h[j].to_bits() as u32) << 16);
+        bytemuck::cast(u32x8::from(b))
+    }
+    #[inline(always)]
+    fn store8(h: &mut [bf16], v: f32x8) {
+        // Ties to even: add 0x7FFF plus the lowest kept bit, keep the high half; a NaN keeps its
+        // high half with the quiet bit set (as `bf16::from_f32`).
+        let x: u32x8 = bytemuck::cast(v);
+        let lsb = (x >> 16) & u32x8::splat(1);
+        let rounded = (x + u32x8::splat(0x7FFF) + lsb) >> 16;
+        let quiet = (x >> 16) | u32x8::splat(0x0040);
+        let nan: u32x8 = bytemuck::cast(v.is_nan());
+        let out: u32x8 = (nan & quiet) | (!nan & rounded);
+        let out = out.to_array();
+        for (d, &o) in h[..8].iter_mut().zip(&out) {
+            *d = bf16::from_bits(o as u16);
+        }
+    }
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn put(v: f32) -> bf16 {
+        bf16::from_f32(v)
+    }
+}
+
+#[inline(always)]
+fn load(x: &[f32]) -> f32x8 {
+    let a: [f32; 8] = x[..8].try_into().unwrap_or([0.0; 8]);
+    f32x8::from(a)
+}
+
+/// The two halves of eight lanes widened to f64.
+#[inline(always)]
+fn widen(v: f32x8) -> [f64x4; 2] {
+    let a = v.to_array();
+    [
+        f64x4::from([a[0] as f64, a[1] as f64, a[2] as f64, a[3] as f64]),
+        f64x4::from([a[4] as f64, a[5] as f64, a[6] as f64, a[7] as f64]),
+    ]
+}
+
+#[inline(always)]
+fn load4(a: &[f64]) -> f64x4 {
+    f64x4::from([a[0], a[1], a[2], a[3]])
+}
+
+/// `a[..4] += v`.
+#[inline(always)]
+fn add4(a: &mut [f64], v: f64x4) {
+    let sum = load4(a) + v;
+    a[..4].copy_from_slice(&sum.to_array());
+}
+
+/// Checks that `x` is whole rows of `c` and that each per-channel slice has `c` entries.
+fn rows(what: &'static str, x: usize, c: usize, per_channel: &[usize]) -> Result<usize> {
+    if c == 0 || !x.is_multiple_of(c) {
+        return check_len(what, x.div_ceil(c.max(1)) * c.max(1), x).map(|_| 0);
+    }
+    for &n in per_channel {
+        check_len(what, c, n)?;
+    }
+    Ok(x / c)
+}
+
+/// `acc[i] = Σ_rows x[r·c + i]` in f64 (rows in order), and with `mean`,
+/// `acc[i] = Σ_rows (x[r·c + i] − mean[i])²`.
+pub fn channel_sums(x: &[f32], c: usize, mean: Option<&[f64]>, acc: &mut [f64]) -> Result<()> {
+    let n = match mean {
+        Some(m) => rows("batch norm statistics", x.len(), c, &[m.len(), acc.len()])?,
+        None => rows("batch norm statistics", x.len(), c, &[acc.len()])?,
+    };
+    acc.fill(0.0);
+    let v8 = c / 8 * 8;
+    crate::isa::vectorized(|| {
+        for r in 0..n {
+            let row = &x[r * c..][..c];
+            for j in (0..v8).step_by(8) {
+                let [lo, hi] = widen(load(&row[j..]));
+                let (lo, hi) = match mean {
+                    Some(m) => {
+                        let (dl, dh) = (lo - load4(&m[j..]), hi - load4(&m[j + 4..]));
+                        (dl * dl, dh * dh)
+                    }
+                    None => (lo, hi),
+                };
+                add4(&mut acc[j..], lo);
+                add4(&mut acc[j + 4..], hi);
+            }
+            for i in v8..c {
+                let v = row[i] as f64;
+                acc[i] += match mean {
+                    Some(m) => (v - m[i]) * (v - m[i]),
+                    None => v,
+                };
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Per-channel constants of [`normalize`]: the batch mean (as f32), `1/σ`, γ and β.
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<'a> {
+    /// The batch mean of each channel, rounded to f32.
+    pub mean: &'a [f32],
+    /// `1/√(var + eps)` of each channel.
+    pub inv: &'a [f32],
+    /// γ.
+    pub gamma: &'a [f32],
+    /// β.
+    pub beta: &'a [f32],
+}
+
+/// `h = (x − mean)·inv` kept as `H`, `y = γ·h + β` from the unrounded `h`; `x` is `src`, or `y`
+/// itself when `None` (in place).
+pub fn normalize<H: Xhat>(
+    src: Option<&[f32]>,
+    y: &mut [f32],
+    h: &mut [H],
+    c: usize,
+    a: Affine<'_>,
+) -> Result<()> {
+    let lens = [a.mean.len(), a.inv.len(), a.gamma.len(), a.beta.len()];
+    let n = rows("batch norm output", y.len(), c, &lens)?;
+    check_len("batch norm x̂", y.len(), h.len())?;
+    if let Some(x) = src {
+        check_len("batch norm input", y.len(), x.len())?;
+    }
+    let v8 = c / 8 * 8;
+    crate::isa::vectorized(|| {
+        for r in 0..n {
+            let (yr, hr) = (&mut y[r * c..][..c], &mut h[r * c..][..c]);
+            let xr = src.map(|x| &x[r * c..][..c]);
+            for j in (0..v8).step_by(8) {
+                let xv = load(xr.map_or(&yr[j..], |x| &x[j..]));
+                let v = (xv - load(&a.mean[j..])) * load(&a.inv[j..]);
+                H::store8(&mut hr[j..], v);
+                let out = load(&a.gamma[j..]) * v + load(&a.beta[j..]);
+                yr[j..j + 8].copy_from_slice(&out.to_array());
+            }
+            for i in v8..c {
+                let xv = xr.map_or(yr[i], |x| x[i]);
+                let v = (xv - a.mean[i]) * a.inv[i];
+                hr[i] = H::put(v);
+                yr[i] = a.gamma[i] * v + a.beta[i];
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Backward's sums: `db[i] = Σ dy`, `dg[i] = Σ (dy·x̂)` per channel, in f64 (rows in order; each
+/// product in f32).
+pub fn grad_sums<H: Xhat>(
+    dy: &[f32],
+    h: &[H],
+    c: usize,
+    db: &mut [f64],
+    dg: &mut [f64],
+) -> Result<()> {
+    let n = rows("batch norm dY", dy.len(), c, &[db.len(), dg.len()])?;
+    check_len("batch norm x̂", dy.len(), h.len())?;
+    db.fill(0.0);
+    dg.fill(0.0);
+    let v8 = c / 8 * 8;
+    crate::isa::vectorized(|| {
+        for r in 0..n {
+            let (dr, hr) = (&dy[r * c..][..c], &h[r * c..][..c]);
+            for j in (0..v8).step_by(8) {
+                let d = load(&dr[j..]);
+                let [bl, bh] = widen(d);
+                let [gl, gh] = widen(d * H::load8(&hr[j..]));
+                add4(&mut db[j..], bl);
+                add4(&mut db[j + 4..], bh);
+                add4(&mut dg[j..], gl);
+                add4(&mut dg[j + 4..], gh);
+            }
+            for i in v8..c {
+                db[i] += dr[i] as f64;
+                dg[i] += (dr[i] * hr[i].get()) as f64;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Per-channel constants of [`grad_x`]: `k = γ·inv/m`, and the sums of [`grad_sums`] as f32.
+#[derive(Debug, Clone, Copy)]
+pub struct Back<'a> {
+    /// `γ·(1/σ)/m` of each channel.
+    pub k: &'a [f32],
+    /// `Σ dy` of each channel, as f32.
+    pub dbeta: &'a [f32],
+    /// `Σ dy·x̂` of each channel (times the code scale), as f32.
+    pub dgamma: &'a [f32],
+    /// Rows of the whole batch (`m`).
+    pub m: f32,
+}
+
+/// `dx = k·(m·dy − dbeta − x̂·dgamma)`, added onto `dx` when `acc`; `dy` is `dy`, or `dx` itself
+/// when `None` (in place).
+pub fn grad_x<H: Xhat>(
+    dy: Option<&[f32]>,
+    dx: &mut [f32],
+    h: &[H],
+    c: usize,
+    b: Back<'_>,
+    acc: bool,
+) -> Result<()> {
+    let n = rows(
+        "batch norm dX",
+        dx.len(),
+        c,
+        &[b.k.len(), b.dbeta.len(), b.dgamma.len()],
+    )?;
+    check_len("batch norm x̂", dx.len(), h.len())?;
+    if let Some(dy) = dy {
+        check_len("batch norm dY", dx.len(), dy.len())?;
+    }
+    let v8 = c / 8 * 8;
+    let m8 = f32x8::splat(b.m);
+    crate::isa::vectorized(|| {
+        for r in 0..n {
+            let (xr, hr) = (&mut dx[r * c..][..c], &h[r * c..][..c]);
+            let dr = dy.map(|d| &d[r * c..][..c]);
+            for j in (0..v8).step_by(8) {
+                let d = load(dr.map_or(&xr[j..], |d| &d[j..]));
+                let t = m8 * d - load(&b.dbeta[j..]) - H::load8(&hr[j..]) * load(&b.dgamma[j..]);
+                let v = load(&b.k[j..]) * t;
+                let out = if acc { load(&xr[j..]) + v } else { v };
+                xr[j..j + 8].copy_from_slice(&out.to_array());
+            }
+            for i in v8..c {
+                let d = dr.map_or(xr[i], |d| d[i]);
+                let v = b.k[i] * (b.m * d - b.dbeta[i] - hr[i].get() * b.dgamma[i]);
+                xr[i] = if acc { xr[i] + v } else { v };
+            }
+        }
+    });
+    Ok(())
+}
