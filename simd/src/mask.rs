@@ -63,6 +63,36 @@ pub fn relu_forward(x: &mut [f32], bits: &mut [u64]) -> Result<()> {
     Ok(())
 }
 
+/// ReLU6 forward in place, recording the mask: `x[i] = min(max(x[i], 0), 6)`, bit `i` =
+/// `0 < x[i] < 6` (where the gradient passes, as PyTorch's hardtanh backward). NaN passes
+/// through unchanged (with bit 0).
+pub fn relu6_forward(x: &mut [f32], bits: &mut [u64]) -> Result<()> {
+    check_len("mask words", mask_words(x.len()), bits.len())?;
+    let (zero, six) = (f32x8::splat(0.0), f32x8::splat(6.0));
+    for (w, xs) in bits.iter_mut().zip(x.chunks_mut(64)) {
+        let mut word = 0u64;
+        let done = xs.len() / 8 * 8;
+        let mut chunks = xs.chunks_exact_mut(8);
+        for (j, c) in (&mut chunks).enumerate() {
+            let v = load8(c);
+            let inside = v.simd_gt(zero) & v.simd_lt(six);
+            word |= (inside.to_bitmask() as u64) << (8 * j);
+            // v ≤ 0 → 0, v ≥ 6 → 6; NaN (neither) passes through.
+            let v = v.simd_le(zero).bitselect(zero, v);
+            let v = v.simd_ge(six).bitselect(six, v);
+            c.copy_from_slice(&v.to_array());
+        }
+        for (j, v) in chunks.into_remainder().iter_mut().enumerate() {
+            word |= ((*v > 0.0 && *v < 6.0) as u64) << (done + j);
+            if !v.is_nan() {
+                *v = v.clamp(0.0, 6.0);
+            }
+        }
+        *w = word;
+    }
+    Ok(())
+}
+
 /// Lane `j` of the result is all ones when bit `j` of `byte` is set.
 #[inline(always)]
 fn lanes(byte: u64) -> i32x8 {

@@ -2,7 +2,7 @@
 mod common;
 
 use dropit_simd::mask::{
-    apply_mask, count_ones, mask_in_place, mask_words, positive_mask, relu_forward,
+    apply_mask, count_ones, mask_in_place, mask_words, positive_mask, relu_forward, relu6_forward,
 };
 use dropit_simd::reference;
 use proptest::prelude::*;
@@ -40,6 +40,18 @@ proptest! {
         for (v, r) in x.iter().zip(&y) {
             if v.is_nan() { prop_assert!(r.is_nan()) } else { prop_assert_eq!(*r, v.max(0.0)) }
         }
+
+        // ReLU6: the bits of the scalar clamp, and the mask where 0 < x < 6.
+        let x6: Vec<f32> = x.iter().map(|v| v * 0.8 + 1.0).collect();
+        let mut y6 = x6.clone();
+        let mut c6 = vec![u64::MAX; mask_words(n)];
+        relu6_forward(&mut y6, &mut c6).unwrap();
+        for (i, (v, r)) in x6.iter().zip(&y6).enumerate() {
+            let want = if v.is_nan() { *v } else { v.clamp(0.0, 6.0) };
+            prop_assert!(r.to_bits() == want.to_bits() || (r.is_nan() && want.is_nan()), "{} → {}", v, r);
+            prop_assert_eq!(c6[i / 64] >> (i % 64) & 1 == 1, *v > 0.0 && *v < 6.0);
+        }
+        prop_assert!(c6.last().is_none_or(|w| n % 64 == 0 || w >> (n % 64) == 0));
     }
 }
 

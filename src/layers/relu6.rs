@@ -5,6 +5,7 @@ use super::contract::{Dims, Mode, Needs, Op, Rebuild};
 use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, Rb, mask_backward, rebuild_elementwise};
 use crate::error::Result;
+use dropit_simd::mask::relu6_forward;
 use crate::shape::Shape;
 
 /// `ReLU6()`.
@@ -50,14 +51,7 @@ impl Op for Relu6 {
                     return Ok(());
                 };
                 // The gradient passes where 0 < x < 6 (PyTorch's hardtanh backward); NaN blocks.
-                for (y, word) in y.chunks_mut(64).zip(bits.iter_mut()) {
-                    *word = 0;
-                    for (j, v) in y.iter_mut().enumerate() {
-                        *word |= u64::from(*v > 0.0 && *v < 6.0) << j;
-                        *v = clamp6(*v);
-                    }
-                }
-                Ok(())
+                Ok(relu6_forward(y, bits)?)
             },
         )
     }
