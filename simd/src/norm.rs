@@ -306,3 +306,52 @@ pub fn grad_x<H: Xhat>(
     });
     Ok(())
 }
+
+/// Layer norm's statistics of each `c`-wide row of `x`: `mean[r]` (rounded to f32) and
+/// `inv[r] = 1/√(var + eps)`, both from f64 sums over the row in order (the mean, then the
+/// squared deviations from the unrounded mean). Eight rows run side by side, one per lane, so
+/// each row's sums are still one sequential chain (the same bits as one row at a time) but
+/// eight chains overlap instead of waiting on each addition's latency.
+pub fn row_stats(x: &[f32], c: usize, eps: f32, mean: &mut [f32], inv: &mut [f32]) -> Result<()> {
+    let n = rows("layer norm rows", x.len(), c, &[])?;
+    check_len("layer norm means", n, mean.len())?;
+    check_len("layer norm 1/σ", n, inv.len())?;
+    let (nf, e) = (c as f64, eps as f64);
+    let eight = n / 8 * 8;
+    crate::isa::vectorized(|| {
+        for r0 in (0..eight).step_by(8) {
+            let lane = |i: usize, k: usize| x[(r0 + k) * c + i] as f64;
+            // Starting from −0.0, as `Iterator::sum` of floats does.
+            let (mut s0, mut s1) = (f64x4::splat(-0.0), f64x4::splat(-0.0));
+            for i in 0..c {
+                s0 += f64x4::from([lane(i, 0), lane(i, 1), lane(i, 2), lane(i, 3)]);
+                s1 += f64x4::from([lane(i, 4), lane(i, 5), lane(i, 6), lane(i, 7)]);
+            }
+            let (m0, m1) = (s0 / f64x4::splat(nf), s1 / f64x4::splat(nf));
+            let (mut v0, mut v1) = (f64x4::splat(-0.0), f64x4::splat(-0.0));
+            for i in 0..c {
+                let d0 = f64x4::from([lane(i, 0), lane(i, 1), lane(i, 2), lane(i, 3)]) - m0;
+                let d1 = f64x4::from([lane(i, 4), lane(i, 5), lane(i, 6), lane(i, 7)]) - m1;
+                v0 += d0 * d0;
+                v1 += d1 * d1;
+            }
+            let one = f64x4::splat(1.0);
+            let i0 = one / (v0 / f64x4::splat(nf) + f64x4::splat(e)).sqrt();
+            let i1 = one / (v1 / f64x4::splat(nf) + f64x4::splat(e)).sqrt();
+            let (m, iv) = (
+                [m0.to_array(), m1.to_array()],
+                [i0.to_array(), i1.to_array()],
+            );
+            for k in 0..8 {
+                mean[r0 + k] = m[k / 4][k % 4] as f32;
+                inv[r0 + k] = iv[k / 4][k % 4] as f32;
+            }
+        }
+    });
+    for r in eight..n {
+        let (m, iv) = crate::reference::ln_row_stats(&x[r * c..][..c], eps);
+        mean[r] = m;
+        inv[r] = iv;
+    }
+    Ok(())
+}

@@ -447,3 +447,16 @@ pub fn bn_grad_x<H: crate::norm::Xhat>(
         *xv = if acc { *xv + v } else { v };
     }
 }
+
+/// Layer norm's mean (rounded to f32) and `1/√(var + eps)` of one row, one element after
+/// another in f64 (as [`crate::norm::row_stats`]).
+pub fn ln_row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / libm::sqrt(var + eps as f64)) as f32)
+}

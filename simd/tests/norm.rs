@@ -171,3 +171,21 @@ fn bad_lengths_are_errors() {
     };
     assert!(grad_x(Some(&[0.0; 5]), &mut y, &h, 3, back, false).is_err());
 }
+
+proptest! {
+    /// Layer norm's row statistics, eight rows side by side, have the bits of one row at a time
+    /// (rows of −0.0 included, where a sum's starting sign shows).
+    #[test]
+    fn row_stats_match_twin(c in 1usize..=40, r in 0usize..20, seed in prop::collection::vec(value(), 800), zero_row in 0usize..20) {
+        let mut x: Vec<f32> = seed.iter().cycle().take(r * c).copied().collect();
+        if zero_row < r {
+            x[zero_row * c..][..c].fill(-0.0);
+        }
+        let (mut m, mut iv) = (vec![9.0f32; r], vec![9.0f32; r]);
+        dropit_simd::norm::row_stats(&x, c, 1e-6, &mut m, &mut iv).unwrap();
+        for k in 0..r {
+            let (wm, wi) = reference::ln_row_stats(&x[k * c..][..c], 1e-6);
+            prop_assert!(same(m[k] as f64, wm as f64) && same(iv[k] as f64, wi as f64), "row {}", k);
+        }
+    }
+}
