@@ -355,3 +355,43 @@ pub fn row_stats(x: &[f32], c: usize, eps: f32, mean: &mut [f32], inv: &mut [f32
     }
     Ok(())
 }
+
+/// Layer norm's forward on one row: `h = (x − mean)·inv` kept as `H`, `y = γ·h + β` from the
+/// unrounded `h` (as one row of [`crate::reference::ln_normalize_row`]); `x` is `src`, or `y`
+/// itself when `None` (in place).
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_row<H: Xhat>(
+    src: Option<&[f32]>,
+    y: &mut [f32],
+    h: &mut [H],
+    mean: f32,
+    inv: f32,
+    gamma: &[f32],
+    beta: &[f32],
+) -> Result<()> {
+    let c = y.len();
+    for n in [h.len(), gamma.len(), beta.len()] {
+        check_len("layer norm row", c, n)?;
+    }
+    if let Some(x) = src {
+        check_len("layer norm input row", c, x.len())?;
+    }
+    let v8 = c / 8 * 8;
+    let (m8, i8) = (f32x8::splat(mean), f32x8::splat(inv));
+    crate::isa::vectorized(|| {
+        for j in (0..v8).step_by(8) {
+            let xv = load(src.map_or(&y[j..], |x| &x[j..]));
+            let v = (xv - m8) * i8;
+            H::store8(&mut h[j..], v);
+            let out = load(&gamma[j..]) * v + load(&beta[j..]);
+            y[j..j + 8].copy_from_slice(&out.to_array());
+        }
+        for i in v8..c {
+            let xv = src.map_or(y[i], |x| x[i]);
+            let v = (xv - mean) * inv;
+            h[i] = H::put(v);
+            y[i] = gamma[i] * v + beta[i];
+        }
+    });
+    Ok(())
+}

@@ -460,3 +460,22 @@ pub fn ln_row_stats(x: &[f32], eps: f32) -> (f32, f32) {
         / n;
     (mean as f32, (1.0 / libm::sqrt(var + eps as f64)) as f32)
 }
+
+/// Layer norm's forward on one row, element by element (as [`crate::norm::normalize_row`]).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_normalize_row<H: crate::norm::Xhat>(
+    src: Option<&[f32]>,
+    y: &mut [f32],
+    h: &mut [H],
+    mean: f32,
+    inv: f32,
+    gamma: &[f32],
+    beta: &[f32],
+) {
+    for i in 0..y.len() {
+        let xv = src.map_or(y[i], |x| x[i]);
+        let v = (xv - mean) * inv;
+        h[i] = H::put(v);
+        y[i] = gamma[i] * v + beta[i];
+    }
+}

@@ -189,3 +189,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Layer norm's row forward against its twin, f32 and bf16 x̂, in place or not.
+    #[test]
+    fn row_normalize_matches_twin((c, x, _dy, k) in case(), mean in -2.0f32..2.0, inv in 0.1f32..4.0) {
+        let c = c.min(x.len().max(1));
+        let x = &x[..x.len() / c * c];
+        for row in x.chunks_exact(c) {
+            let (g, b) = (&k[..c], &k[c..2 * c]);
+            for in_place in [false, true] {
+                let src = (!in_place).then_some(row);
+                let (mut ya, mut yb) = (row.to_vec(), row.to_vec());
+                let (mut ha, mut hb) = (vec![0.0f32; c], vec![0.0f32; c]);
+                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, mean, inv, g, b).unwrap();
+                reference::ln_normalize_row(src, &mut yb, &mut hb, mean, inv, g, b);
+                prop_assert!(same_all(&ya, &yb, |v| v as f64) && same_all(&ha, &hb, |v| v as f64));
+                let (mut ya, mut yb) = (row.to_vec(), row.to_vec());
+                let (mut ha, mut hb) = (vec![bf16::ZERO; c], vec![bf16::ZERO; c]);
+                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, mean, inv, g, b).unwrap();
+                reference::ln_normalize_row(src, &mut yb, &mut hb, mean, inv, g, b);
+                prop_assert!(same_all(&ya, &yb, |v| v as f64));
+                prop_assert!(same_all(&ha, &hb, |v| v.to_bits() as f64));
+            }
+        }
+    }
+}

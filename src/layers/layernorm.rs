@@ -295,20 +295,16 @@ fn normalize<V: Code>(
             let (yr, hr) = (&mut y[r * c..][..c], &mut h[r * c..][..c]);
             let xr: &[f32] = x.map_or(&*yr, |x| &x[r * c..][..c]);
             inv[r] = iv;
-        let inv_scale = match scale.as_deref_mut() {
-            Some(s) => {
-                let max = xr.iter().fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
-                s[r] = scale_for(max);
-                1.0 / s[r]
-            }
-            None => 1.0,
-        };
-        for i in 0..c {
-            let v = x.map_or(yr[i], |x| x[r * c + i]);
-            let hv = (v - mean) * iv;
-            hr[i] = V::encode(hv, inv_scale);
-            yr[i] = gamma[i] * hv + beta[i];
-        }
+            let inv_scale = match scale.as_deref_mut() {
+                Some(s) => {
+                    let max = xr.iter().fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
+                    s[r] = scale_for(max);
+                    1.0 / s[r]
+                }
+                None => 1.0,
+            };
+            let xr = x.map(|x| &x[r * c..][..c]);
+            V::normalize_row(xr, yr, hr, (mean, iv, inv_scale), gamma, beta)?;
         }
     }
     Ok(())

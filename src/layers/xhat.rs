@@ -46,6 +46,44 @@ pub(crate) trait Code: Copy + Send + Sync + bytemuck::Pod {
     fn encode(v: f32, inv_scale: f32) -> Self;
     /// Back to f32, still to be multiplied by the group's scale (1 for the float forms).
     fn decode(self) -> f32;
+
+    /// Layer norm's forward on one row: `h = (x − mean)·inv` kept as codes, `y = γ·h + β`
+    /// (`x` is `src`, or `y` in place). The float forms run `dropit_simd::norm::normalize_row`,
+    /// which gives these bits eight channels at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_row(
+        src: Option<&[f32]>,
+        y: &mut [f32],
+        h: &mut [Self],
+        (mean, inv, inv_scale): (f32, f32, f32),
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> crate::error::Result<()> {
+        for (i, (yv, hv)) in y.iter_mut().zip(h).enumerate() {
+            let v = (src.map_or(*yv, |x| x[i]) - mean) * inv;
+            *hv = Self::encode(v, inv_scale);
+            *yv = gamma[i] * v + beta[i];
+        }
+        Ok(())
+    }
+}
+
+/// The float forms' rows through the vector kernel.
+macro_rules! float_rows {
+    () => {
+        fn normalize_row(
+            src: Option<&[f32]>,
+            y: &mut [f32],
+            h: &mut [Self],
+            (mean, inv, _): (f32, f32, f32),
+            gamma: &[f32],
+            beta: &[f32],
+        ) -> crate::error::Result<()> {
+            Ok(dropit_simd::norm::normalize_row(
+                src, y, h, mean, inv, gamma, beta,
+            )?)
+        }
+    };
 }
 
 impl Code for f32 {
@@ -57,6 +95,7 @@ impl Code for f32 {
     fn decode(self) -> f32 {
         self
     }
+    float_rows!();
 }
 
 impl Code for bf16 {
@@ -68,6 +107,7 @@ impl Code for bf16 {
     fn decode(self) -> f32 {
         self.to_f32()
     }
+    float_rows!();
 }
 
 /// Largest code magnitude.
