@@ -179,27 +179,36 @@ pub const fn scratch_len(m: usize, k: usize, n: usize) -> usize {
     let kc = if k < KC { k } else { KC };
     // Row panels are rounded to the taller build's tile (MC is a multiple of both).
     let mc = if m < MC { m } else { MC };
-    let mc = if mc.div_ceil(MR) * MR > mc.div_ceil(MR_WIDE) * MR_WIDE {
+    let mc = if mc.div_ceil(MR) * MR > mc.div_ceil(TALLEST) * TALLEST {
         mc.div_ceil(MR) * MR
     } else {
-        mc.div_ceil(MR_WIDE) * MR_WIDE
+        mc.div_ceil(TALLEST) * TALLEST
     };
     // Panels are rounded to the widest build's tile, so one plan serves every CPU.
     let nc = (if n < NC { n } else { NC }).div_ceil(NR_WIDE) * NR_WIDE;
-    // Both panels start on a cache line (`ALIGN` floats), so no load of B̃ splits a line.
+    // On x86_64 both panels start on a cache line (`ALIGN` floats), so no load of B̃ splits
+    // a line.
     kc * (mc + nc) + 2 * ALIGN
 }
+
+/// Rows of the tallest tile a build for this target can run.
+const TALLEST: usize = if cfg!(target_arch = "x86_64") {
+    MR_WIDE
+} else {
+    MR
+};
 
 /// Rows of C up to which a row-major B is read in place rather than packed.
 const B_IN_PLACE_ROWS: usize = 64;
 
-/// Floats in a 64-byte cache line: where the packed panels start.
-const ALIGN: usize = 16;
+/// Floats in a 64-byte cache line: where the packed panels start (on x86_64; elsewhere they
+/// are not aligned and the scratch has no room for it).
+const ALIGN: usize = if cfg!(target_arch = "x86_64") { 16 } else { 1 };
 
 /// `s` from its first 64-byte-aligned float on (`s` as given if the address cannot be aligned,
 /// which only costs speed).
 fn aligned(s: &mut [f32]) -> &mut [f32] {
-    let skip = s.as_ptr().align_offset(64);
+    let skip = s.as_ptr().align_offset(4 * ALIGN);
     if skip < ALIGN && skip <= s.len() {
         &mut s[skip..]
     } else {
