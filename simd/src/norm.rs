@@ -395,3 +395,110 @@ pub fn normalize_row<H: Xhat>(
     });
     Ok(())
 }
+
+/// Layer norm's backward over `c`-wide rows (`c = gamma.len()`): adds each channel's `Σ dy·x̂`
+/// and `Σ dy` over the rows onto `dg` and `db` (f64, rows in order), and, when `dx` is given,
+/// writes (or, with `acc`, adds) `dx = inv/c · (c·ĝ − Σĝ − x̂·Σĝ·x̂)` with `ĝ = dy·γ` and the
+/// row sums in f64 over the channels in order — the bits of
+/// [`crate::reference::ln_backward`]. Eight rows at a time: the channel sums run eight
+/// channels per step, the row sums eight rows side by side (one chain per lane).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_backward<H: Xhat>(
+    dy: &[f32],
+    h: &[H],
+    gamma: &[f32],
+    inv: &[f32],
+    dg: &mut [f64],
+    db: &mut [f64],
+    mut dx: Option<&mut [f32]>,
+    acc: bool,
+) -> Result<()> {
+    let c = gamma.len();
+    let n = rows("layer norm dY", dy.len(), c, &[dg.len(), db.len()])?;
+    check_len("layer norm x̂", dy.len(), h.len())?;
+    check_len("layer norm 1/σ", n, inv.len())?;
+    if let Some(dx) = dx.as_deref() {
+        check_len("layer norm dX", dy.len(), dx.len())?;
+    }
+    let (v8, eight) = (c / 8 * 8, n / 8 * 8);
+    let (one, cf) = (f32x8::splat(1.0), c as f32);
+    crate::isa::vectorized(|| {
+        for r0 in (0..eight).step_by(8) {
+            // Per channel, over the block's rows in order.
+            for j in (0..v8).step_by(8) {
+                let (mut gl, mut gh) = (load4(&dg[j..]), load4(&dg[j + 4..]));
+                let (mut bl, mut bh) = (load4(&db[j..]), load4(&db[j + 4..]));
+                for r in r0..r0 + 8 {
+                    let d = load(&dy[r * c + j..]);
+                    let hv = H::load8(&h[r * c + j..]) * one;
+                    let ([pl, ph], [dl, dh]) = (widen(d * hv), widen(d));
+                    (gl, gh, bl, bh) = (gl + pl, gh + ph, bl + dl, bh + dh);
+                }
+                dg[j..j + 4].copy_from_slice(&gl.to_array());
+                dg[j + 4..j + 8].copy_from_slice(&gh.to_array());
+                db[j..j + 4].copy_from_slice(&bl.to_array());
+                db[j + 4..j + 8].copy_from_slice(&bh.to_array());
+            }
+            for i in v8..c {
+                for r in r0..r0 + 8 {
+                    let (d, hv) = (dy[r * c + i], h[r * c + i].get() * 1.0);
+                    dg[i] += (d * hv) as f64;
+                    db[i] += d as f64;
+                }
+            }
+            // Per row, over the channels in order: one row per lane.
+            let zero = f64x4::splat(0.0);
+            let (mut s0, mut s1, mut x0, mut x1) = (zero, zero, zero, zero);
+            for (i, &gi) in gamma.iter().enumerate() {
+                let d = f32x8::from(core::array::from_fn::<f32, 8, _>(|k| dy[(r0 + k) * c + i]));
+                let hv = f32x8::from(core::array::from_fn::<f32, 8, _>(|k| {
+                    h[(r0 + k) * c + i].get() * 1.0
+                }));
+                let g = d * f32x8::splat(gi);
+                let ([gl, gh], [ql, qh]) = (widen(g), widen(g * hv));
+                (s0, s1, x0, x1) = (s0 + gl, s1 + gh, x0 + ql, x1 + qh);
+            }
+            let Some(dx) = dx.as_deref_mut() else {
+                continue;
+            };
+            let (sg, sgx) = (
+                [s0.to_array(), s1.to_array()],
+                [x0.to_array(), x1.to_array()],
+            );
+            for k in 0..8 {
+                let r = r0 + k;
+                let kk = f32x8::splat(inv[r] / cf);
+                let (sgf, sgxf) = (sg[k / 4][k % 4] as f32, sgx[k / 4][k % 4] as f32);
+                let (sg8, sgx8) = (f32x8::splat(sgf), f32x8::splat(sgxf));
+                for j in (0..v8).step_by(8) {
+                    let g = load(&dy[r * c + j..]) * load(&gamma[j..]);
+                    let hv = H::load8(&h[r * c + j..]) * one;
+                    let v = kk * (f32x8::splat(cf) * g - sg8 - hv * sgx8);
+                    let at = &mut dx[r * c + j..r * c + j + 8];
+                    let out = if acc { load(at) + v } else { v };
+                    at.copy_from_slice(&out.to_array());
+                }
+                for i in v8..c {
+                    let g = dy[r * c + i] * gamma[i];
+                    let hv = h[r * c + i].get() * 1.0;
+                    let v = (inv[r] / cf) * (cf * g - sgf - hv * sgxf);
+                    let d = &mut dx[r * c + i];
+                    *d = if acc { *d + v } else { v };
+                }
+            }
+        }
+    });
+    let rest = eight * c;
+    let dx_rest = dx.map(|d| &mut d[rest..]);
+    crate::reference::ln_backward(
+        &dy[rest..],
+        &h[rest..],
+        gamma,
+        &inv[eight..],
+        dg,
+        db,
+        dx_rest,
+        acc,
+    );
+    Ok(())
+}

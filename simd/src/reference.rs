@@ -479,3 +479,42 @@ pub fn ln_normalize_row<H: crate::norm::Xhat>(
         y[i] = gamma[i] * v + beta[i];
     }
 }
+
+/// Layer norm's backward over `c`-wide rows, one row and one element after another (as
+/// [`crate::norm::ln_backward`]): per channel `dg += dy·x̂`, `db += dy` (f64, rows in order);
+/// per row `ĝ = dy·γ`, `Σĝ` and `Σĝ·x̂` (f64, channels in order), and, when `dx` is given,
+/// `dx = inv/c · (c·ĝ − Σĝ − x̂·Σĝ·x̂)` (added when `acc`).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_backward<H: crate::norm::Xhat>(
+    dy: &[f32],
+    h: &[H],
+    gamma: &[f32],
+    inv: &[f32],
+    dg: &mut [f64],
+    db: &mut [f64],
+    mut dx: Option<&mut [f32]>,
+    acc: bool,
+) {
+    let c = gamma.len();
+    for (r, (dr, hr)) in dy.chunks_exact(c).zip(h.chunks_exact(c)).enumerate() {
+        let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+        for i in 0..c {
+            let hv = hr[i].get() * 1.0;
+            dg[i] += (dr[i] * hv) as f64;
+            db[i] += dr[i] as f64;
+            let g = dr[i] * gamma[i];
+            sg += g as f64;
+            sgx += (g * hv) as f64;
+        }
+        if let Some(dx) = dx.as_deref_mut() {
+            let k = inv[r] / c as f32;
+            for i in 0..c {
+                let g = dr[i] * gamma[i];
+                let hv = hr[i].get() * 1.0;
+                let v = k * (c as f32 * g - sg as f32 - hv * sgx as f32);
+                let d = &mut dx[r * c + i];
+                *d = if acc { *d + v } else { v };
+            }
+        }
+    }
+}

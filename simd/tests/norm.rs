@@ -215,3 +215,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Layer norm's backward, eight rows at a time, against its row-by-row twin: the channel
+    /// sums added onto what was there, and dX written or added, f32 and bf16 x̂.
+    #[test]
+    fn ln_backward_matches_twin((c, x, dy, k) in case(), start in -2.0f64..2.0) {
+        let n = dy.len() / c;
+        let (gamma, inv) = (&k[..c], &k[c..].iter().cycle().take(n).map(|v| v.abs() + 0.1).collect::<Vec<f32>>());
+        let hb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        for acc in [false, true] {
+            for with_dx in [false, true] {
+                let run = |kernel: bool, bf: bool| {
+                    let (mut dg, mut db) = (vec![start; c], vec![-start; c]);
+                    let mut dx: Vec<f32> = x.iter().map(|v| v * 0.25).collect();
+                    let d = with_dx.then_some(&mut dx[..]);
+                    match (kernel, bf) {
+                        (true, false) => dropit_simd::norm::ln_backward(&dy, &x, gamma, inv, &mut dg, &mut db, d, acc).unwrap(),
+                        (false, false) => reference::ln_backward(&dy, &x, gamma, inv, &mut dg, &mut db, d, acc),
+                        (true, true) => dropit_simd::norm::ln_backward(&dy, &hb, gamma, inv, &mut dg, &mut db, d, acc).unwrap(),
+                        (false, true) => reference::ln_backward(&dy, &hb, gamma, inv, &mut dg, &mut db, d, acc),
+                    }
+                    (dg, db, dx)
+                };
+                for bf in [false, true] {
+                    let (a, b) = (run(true, bf), run(false, bf));
+                    prop_assert!(same_all(&a.0, &b.0, |v| v) && same_all(&a.1, &b.1, |v| v), "sums, bf16 {}", bf);
+                    prop_assert!(same_all(&a.2, &b.2, |v| v as f64), "dX, bf16 {}, acc {}, dx {}", bf, acc, with_dx);
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use super::contract::{
     Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
 };
 use super::xhat::{Code, Form, scale_for};
-use super::{Bwd, Fwd, Rb, not_in_place, put, rebuild_norm};
+use super::{Bwd, Fwd, Rb, not_in_place, rebuild_norm};
 use half::bf16;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::arena::words_for_f32;
@@ -224,30 +224,7 @@ impl LayerNorm {
             let (dg, db) = s.split_at_mut(c);
             dg.fill(0.0);
             db.fill(0.0);
-            let mut dx = dx;
-            for (r, (dr, hr)) in dy.chunks_exact(c).zip(h.chunks_exact(c)).enumerate() {
-                // dx = inv/C · (C·ĝ − Σĝ − x̂·Σ(ĝ·x̂)), ĝ = dy·γ.
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                let row_scale = sc.map_or(1.0, |s| s[r]);
-                for i in 0..c {
-                    let hv = hr[i].decode() * row_scale;
-                    dg[i] += (dr[i] * hv) as f64;
-                    db[i] += dr[i] as f64;
-                    let g = dr[i] * gamma[i];
-                    sg += g as f64;
-                    sgx += (g * hv) as f64;
-                }
-                if let Some(dx) = dx.as_deref_mut() {
-                    let k = inv[r] / c as f32;
-                    for i in 0..c {
-                        let g = dr[i] * gamma[i];
-                        let hv = hr[i].decode() * row_scale;
-                        let v = k * (c as f32 * g - sg as f32 - hv * sgx as f32);
-                        put(&mut dx[r * c + i], v, acc);
-                    }
-                }
-            }
-            Ok(())
+            V::ln_backward(dy, h, gamma, (inv, sc), (dg, db), dx, acc)
         })?;
         let (gg, gb) = b.g.split_at_mut(c);
         for s in sums.chunks_exact(2 * c).take(t) {

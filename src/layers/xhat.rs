@@ -66,11 +66,78 @@ pub(crate) trait Code: Copy + Send + Sync + bytemuck::Pod {
         }
         Ok(())
     }
+
+    /// [`ln_backward_scalar`]; the float forms run `dropit_simd::norm::ln_backward`, which
+    /// gives its bits eight rows at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn ln_backward(
+        dy: &[f32],
+        h: &[Self],
+        gamma: &[f32],
+        rows: (&[f32], Option<&[f32]>),
+        sums: (&mut [f64], &mut [f64]),
+        dx: Option<&mut [f32]>,
+        acc: bool,
+    ) -> crate::error::Result<()> {
+        ln_backward_scalar(dy, h, gamma, rows, sums, dx, acc)
+    }
 }
 
-/// The float forms' rows through the vector kernel.
+/// Layer norm's backward over the rows of one worker: adds each channel's `Σ dy·x̂` and `Σ dy`
+/// onto `dg`, `db`; writes (or, with `acc`, adds) dX from the row sums of `ĝ = dy·γ` and
+/// `ĝ·x̂`: `dx = inv/C · (C·ĝ − Σĝ − x̂·Σĝ·x̂)`. `scale` holds each row's code scale (8-bit).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ln_backward_scalar<V: Code>(
+    dy: &[f32],
+    h: &[V],
+    gamma: &[f32],
+    (inv, scale): (&[f32], Option<&[f32]>),
+    (dg, db): (&mut [f64], &mut [f64]),
+    mut dx: Option<&mut [f32]>,
+    acc: bool,
+) -> crate::error::Result<()> {
+    let c = gamma.len();
+    for (r, (dr, hr)) in dy.chunks_exact(c).zip(h.chunks_exact(c)).enumerate() {
+        let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+        let row_scale = scale.map_or(1.0, |s| s[r]);
+        for i in 0..c {
+            let hv = hr[i].decode() * row_scale;
+            dg[i] += (dr[i] * hv) as f64;
+            db[i] += dr[i] as f64;
+            let g = dr[i] * gamma[i];
+            sg += g as f64;
+            sgx += (g * hv) as f64;
+        }
+        if let Some(dx) = dx.as_deref_mut() {
+            let k = inv[r] / c as f32;
+            for i in 0..c {
+                let g = dr[i] * gamma[i];
+                let hv = hr[i].decode() * row_scale;
+                let v = k * (c as f32 * g - sg as f32 - hv * sgx as f32);
+                super::put(&mut dx[r * c + i], v, acc);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The float forms' rows through the vector kernels.
 macro_rules! float_rows {
     () => {
+        fn ln_backward(
+            dy: &[f32],
+            h: &[Self],
+            gamma: &[f32],
+            (inv, _): (&[f32], Option<&[f32]>),
+            (dg, db): (&mut [f64], &mut [f64]),
+            dx: Option<&mut [f32]>,
+            acc: bool,
+        ) -> crate::error::Result<()> {
+            Ok(dropit_simd::norm::ln_backward(
+                dy, h, gamma, inv, dg, db, dx, acc,
+            )?)
+        }
+
         fn normalize_row(
             src: Option<&[f32]>,
             y: &mut [f32],
