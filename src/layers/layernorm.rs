@@ -128,7 +128,9 @@ impl Op for LayerNorm {
             return each(f.y.chunks_mut(per * c).zip(xs), |(y, x)| {
                 for (r, yr) in y.chunks_exact_mut(c).enumerate() {
                     let xr: &[f32] = x.map_or(yr, |x| &x[r * c..][..c]);
-                    let (mean, inv) = stats(xr, eps);
+                    let (mut mean, mut inv) = ([0.0f32], [0.0f32]);
+                    row_stats(xr, c, eps, &mut mean, &mut inv)?;
+                    let (mean, inv) = (mean[0], inv[0]);
                     for i in 0..c {
                         let v = x.map_or(yr[i], |x| x[r * c + i]);
                         yr[i] = gamma[i] * (v - mean) * inv + beta[i];
@@ -235,18 +237,6 @@ impl LayerNorm {
         }
         Ok(())
     }
-}
-
-/// Mean and 1/σ of one row.
-fn stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-        .sum::<f64>()
-        / n;
-    (mean as f32, (1.0 / libm::sqrt(var + eps as f64)) as f32)
 }
 
 /// Normalizes rows of `x` (or of `y`, in place, when `x` is `None`) into `y`, keeping x̂ and
