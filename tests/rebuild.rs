@@ -156,3 +156,29 @@ fn lean_rebuilds_from_bf16_and_trains_as_without() {
         "{on} vs {off} without rebuilding"
     );
 }
+
+#[test]
+fn every_layer_rebuilds_piece_by_piece_so_only_unrebuildable_inputs_keep_copies() {
+    // Linear, 3×3, 1×1 and depthwise convolutions all take a rebuilt input a part at a time,
+    // so rebuilding never needs a whole buffer and the planner rebuilds every input it can:
+    // on the mobilenet only the 1×1 convolution that reads the residual sum keeps a copy. (In
+    // lean form the last block's bf16 copies are smaller than a rebuilt part, and kept.)
+    for threads in [1, 2] {
+        let m = Model::mobilenet()
+            .unwrap()
+            .with_dropit(&DropIt::new(0.9))
+            .unwrap();
+        let r = Trainer::new(m, cfg(64, threads, true))
+            .unwrap()
+            .memory_report();
+        let kept: Vec<String> = r
+            .layers
+            .iter()
+            .filter(|l| l.saved.contains("γ0.90"))
+            .map(|l| l.name.to_string())
+            .collect();
+        assert_eq!(kept, ["features.2.conv.0.0"], "{r}");
+        // The other eleven of its twelve inner convolutions rebuild.
+        assert_eq!(rebuilt(&r).len(), 11, "{r}");
+    }
+}

@@ -28,7 +28,8 @@ impl Op for Add {
 
     fn forward(&self, f: &mut Fwd<'_>) -> Result<()> {
         let c = elem_chunk(f.y.len(), f.threads);
-        let b = f.x2.ok_or_else(|| planner_bug(Self::KIND, "no second input"))?;
+        let b =
+            f.x2.ok_or_else(|| planner_bug(Self::KIND, "no second input"))?;
         each(
             f.y.chunks_mut(c).zip(f.x.chunks(c)).zip(b.chunks(c)),
             |((y, a), b)| {

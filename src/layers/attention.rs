@@ -12,9 +12,9 @@ use dropit_simd::act;
 use dropit_simd::gemm::{Mat, MatMut};
 use half::bf16;
 
-use super::par::{each, max_groups, split};
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
-use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words};
+use super::par::{each, max_groups, split};
+use super::{Bwd, Fwd, gemm, gemm_words, held, not_in_place};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
@@ -112,10 +112,10 @@ impl Op for Attention {
         let x = not_in_place(f.x, Self::KIND)?;
         let work = x
             .chunks(per * t * 3 * d)
-                .zip(f.y.chunks_mut(per * t * d))
-                .zip(f.scratch.chunks_mut(unit))
-                .zip(some_chunks(lse, per * h * t))
-                .zip(some_chunks(copy, per * t * 3 * d));
+            .zip(f.y.chunks_mut(per * t * d))
+            .zip(f.scratch.chunks_mut(unit))
+            .zip(some_chunks(lse, per * h * t))
+            .zip(some_chunks(copy, per * t * 3 * d));
         each(work, |((((x, y), s), mut lse), copy)| {
             if let Some(c) = copy {
                 c.iter_mut()
@@ -207,9 +207,9 @@ impl Attention {
         let work = dx
             .chunks_mut(per * qkv_len)
             .zip(dy.chunks(per * t * d))
-                .zip(lse.chunks(per * h * t))
-                .zip(b.scratch.chunks_mut(unit))
-                .enumerate();
+            .zip(lse.chunks(per * h * t))
+            .zip(b.scratch.chunks_mut(unit))
+            .enumerate();
         each(work, |(g, (((dx, dy), lse), s))| {
             let samples = dy.len() / (t * d);
             for i in 0..samples {

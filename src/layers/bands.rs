@@ -7,8 +7,13 @@
 use dropit_simd::gemm::{Mat, MatMut};
 
 use super::par::{each, max_groups, split};
-use super::{gemm, gemm_words, planner_bug};
+use super::{Rebuilder, gemm, gemm_words, planner_bug};
+use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::Result;
+
+/// Rows of a rebuilt input taken at a time: a multiple of the GEMM's block depth, so that
+/// grad_W summed part by part has the bits of one product over all rows.
+const REBUILT_ROWS: usize = dropit_simd::gemm::KC;
 
 /// A dense `inp → out` product over rows of `inp` features, `W` stored `[inp × out]`.
 #[derive(Debug, Clone, Copy)]
@@ -129,5 +134,44 @@ impl Bands {
                 s,
             )
         })
+    }
+
+    /// Scratch words for an input rebuilt [`REBUILT_ROWS`] rows at a time
+    /// ([`Bands::grad_w_rebuilt`]), on top of [`Bands::words`].
+    pub fn rebuild_words(self) -> usize {
+        words_for_f32(REBUILT_ROWS.saturating_mul(self.inp))
+    }
+
+    /// grad_W `+= xᵀ · dy` over `rows` rows of an input that nobody holds: rebuilt
+    /// [`REBUILT_ROWS`] rows at a time into the head of `scratch` (its rows shared out among
+    /// the workers), each part's product added onto grad_W — the bits of [`Bands::grad_w`]
+    /// over the whole input.
+    pub fn grad_w_rebuilt(
+        self,
+        rb: &Rebuilder<'_>,
+        rows: usize,
+        dy: &[f32],
+        gw: &mut [f32],
+        scratch: &mut [u64],
+        threads: usize,
+    ) -> Result<()> {
+        let (i, o) = (self.inp, self.out);
+        let words = self.rebuild_words();
+        if scratch.len() <= words {
+            return Err(planner_bug(self.kind, "no scratch for the rebuilt input"));
+        }
+        let (xbuf, rest) = scratch.split_at_mut(words);
+        let xbuf = &mut f32s_mut(xbuf)[..REBUILT_ROWS * i];
+        for r0 in (0..rows).step_by(REBUILT_ROWS) {
+            let rr = REBUILT_ROWS.min(rows - r0);
+            let x = &mut xbuf[..rr * i];
+            let (per, _) = split(rr, threads);
+            each(x.chunks_mut(per * i).enumerate(), |(g, part)| {
+                rb.fill((r0 + g * per) * i, part)
+            })?;
+            let dyc = Mat::new(&dy[r0 * o..(r0 + rr) * o], rr, o)?;
+            self.grad_w(x, rr, dyc, gw, rest, threads)?;
+        }
+        Ok(())
     }
 }

@@ -6,18 +6,18 @@
 //! normalized input x̂ (f32; bf16 when lean; 8-bit codes with a scale per channel when lean
 //! with `int8`, see `xhat.rs`) and 1/σ per channel.
 
-use crate::collections::msg;
-use super::par::{each, max_groups, split};
 use super::contract::{
     Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, Saved, params,
 };
+use super::par::{each, max_groups, split};
 use super::xhat::{Code, Form, scale_for};
 use super::{Bwd, Fwd, Rb, planner_bug, put, rebuild_norm};
+use crate::collections::msg;
 
 use crate::arena::{f32s_mut, words_for_f32};
-use dropit_simd::norm::{self, Affine, Back, Xhat, channel_sums};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
+use dropit_simd::norm::{self, Affine, Back, Xhat, channel_sums};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// `BatchNorm2d(c)`.
@@ -75,7 +75,8 @@ impl Op for BatchNorm2d {
                 name,
                 msg!(
                     "eps {} must be finite and > 0, momentum {} in [0, 1]",
-                    self.eps, self.momentum
+                    self.eps,
+                    self.momentum
                 ),
             );
         }
@@ -243,10 +244,11 @@ impl Op for BatchNorm2d {
                 // Per channel, the largest |x̂| lies at the input's smallest or largest value.
                 let scale = f.saved.f32(3)?;
                 for i in 0..c {
-                    let (lo, hi) = extremes.chunks(2 * c).fold(
-                        (f64::INFINITY, f64::NEG_INFINITY),
-                        |(lo, hi), e| (lo.min(e[i]), hi.max(e[c + i])),
-                    );
+                    let (lo, hi) = extremes
+                        .chunks(2 * c)
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
+                            (lo.min(e[i]), hi.max(e[c + i]))
+                        });
                     let max = (hi - mean[i]).max(mean[i] - lo) * inv[i] as f64;
                     scale[i] = scale_for(max as f32);
                     // The inverse scales, where the first worker's extremes were.
@@ -434,7 +436,10 @@ fn kernel_normalize<H: Xhat>(
     c: usize,
     aff: Affine<'_>,
 ) -> Result<()> {
-    let groups = y.chunks_mut(chunk).zip(x.chunks(chunk)).zip(h.chunks_mut(chunk));
+    let groups = y
+        .chunks_mut(chunk)
+        .zip(x.chunks(chunk))
+        .zip(h.chunks_mut(chunk));
     each(groups, |((y, x), h)| Ok(norm::normalize(x, y, h, c, aff)?))
 }
 

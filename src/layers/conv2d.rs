@@ -4,15 +4,15 @@
 //! (`[ho·wo × kh·kw·cin]` in the shared scratch — never a whole batch), then a GEMM. A 1×1
 //! stride-1 unpadded convolution is a plain GEMM over every pixel and needs no scratch.
 
-use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::conv;
+use dropit_simd::gemm::{Mat, MatMut};
 use dropit_simd::spmm::ConvGeom;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::bands::Bands;
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, held, not_in_place, gemm, gemm_words, missing, pack_input, packed_input};
+use super::{Bwd, Fwd, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::{normal, uniform};
@@ -261,11 +261,10 @@ impl Conv2d {
         }
         let (per, _) = split(f.n, f.threads);
         let unit = self.unit_words(xs, ys);
-        let groups = f
-            .y
-            .chunks_mut(per * ys.numel())
-            .zip(f.x.chunks(per * xs.numel()))
-            .zip(f.scratch.chunks_mut(unit));
+        let groups =
+            f.y.chunks_mut(per * ys.numel())
+                .zip(f.x.chunks(per * xs.numel()))
+                .zip(f.scratch.chunks_mut(unit));
         let (direct, g1) = (self.direct(xs).forward, self.geom(1, xs));
         each(groups, |((y, x), s)| {
             let (col, pack, dbuf) = self.split_scratch(xs, ys, s);
@@ -323,7 +322,10 @@ impl Conv2d {
         // DropIT: grad_W straight from the packed input, with no im2col.
         // Unless the planner rebuilds the input instead (then it is in `b.x` or `b.rebuild`).
         let rebuild = b.rebuild;
-        let sparse = self.save.sparse().filter(|_| b.x.is_none() && rebuild.is_none());
+        let sparse = self
+            .save
+            .sparse()
+            .filter(|_| b.x.is_none() && rebuild.is_none());
         if let Some(sp) = sparse {
             let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;
@@ -341,6 +343,8 @@ impl Conv2d {
             if let Some(x) = x {
                 let dym = Mat::new(dy, rows, self.cout)?;
                 bands.grad_w(x, rows, dym, gw, b.scratch, b.threads)?;
+            } else if let Some(rb) = rebuild {
+                bands.grad_w_rebuilt(rb, rows, dy, gw, b.scratch, b.threads)?;
             }
             if let Some(dx) = b.dx.as_deref_mut() {
                 bands.grad_x(dy, &b.p[..wl], b.acc, dx, b.scratch, b.threads)?;
@@ -358,7 +362,11 @@ impl Conv2d {
         let d = self.direct(xs);
         let pwords = if t > 1 { t * words_for_f32(wl) } else { 0 };
         let fwords = if d.grad_x { words_for_f32(wl) } else { 0 };
-        let sample = if rebuild.is_some() { words_for_f32(xn) } else { 0 };
+        let sample = if rebuild.is_some() {
+            words_for_f32(xn)
+        } else {
+            0
+        };
         if b.scratch.len() < t * (unit + sample) + pwords + fwords {
             return Err(super::planner_bug(Self::KIND, "scratch too small"));
         }
@@ -520,15 +528,15 @@ impl Op for Conv2d {
     }
 
     /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense.
-    /// A rebuilt input is taken a sample at a time (one sample's buffer per worker), except
-    /// by a 1×1 convolution (one GEMM over the batch).
+    /// A rebuilt input is taken a sample at a time (one sample's buffer per worker), by a 1×1
+    /// convolution a block of pixels at a time ([`Bands::grad_w_rebuilt`]).
     fn needs(&self, d: &Dims) -> Needs {
         let needs = Needs::none()
             .input(&self.save, d.x_elems())
             .scratch(self.scratch_words(d.n, d.x, d.y, d.threads))
             .in_place(self.in_place(d.x, d.y));
         if self.pointwise() {
-            return needs;
+            return needs.rebuild_scratch(self.bands().rebuild_words());
         }
         let t = max_groups(d.n, d.threads);
         needs.rebuild_scratch(t.saturating_mul(words_for_f32(d.x.numel())))

@@ -11,10 +11,10 @@ use dropit_simd::depthwise;
 use dropit_simd::spmm::{self, ConvGeom};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::conv2d::window_out;
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::conv2d::window_out;
 use super::par::{each, max_groups, split};
-use super::{Bwd, Fwd, held, missing, not_in_place, pack_input, packed_input};
+use super::{Bwd, Fwd, Rebuilder, missing, not_in_place, pack_input, packed_input, planner_bug};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::{normal, uniform};
@@ -76,6 +76,78 @@ impl DepthwiseConv2d {
     }
 }
 
+/// Where the dense weight gradient reads the input: held whole, or rebuilt on demand.
+struct Source<'a> {
+    held: Option<&'a [f32]>,
+    rebuild: Option<&'a Rebuilder<'a>>,
+    /// Samples.
+    n: usize,
+    /// Input and output shapes of one sample.
+    shapes: (Shape, Shape),
+}
+
+impl DepthwiseConv2d {
+    /// The dense weight gradient added onto `gw`, each worker over its group of samples: from
+    /// the held input, or from the input rebuilt a sample at a time into the worker's buffer
+    /// (the kernel adds sample after sample onto the gradient, so both give the same bits).
+    /// One worker sums straight into `gw`; several into private partials at the head of
+    /// `scratch`, added onto `gw` in worker order.
+    fn grad_w_dense(
+        &self,
+        x: Source<'_>,
+        dy: &[f32],
+        gw: &mut [f32],
+        scratch: &mut [u64],
+        threads: usize,
+    ) -> Result<()> {
+        let (wl, (xs, ys)) = (self.weight_len(), x.shapes);
+        let (xn, yn) = (xs.numel(), ys.numel());
+        let (per, t) = split(x.n, threads);
+        let pw = if t > 1 { words_for_f32(wl) } else { 0 };
+        let sw = if x.rebuild.is_some() {
+            words_for_f32(xn)
+        } else {
+            0
+        };
+        if scratch.len() < t.saturating_mul(pw + sw) {
+            return Err(planner_bug(Self::KIND, "scratch too small"));
+        }
+        let (parts, samples) = scratch.split_at_mut(t * pw);
+        let run = |g: usize, part: &mut [f32], buf: &mut [u64]| -> Result<()> {
+            let (s0, count) = (g * per, per.min(x.n - g * per));
+            let dy = &dy[s0 * yn..][..count * yn];
+            if let Some(held) = x.held {
+                let xg = &held[s0 * xn..][..count * xn];
+                return Ok(depthwise::grad_weight(xg, &self.geom(count, xs), dy, part)?);
+            }
+            let rb = x.rebuild.ok_or_else(|| missing(Self::KIND))?;
+            let buf = &mut f32s_mut(buf)[..xn];
+            for (i, dyi) in dy.chunks_exact(yn).enumerate() {
+                rb.fill((s0 + i) * xn, buf)?;
+                depthwise::grad_weight(buf, &self.geom(1, xs), dyi, part)?;
+            }
+            Ok(())
+        };
+        let mut bufs = samples.chunks_mut(sw.max(1));
+        if t == 1 {
+            return run(0, gw, bufs.next().unwrap_or(&mut []));
+        }
+        let parts = f32s_mut(parts);
+        let work = parts.chunks_mut(2 * pw).enumerate().map(|(g, part)| {
+            let buf = bufs.next().unwrap_or(&mut []);
+            (g, &mut part[..wl], buf)
+        });
+        each(work, |(g, part, buf)| {
+            part.fill(0.0);
+            run(g, part, buf)
+        })?;
+        for part in parts.chunks(2 * pw) {
+            gw.iter_mut().zip(&part[..wl]).for_each(|(g, p)| *g += p);
+        }
+        Ok(())
+    }
+}
+
 impl Op for DepthwiseConv2d {
     const KIND: &'static str = "Conv2d(depthwise)";
 
@@ -99,7 +171,8 @@ impl Op for DepthwiseConv2d {
     }
 
     /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense. With
-    /// several workers, each gets a private weight gradient in scratch.
+    /// several workers, each gets a private weight gradient in scratch; a rebuilt input is
+    /// taken a sample at a time (one sample's buffer per worker).
     fn needs(&self, d: &Dims) -> Needs {
         let t = max_groups(d.n, d.threads);
         let partials = if t > 1 {
@@ -110,6 +183,7 @@ impl Op for DepthwiseConv2d {
         Needs::none()
             .input(&self.save, d.x_elems())
             .scratch(partials)
+            .rebuild_scratch(t.saturating_mul(words_for_f32(d.x.numel())))
     }
 
     /// He initialisation (normal, fan-out = c·kh·kw, as torchvision's MobileNetV2); bias as
@@ -153,37 +227,30 @@ impl Op for DepthwiseConv2d {
                 gb.iter_mut().zip(row).for_each(|(g, d)| *g += d);
             }
         }
-        let (per, t) = split(b.n, b.threads);
-        // DropIT, unless the planner rebuilds the input instead (then it is in `b.x`).
-        match self.save.sparse().filter(|_| b.x.is_none()) {
+        // DropIT, unless the planner rebuilds the input instead (then it is in `b.x` or
+        // `b.rebuild`).
+        let rebuild = b.rebuild;
+        match self
+            .save
+            .sparse()
+            .filter(|_| b.x.is_none() && rebuild.is_none())
+        {
             Some(sp) => {
                 let packed = b.packed.ok_or_else(|| missing(Self::KIND))?;
                 let pk = packed_input(sp, b.n, xs.numel(), packed)?;
                 spmm::depthwise_grad_w(&pk, &self.geom(b.n, xs), dy, gw)?;
             }
-            None if t == 1 => {
-                let x = held(b.x, Self::KIND)?;
-                depthwise::grad_weight(x, &self.geom(b.n, xs), dy, gw)?;
-            }
             None => {
-                // Private partials, summed in worker order.
-                let x = held(b.x, Self::KIND)?;
-                let parts = &mut f32s_mut(b.scratch)[..t * words_for_f32(wl) * 2];
-                let work = parts
-                    .chunks_mut(2 * words_for_f32(wl))
-                    .zip(x.chunks(per * xs.numel()))
-                    .zip(dy.chunks(per * ys.numel()));
-                each(work, |((part, x), dy)| {
-                    let part = &mut part[..wl];
-                    part.fill(0.0);
-                    let g = self.geom(x.len() / xs.numel(), xs);
-                    Ok(depthwise::grad_weight(x, &g, dy, part)?)
-                })?;
-                for part in parts.chunks(2 * words_for_f32(wl)) {
-                    gw.iter_mut().zip(&part[..wl]).for_each(|(g, p)| *g += p);
-                }
+                let x = Source {
+                    held: b.x,
+                    rebuild,
+                    n: b.n,
+                    shapes: (xs, ys),
+                };
+                self.grad_w_dense(x, dy, gw, b.scratch, b.threads)?;
             }
         }
+        let (per, _) = split(b.n, b.threads);
         let (acc, w) = (b.acc, &b.p[..wl]);
         let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());

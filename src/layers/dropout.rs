@@ -4,10 +4,10 @@
 //! and the node: the same for any number of workers, and the same when a step is repeated
 //! (`loss_and_grads` twice gives the same mask, so finite differences see one function).
 
-use crate::collections::msg;
-use super::par::{each, elem_chunk};
 use super::contract::{Dims, Mode, Needs, Op, Rebuild};
+use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, Rb, planner_bug, put};
+use crate::collections::msg;
 use crate::error::{Result, config_err};
 use crate::shape::Shape;
 
@@ -24,10 +24,7 @@ impl Op for Dropout {
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if !(0.0..1.0).contains(&self.p) {
-            return config_err(
-                name,
-                msg!("dropout p = {} is not in [0, 1)", self.p),
-            );
+            return config_err(name, msg!("dropout p = {} is not in [0, 1)", self.p));
         }
         Ok(x)
     }
@@ -54,7 +51,10 @@ impl Op for Dropout {
     fn rebuild(&self, r: &mut Rb<'_, '_>) -> Result<()> {
         let bits = r.saved.bits(0)?;
         if bits.len().saturating_mul(64) < r.at.saturating_add(r.y.len()) {
-            return Err(planner_bug(Self::KIND, "the mask is shorter than the output"));
+            return Err(planner_bug(
+                Self::KIND,
+                "the mask is shorter than the output",
+            ));
         }
         let scale = 1.0 / (1.0 - self.p);
         for (j, v) in (r.at..).zip(r.y.iter_mut()) {

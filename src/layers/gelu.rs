@@ -3,8 +3,8 @@
 
 use dropit_simd::act;
 
-use super::par::{each, elem_chunk};
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op, Rebuild};
+use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, Rb, planner_bug, put, rebuilt_part};
 use crate::error::Result;
 use crate::shape::Shape;
@@ -125,7 +125,6 @@ impl Op for Gelu {
 }
 
 impl Gelu {
-
     /// `dx = dy · gelu'`, the derivatives decoded from what was saved a tile at a time.
     fn bwd<S: Sync>(
         b: &mut Bwd<'_>,
@@ -139,7 +138,10 @@ impl Gelu {
             return Ok(());
         };
         if dx.len() != saved.len() {
-            return Err(planner_bug(<Self as Op>::KIND, "dX and the saved input differ in length"));
+            return Err(planner_bug(
+                <Self as Op>::KIND,
+                "dX and the saved input differ in length",
+            ));
         }
         let c = elem_chunk(dx.len(), b.threads);
         each(

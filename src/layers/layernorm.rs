@@ -5,18 +5,18 @@
 
 use crate::collections::msg;
 
-use super::par::{each, max_groups, split};
 use super::contract::{
     Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
 };
+use super::par::{each, max_groups, split};
 use super::xhat::{Code, Form, scale_for};
 use super::{Bwd, Fwd, Rb, not_in_place, rebuild_norm};
-use half::bf16;
-use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
 use dropit_simd::norm::row_stats;
+use half::bf16;
+use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// `LayerNorm(c)`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,10 +58,7 @@ impl Op for LayerNorm {
 
     fn out_shape(&self, name: &str, x: Shape) -> Result<Shape> {
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return crate::error::config_err(
-                name,
-                msg!("eps {} must be finite and > 0", self.eps),
-            );
+            return crate::error::config_err(name, msg!("eps {} must be finite and > 0", self.eps));
         }
         if x.c != self.c || self.c == 0 {
             return shape_err(name, format_args!("input [h, w, {}]", self.c), x);
@@ -149,31 +146,33 @@ impl Op for LayerNorm {
             .chunks_mut(per)
             .map(Some)
             .chain(core::iter::repeat_with(|| None));
-        let groups = f
-            .y
-            .chunks_mut(per * c)
-            .zip(xs)
-            .zip(inv.chunks_mut(per))
-            .zip(scales);
+        let groups =
+            f.y.chunks_mut(per * c)
+                .zip(xs)
+                .zip(inv.chunks_mut(per))
+                .zip(scales);
         let (ps, gb) = ((c, eps), (gamma, beta));
         match form {
             Form::F32 => {
                 let h = f.saved.f32(1)?;
-                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
-                    normalize(y, x, inv, h, s, ps, gb)
-                })
+                each(
+                    groups.zip(h.chunks_mut(per * c)),
+                    |((((y, x), inv), s), h)| normalize(y, x, inv, h, s, ps, gb),
+                )
             }
             Form::Bf16 => {
                 let h = f.saved.bf16(1)?;
-                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
-                    normalize(y, x, inv, h, s, ps, gb)
-                })
+                each(
+                    groups.zip(h.chunks_mut(per * c)),
+                    |((((y, x), inv), s), h)| normalize(y, x, inv, h, s, ps, gb),
+                )
             }
             Form::Int8 => {
                 let h: &mut [i8] = bytemuck::cast_slice_mut(f.saved.bytes(1)?);
-                each(groups.zip(h.chunks_mut(per * c)), |((((y, x), inv), s), h)| {
-                    normalize(y, x, inv, h, s, ps, gb)
-                })
+                each(
+                    groups.zip(h.chunks_mut(per * c)),
+                    |((((y, x), inv), s), h)| normalize(y, x, inv, h, s, ps, gb),
+                )
             }
         }
     }
@@ -192,7 +191,6 @@ impl Op for LayerNorm {
 }
 
 impl LayerNorm {
-
     /// Backward from x̂ kept as `xhat`, each row's codes times its `scale` (none: 1).
     fn backward_with<V: Code>(
         &self,
@@ -207,16 +205,12 @@ impl LayerNorm {
         let gamma = &b.p[..c];
         let sums: &mut [f64] = bytemuck::cast_slice_mut(&mut b.scratch[..t * 2 * c]);
         let (dy_all, acc) = (not_in_place(b.dy, <Self as Op>::KIND)?, b.acc);
-        let dxs = b
-            .dx
-            .iter_mut()
-            .flat_map(|d| d.chunks_mut(per * c))
-            .map(Some)
-            .chain(core::iter::repeat_with(|| None));
-        let scales = scale
-            .chunks(per)
-            .map(Some)
-            .chain(core::iter::repeat(None));
+        let dxs =
+            b.dx.iter_mut()
+                .flat_map(|d| d.chunks_mut(per * c))
+                .map(Some)
+                .chain(core::iter::repeat_with(|| None));
+        let scales = scale.chunks(per).map(Some).chain(core::iter::repeat(None));
         let groups = dy_all
             .chunks(per * c)
             .zip(xhat.chunks(per * c))
@@ -264,7 +258,9 @@ fn normalize<V: Code>(
             inv[r] = iv;
             let inv_scale = match scale.as_deref_mut() {
                 Some(s) => {
-                    let max = xr.iter().fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
+                    let max = xr
+                        .iter()
+                        .fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
                     s[r] = scale_for(max);
                     1.0 / s[r]
                 }

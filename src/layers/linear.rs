@@ -8,11 +8,8 @@ use dropit_simd::gemm::{Mat, MatMut};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::bands::Bands;
-use super::par::{each, split};
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
-use super::{
-    Bwd, Fwd, Rebuilder, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input,
-};
+use super::{Bwd, Fwd, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::init::uniform;
@@ -66,10 +63,6 @@ impl Linear {
     }
 }
 
-/// Rows of a rebuilt input taken at a time: a multiple of the GEMM's block depth, so that
-/// grad_W summed part by part has the bits of one product over all rows.
-const REBUILT_ROWS: usize = dropit_simd::gemm::KC;
-
 impl Linear {
     /// The dense products, shared out among the workers.
     fn bands(&self) -> Bands {
@@ -78,37 +71,6 @@ impl Linear {
             inp: self.inp,
             out: self.out,
         }
-    }
-
-    /// grad_W from the input rebuilt [`REBUILT_ROWS`] rows at a time into the head of
-    /// `scratch`, each part's product added onto grad_W.
-    fn grad_w_rebuilt(
-        &self,
-        rb: &Rebuilder<'_>,
-        rows: usize,
-        dy: &[f32],
-        gw: &mut [f32],
-        scratch: &mut [u64],
-        threads: usize,
-    ) -> Result<()> {
-        let (i, o) = (self.inp, self.out);
-        let words = words_for_f32(REBUILT_ROWS * i);
-        if scratch.len() <= words {
-            return Err(super::planner_bug(Self::KIND, "no scratch for the rebuilt input"));
-        }
-        let (xbuf, rest) = scratch.split_at_mut(words);
-        let xbuf = &mut f32s_mut(xbuf)[..REBUILT_ROWS * i];
-        for r0 in (0..rows).step_by(REBUILT_ROWS) {
-            let rr = REBUILT_ROWS.min(rows - r0);
-            let x = &mut xbuf[..rr * i];
-            let (per, _) = split(rr, threads);
-            each(x.chunks_mut(per * i).enumerate(), |(g, part)| {
-                rb.fill((r0 + g * per) * i, part)
-            })?;
-            let dyc = Mat::new(&dy[r0 * o..(r0 + rr) * o], rr, o)?;
-            (self.bands()).grad_w(x, rr, dyc, gw, rest, threads)?;
-        }
-        Ok(())
     }
 }
 
@@ -149,12 +111,12 @@ impl Op for Linear {
     }
 
     /// Saves its input for grad_W — held, or packed under DropIT; PyTorch keeps it dense. A
-    /// rebuilt input is taken [`REBUILT_ROWS`] rows at a time.
+    /// rebuilt input is taken a block of rows at a time ([`Bands::grad_w_rebuilt`]).
     fn needs(&self, d: &Dims) -> Needs {
         Needs::none()
             .input(&self.save, d.x_elems())
             .scratch(self.scratch_words(d.n * d.x.rows(), d.threads))
-            .rebuild_scratch(words_for_f32(REBUILT_ROWS.saturating_mul(self.inp)))
+            .rebuild_scratch(self.bands().rebuild_words())
     }
 
     /// PyTorch's default: weight and bias uniform in ±1/√in.
@@ -195,7 +157,7 @@ impl Op for Linear {
         let dy = Mat::new(dy_all, rows, o)?;
         if let Some(rb) = b.rebuild {
             // The planner rebuilds the input (instead of DropIT, if the layer has it).
-            self.grad_w_rebuilt(rb, rows, dy_all, gw, b.scratch, b.threads)?;
+            (self.bands()).grad_w_rebuilt(rb, rows, dy_all, gw, b.scratch, b.threads)?;
         } else if let Some(sp) = self.save.sparse().filter(|_| b.x.is_none()) {
             let packed = b.packed.ok_or_else(|| missing("Linear"))?;
             let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;

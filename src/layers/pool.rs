@@ -1,8 +1,7 @@
 //! Pooling, NHWC. Max-pooling saves one byte per output (which window element won).
 
-
-use super::par::{each, split};
 use super::contract::{Dims, Elem, Entry, Mode, Needs, Op};
+use super::par::{each, split};
 use super::{Bwd, Fwd, not_in_place, put};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
@@ -77,7 +76,6 @@ impl MaxPool2d {
     pub fn new(k: usize, stride: usize, pad: usize) -> Self {
         MaxPool2d { k, stride, pad }
     }
-
 }
 
 impl Op for MaxPool2d {
@@ -182,10 +180,7 @@ impl MaxPool2d {
         let Some(dx) = b.dx.as_deref_mut() else {
             return Ok(());
         };
-        let groups = dx
-            .chunks_mut(xn)
-            .zip(dy.chunks(yn))
-            .zip(codes.chunks(yn));
+        let groups = dx.chunks_mut(xn).zip(dy.chunks(yn)).zip(codes.chunks(yn));
         each(groups, |((dx, dy), code)| {
             if !acc {
                 dx.fill(0.0);
@@ -227,7 +222,6 @@ impl AvgPool2d {
     pub fn new(k: usize, stride: usize) -> Self {
         AvgPool2d { k, stride }
     }
-
 }
 
 impl Op for AvgPool2d {

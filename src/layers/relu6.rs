@@ -5,8 +5,8 @@ use super::contract::{Dims, Mode, Needs, Op, Rebuild};
 use super::par::{each, elem_chunk};
 use super::{Bwd, Fwd, Rb, mask_backward, rebuild_elementwise};
 use crate::error::Result;
-use dropit_simd::mask::relu6_forward;
 use crate::shape::Shape;
+use dropit_simd::mask::relu6_forward;
 
 /// `ReLU6()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

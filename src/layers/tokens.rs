@@ -4,8 +4,8 @@
 
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::par::{each, split};
 use super::contract::{Dims, Layout, Needs, Op, ParamDecl, Params, params};
+use super::par::{each, split};
 use super::{Bwd, Fwd, not_in_place, put};
 use crate::error::{Result, shape_err};
 use crate::init::normal;
@@ -41,7 +41,6 @@ impl PosEmbed {
     fn cls_len(&self) -> usize {
         if self.cls { self.dim } else { 0 }
     }
-
 }
 
 impl Op for PosEmbed {
