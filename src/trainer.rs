@@ -706,7 +706,9 @@ impl<'a> Trainer<'a> {
         self.with_workers(|t| t.loss_and_grads_here(x, labels))
     }
 
-    /// Runs `f` on one of the trainer's workers (or right here with one thread).
+    /// Runs `f` on one of the trainer's workers (or right here with one thread). With several
+    /// threads, a second worker polls for work while `f` runs rather than sleeping between the
+    /// layers' parallel regions (waking a sleeping thread costs tens of microseconds a region).
     ///
     /// With `threads > 1`, each [`Trainer::step`] called from outside hands one job to the
     /// worker pool, and rayon's job queue allocates a small block every 63 such hand-overs; a
@@ -724,7 +726,8 @@ impl<'a> Trainer<'a> {
     pub fn with_workers<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         #[cfg(feature = "parallel")]
         if let Some(pool) = self.pool.take() {
-            let r = pool.install(|| f(self));
+            let awake = self.cfg.threads > 1;
+            let r = pool.install(|| crate::layers::par::with_helper(awake, || f(self)));
             self.pool = Some(pool);
             return r;
         }

@@ -21,6 +21,70 @@ pub(crate) fn run<G: Send>(
     groups.iter_mut().try_for_each(f)
 }
 
+/// Runs `f` on this worker of a rayon pool while one other worker of the pool polls for work
+/// (`rayon::yield_now`) instead of going to sleep, until `f` returns: each parallel region
+/// inside `f` then starts on an awake worker. A sleeping rayon worker takes tens of
+/// microseconds to wake (the OS must schedule it), which on small layers costs as much as
+/// their work; OpenMP runtimes spin likewise. The helper yields the CPU to the OS between
+/// polls once it has found nothing for a while. No allocation: the helper is a stack job of
+/// `rayon::join`.
+///
+/// One helper, never more: it is the oldest job in this worker's queue, so the first worker
+/// to steal from it takes the helper while that worker is idle, never from inside another job
+/// (a helper running inside a job that `f` waits for would wait for `f` in turn). With `awake`
+/// false, `f` just runs.
+#[cfg(feature = "parallel")]
+pub(crate) fn with_helper<R: Send>(awake: bool, f: impl FnOnce() -> R + Send) -> R {
+    use core::sync::atomic::AtomicBool;
+    /// Sets the flag when dropped: also when `f` panics, so the helper stops.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, core::sync::atomic::Ordering::Release);
+        }
+    }
+    if !awake {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    let home = rayon::current_thread_index();
+    let (r, ()) = rayon::join(
+        || {
+            let _done = Done(&done);
+            f()
+        },
+        || poll(&done, home),
+    );
+    r
+}
+
+/// Empty looks after which the helper yields the CPU to the OS between polls.
+#[cfg(feature = "parallel")]
+const SPINS: u32 = 2_000;
+
+/// The helper: runs pending work of the pool until `done`. On the worker running `f` itself
+/// (which picks an unstolen helper back up while it waits) it returns at once, or `f` could
+/// never finish.
+#[cfg(feature = "parallel")]
+fn poll(done: &core::sync::atomic::AtomicBool, home: Option<usize>) {
+    use core::sync::atomic::Ordering;
+    if rayon::current_thread_index() == home {
+        return;
+    }
+    let mut idle = 0u32;
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle = 0,
+            Some(rayon::Yield::Idle) if idle < SPINS => {
+                idle += 1;
+                core::hint::spin_loop();
+            }
+            Some(rayon::Yield::Idle) => std::thread::yield_now(),
+            None => return,
+        }
+    }
+}
+
 /// Samples per group when `n` samples are split over at most `threads` groups, and the number
 /// of groups.
 pub(crate) fn split(n: usize, threads: usize) -> (usize, usize) {
@@ -68,6 +132,52 @@ pub(crate) fn max_groups(n: usize, threads: usize) -> usize {
 mod tests {
     use super::*;
     use core::sync::atomic::{AtomicUsize, Ordering};
+
+    #[cfg(feature = "parallel")]
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    #[cfg(feature = "parallel")]
+    #[test]
+    fn the_helper_runs_work_until_f_returns_then_stops() {
+        for threads in 1..=4 {
+            let sum = AtomicUsize::new(0);
+            let r = pool(threads).install(|| {
+                with_helper(threads > 1, || {
+                    for _ in 0..200 {
+                        each(0..threads, |i| {
+                            sum.fetch_add(i + 1, Ordering::Relaxed);
+                            // Nested regions, as a layer inside a worker's group may run.
+                            each(0..2, |j| {
+                                sum.fetch_add(j, Ordering::Relaxed);
+                                Ok(())
+                            })
+                        })
+                        .unwrap();
+                    }
+                    7
+                })
+            });
+            assert_eq!(r, 7);
+            let per = threads * (threads + 1) / 2 + threads;
+            assert_eq!(sum.load(Ordering::Relaxed), 200 * per, "{threads} threads");
+        }
+    }
+
+    #[cfg(feature = "parallel")]
+    #[test]
+    fn a_panic_inside_stops_the_helper_and_leaves_the_pool_usable() {
+        let p = pool(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.install(|| with_helper(true, || -> usize { panic!("inside") }))
+        }));
+        assert!(r.is_err());
+        assert_eq!(p.install(|| with_helper(true, || 3)), 3);
+    }
 
     #[test]
     fn each_runs_every_item_and_refuses_too_many() {
