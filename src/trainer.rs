@@ -740,7 +740,12 @@ impl<'a> Trainer<'a> {
         let (classes, ls) = (self.model.classes, self.cfg.label_smoothing);
         let out = softmax_cross_entropy(self.logits(n), labels, classes, ls, true);
         let g = self.plan.regions.grads.clone();
-        self.arena.words()[g].fill(0);
+        let g = &mut self.arena.words()[g];
+        let chunk = crate::layers::par::elem_chunk(g.len(), self.cfg.threads);
+        crate::layers::par::each(g.chunks_mut(chunk), |c| {
+            c.fill(0);
+            Ok(())
+        })?;
         let lr = self.cfg.schedule.lr(self.step);
         if !out.loss.is_finite() {
             return Ok(StepStats {
@@ -753,7 +758,7 @@ impl<'a> Trainer<'a> {
         }
         self.backward(n)?;
         // The norm in f64 cannot overflow, so it is finite exactly when every gradient is.
-        let norm = libm::sqrt(sum_of_squares(self.grads()));
+        let norm = libm::sqrt(dropit_simd::reduce::sum_of_squares(self.grads()));
         // A non-finite gradient (from a finite loss), or staged state that cannot be committed
         // (a batch norm variance that overflowed), is skipped like a non-finite loss.
         let skipped = !norm.is_finite() || !self.commit(n, false)?;
@@ -905,27 +910,6 @@ impl Drop for Trainer<'_> {
         }
     }
 }
-
-/// `Σ g²` in f64 (each square is exact), summed in [`NORM_LANES`] interleaved partial sums
-/// added in order at the end: the same bits on every CPU and for any number of workers, and a
-/// loop the compiler vectorizes (one running sum is bound by the latency of an addition).
-fn sum_of_squares(g: &[f32]) -> f64 {
-    let mut acc = [0f64; NORM_LANES];
-    let chunks = g.chunks_exact(NORM_LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v as f64 * v as f64;
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += v as f64 * v as f64;
-    }
-    acc.iter().sum()
-}
-
-/// Partial sums of [`sum_of_squares`].
-const NORM_LANES: usize = 32;
 
 /// One node's call, forward or backward, on `n` samples: its shapes and its declaration for
 /// `n` (the saved entries are split for the samples at hand, inside the planned context).

@@ -714,8 +714,34 @@ fn bench_depthwise(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// reduce: the gradient norm's sum of squares over the mlp's 669 706 gradients, kernel vs twin.
+
+fn bench_reduce(c: &mut Criterion) {
+    use dropit_simd::{reduce, reference};
+    let g = normals(669_706, 41);
+    assert_eq!(
+        reduce::sum_of_squares(&g).to_bits(),
+        reference::sum_of_squares(&g).to_bits(),
+        "sum of squares vs reference"
+    );
+    let mut grp = c.benchmark_group("reduce");
+    grp.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(g.len() as u64));
+    grp.bench_function("sum_of_squares", |b| {
+        b.iter(|| reduce::sum_of_squares(black_box(&g)))
+    });
+    grp.bench_function("reference_sum_of_squares", |b| {
+        b.iter(|| reference::sum_of_squares(black_box(&g)))
+    });
+    grp.finish();
+}
+
 criterion_group!(
     benches,
+    bench_reduce,
     bench_topk,
     bench_pack,
     bench_spmm_linear,

@@ -8,6 +8,7 @@
 //! - [`depthwise`]: NHWC depthwise Conv2d (groups = channels): forward, input and weight gradients.
 //! - [`mask`]: 1-bit masks (ReLU forward/backward).
 //! - [`act`]: exp, GELU and its derivative, eight lanes at a time.
+//! - [`reduce`]: the sum of squares of a buffer (the gradient norm), 32 lanes in f64.
 //! - [`gemm`]: dense blocked GEMM with layouts as strides; packs into caller scratch (allocates
 //!   nothing), with AVX2 and AVX-512 micro-kernels chosen at run time.
 //! - [`reference`](mod@reference): a plain scalar twin of every kernel; the tests compare against it.
@@ -42,6 +43,7 @@ mod isa;
 pub mod mask;
 pub mod norm;
 pub mod pack;
+pub mod reduce;
 pub mod reference;
 pub mod select;
 pub mod spmm;

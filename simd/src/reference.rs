@@ -518,3 +518,13 @@ pub fn ln_backward<H: crate::norm::Xhat>(
         }
     }
 }
+
+/// Σ x² in f64 over [`crate::reduce::LANES`] lanes: element `i` into lane `i % LANES`, then the
+/// lanes added in order.
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    let mut acc = [0f64; crate::reduce::LANES];
+    for (i, &v) in x.iter().enumerate() {
+        acc[i % crate::reduce::LANES] += v as f64 * v as f64;
+    }
+    acc.iter().sum()
+}
