@@ -387,12 +387,12 @@ fn bench_spmm_conv(c: &mut Criterion) {
 /// worker's call): `(name, m, k, n, A transposed, B transposed)`. Forward `X·W`; grad_W
 /// `Xᵀ·dY` (a band of input features per worker); grad_X `dY·Wᵀ`.
 const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 27] = [
-    // mlp 784–512–512–10, 32 rows per worker.
-    ("mlp_fc1_fwd_32x784x512", 32, 784, 512, false, false),
-    ("mlp_fc2_fwd_32x512x512", 32, 512, 512, false, false),
-    ("mlp_fc1_gradw_392x64x512", 392, 64, 512, true, false),
-    ("mlp_fc2_gradw_256x64x512", 256, 64, 512, true, false),
-    ("mlp_fc2_gradx_32x512x512", 32, 512, 512, false, true),
+    // mlp 784–512–512–10 at its batch of 128: 64 rows per worker.
+    ("mlp_fc1_fwd_64x784x512", 64, 784, 512, false, false),
+    ("mlp_fc2_fwd_64x512x512", 64, 512, 512, false, false),
+    ("mlp_fc1_gradw_392x128x512", 392, 128, 512, true, false),
+    ("mlp_fc2_gradw_256x128x512", 256, 128, 512, true, false),
+    ("mlp_fc2_gradx_64x512x512", 64, 512, 512, false, true),
     // cnn: the 128-channel 3×3 convolution runs im2col (depth 1152 > the direct kernels'
     // limit), one 7×7 sample at a time; the 28×28 32-channel shapes where no direct kernel
     // exists (ARM).

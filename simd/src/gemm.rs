@@ -201,6 +201,13 @@ const TALLEST: usize = if cfg!(target_arch = "x86_64") {
 /// Rows of C up to which a row-major B is read in place rather than packed.
 const B_IN_PLACE_ROWS: usize = 64;
 
+/// Widest row stride (floats) of a B read in place: a column panel read in place spans `kc`
+/// rows, and with a wider stride (512 floats, 2 KB, say) those rows fall on so few L1 sets that
+/// they evict each other between the row tiles that reuse the panel. Packed, the panel is
+/// contiguous. (Bench group `gemm` alone, with B hot in L2, hides this; a training step does
+/// not: the mlp's forward went from 1.07 to 0.80 ms with its 512-wide W packed.)
+const B_IN_PLACE_STRIDE: usize = 256;
+
 /// Floats in a 64-byte cache line: where the packed panels start (on x86_64; elsewhere they
 /// are not aligned and the scratch has no room for it).
 const ALIGN: usize = if cfg!(target_arch = "x86_64") { 16 } else { 1 };
@@ -850,9 +857,11 @@ unsafe fn blocked<M: Micro, const MR: usize, const NR: usize>(
             let kc = KC.min(k - p0);
             let store = Store::new(p0 == 0, beta);
             // Full column panels of a row-major B are read in place too when few row panels
-            // reuse them (at most `B_IN_PLACE_ROWS` rows): then packing costs more than the
-            // strided reads (bench group `gemm`).
-            let b_in_place = M::READS_ROWS && b.cs == 1 && m <= B_IN_PLACE_ROWS;
+            // reuse them (at most `B_IN_PLACE_ROWS` rows) and its rows are close enough
+            // (`B_IN_PLACE_STRIDE`): then packing costs more than the strided reads (bench
+            // group `gemm`).
+            let b_in_place =
+                M::READS_ROWS && b.cs == 1 && m <= B_IN_PLACE_ROWS && b.rs <= B_IN_PLACE_STRIDE;
             let bfull = if b_in_place { nc / NR } else { 0 };
             pack_b::<NR>(&b, p0, kc, j0 + bfull * NR, nc - bfull * NR, bpack);
             for i0 in (0..m).step_by(MC) {
