@@ -249,6 +249,10 @@ struct Readers {
     last_use: PerTensor<usize>,
     /// Per tensor: held for backward.
     held: PerTensor<bool>,
+    /// Per tensor: whether its gradient is of use — it was made by a trained node that has
+    /// parameters or reads such a tensor. The mlp's flatten output is not: the first Linear
+    /// computes no input gradient, and the flatten no backward.
+    wants_grad: PerTensor<bool>,
 }
 
 impl Readers {
@@ -257,8 +261,11 @@ impl Readers {
         let mut producer: PerTensor<Option<usize>> = repeat(None, nt);
         let mut last_use: PerTensor<Option<usize>> = repeat(None, nt);
         let mut held: PerTensor<bool> = repeat(false, nt);
+        let mut wants_grad: PerTensor<bool> = repeat(false, nt);
         for (i, n) in model.nodes.iter().enumerate() {
             producer[n.output] = Some(i);
+            wants_grad[n.output] = i >= model.frozen
+                && (n.layer.param_count() > 0 || reads(n).iter().any(|&t| wants_grad[t]));
             for &t in reads(n) {
                 last_use[t] = Some(i);
                 held[t] |= needs[i].holds_input;
@@ -282,12 +289,8 @@ impl Readers {
                 .map(Option::unwrap_or_default)
                 .collect(),
             held,
+            wants_grad,
         })
-    }
-
-    /// Whether a gradient flows into tensor `t`: it was made by a trained node.
-    fn wants_grad(&self, t: usize, frozen: usize) -> bool {
-        self.producer[t].is_some_and(|i| i >= frozen)
     }
 }
 
@@ -379,7 +382,7 @@ impl Activations {
             }
             let t0 = n.inputs[0];
             inplace_bwd[i] = needs[i].in_place
-                && r.wants_grad(t0, frozen)
+                && r.wants_grad[t0]
                 && grad[t0].is_none()
                 && dy.is_some()
                 && reads_once(n, t0);
@@ -387,7 +390,7 @@ impl Activations {
                 grad[t0] = dy;
             }
             for (j, &t) in reads(n).iter().enumerate() {
-                if !r.wants_grad(t, frozen) || (j == 0 && inplace_bwd[i]) {
+                if !r.wants_grad[t] || (j == 0 && inplace_bwd[i]) {
                     continue;
                 }
                 match grad[t] {

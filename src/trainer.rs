@@ -602,6 +602,10 @@ impl<'a> Trainer<'a> {
         let trained = self.model.nodes.len() - plan.frozen;
         for (i, node) in self.model.nodes.iter().enumerate().rev().take(trained) {
             let inplace = plan.inplace_bwd[i];
+            if !inplace && plan.grads[node.output].is_empty() {
+                // No gradient is of use here (no parameters up the graph): nothing to do.
+                continue;
+            }
             let grad = |t: usize| Some(plan.grads[t].clone()).filter(|r| !r.is_empty());
             let call = Call::new(&self.model, plan, i, n, self.cfg.threads);
             let rebuilt = plan.rebuilt[i].as_ref();

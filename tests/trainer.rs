@@ -412,3 +412,29 @@ fn layer_times_cover_every_node_and_change_nothing() {
         "timing changed the parameters"
     );
 }
+
+/// A gradient is computed only where it can reach a parameter: nothing trained lies before the
+/// mlp's first Linear, so the flatten in front of it runs no backward (and the Linear computes
+/// no input gradient; `tests/pinned.rs` shows the results unchanged).
+#[test]
+fn no_backward_runs_where_no_parameter_is_upstream() {
+    let model = Model::mlp().unwrap();
+    let n = 4;
+    let x: Vec<f32> = (0..n * 784).map(|i| (i % 13) as f32 / 13.0).collect();
+    let y = [1u32, 2, 3, 4];
+    let mut t = Trainer::new(model, config(n)).unwrap();
+    t.time_layers(true);
+    for _ in 0..3 {
+        assert!(!t.step(&x, &y).unwrap().skipped);
+    }
+    let names: Vec<&str> = t.model().nodes().iter().map(|n| n.name.as_str()).collect();
+    let times = t.layer_times().unwrap();
+    for (name, [f, b]) in names.iter().zip(times) {
+        assert!(*f > std::time::Duration::ZERO, "{name}: no forward");
+        assert_eq!(
+            *b == std::time::Duration::ZERO,
+            *name == "flatten",
+            "{name}: backward {b:?}"
+        );
+    }
+}
