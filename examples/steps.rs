@@ -5,7 +5,8 @@
 //!
 //! With `--times` it also times the steps after the first on `--threads N` workers (default 1)
 //! and prints the wall time by layer kind, forward and backward, and the rest of the step
-//! (loss, optimizer): `cargo run --release --example steps -- cnn 0 - 6 --times --threads 2`.
+//! (loss, optimizer): `cargo run --release --example steps -- cnn 0 - 6 --times --threads 2`;
+//! `--nodes` also prints each node's times.
 
 use dropit::{DropIt, Model, Trainer, TrainerConfig};
 
@@ -69,15 +70,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.step(&x, &y)?;
     }
     let total = start.elapsed().as_secs_f64() * 1e3 / (steps.max(2) - 1) as f64;
-    print_times(&t, total, steps.max(2) - 1);
+    print_times(
+        &t,
+        total,
+        steps.max(2) - 1,
+        all.iter().any(|a| a == "--nodes"),
+    );
     Ok(())
 }
 
 /// Milliseconds per step by layer kind (forward, backward), largest first, and the rest.
-fn print_times(t: &Trainer<'_>, total: f64, steps: usize) {
+fn print_times(t: &Trainer<'_>, total: f64, steps: usize, nodes: bool) {
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps as f64;
     let mut kinds: Vec<(&str, f64, f64)> = Vec::new();
     let times = t.layer_times().unwrap_or_default();
+    if nodes {
+        for (node, [f, b]) in t.model().nodes().iter().zip(times.iter()) {
+            println!("{:>24} fwd {:.3} bwd {:.3}", node.name, per(*f), per(*b));
+        }
+    }
     for (node, [f, b]) in t.model().nodes().iter().zip(times) {
         let kind = node.layer.kind();
         match kinds.iter_mut().find(|k| k.0 == kind) {
