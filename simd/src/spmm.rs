@@ -59,34 +59,83 @@ pub fn linear_grad_w(
     out: usize,
     gwt: &mut [f32],
 ) -> Result<()> {
+    check_dims("linear grad_W: grad_Wᵀ (in × out)", &[inp, out], gwt.len())?;
+    linear_grad_w_rows(x, rows, inp, dy, out, gwt, 0)
+}
+
+/// [`linear_grad_w`] for the rows `first..` of grad_Wᵀ that `part` holds (whole rows of
+/// `out`): only the kept elements of those input features. Workers that take disjoint row
+/// ranges together compute grad_Wᵀ bit for bit as one call does (each element gets the same
+/// products in the same order), however it is split.
+pub fn linear_grad_w_rows(
+    x: &Packed<'_>,
+    rows: usize,
+    inp: usize,
+    dy: &[f32],
+    out: usize,
+    part: &mut [f32],
+    first: usize,
+) -> Result<()> {
     check_dims("linear grad_W: packed input (rows × in)", &[rows, inp], x.n)?;
     check_dims("linear grad_W: dY (rows × out)", &[rows, out], dy.len())?;
-    check_dims("linear grad_W: grad_Wᵀ (in × out)", &[inp, out], gwt.len())?;
     if out == 0 {
         return Ok(());
     }
+    let end = part_rows(
+        part.len(),
+        out,
+        first,
+        inp,
+        "linear grad_W: rows of grad_Wᵀ",
+    )?;
     let isa = isa();
     // Kept indices arrive in increasing order, so rows are found with a forward-only cursor
     // instead of a division per element.
     let (mut row, mut row_start) = (0usize, 0usize);
     let mut dy_off = [0usize; BATCH];
     let mut gw_off = [0usize; BATCH];
+    let mut vals = [0f32; BATCH];
     batched(x, |idx, val| {
-        for ((&i, d), g) in idx.iter().zip(&mut dy_off).zip(&mut gw_off) {
+        let mut len = 0;
+        for (&i, &v) in idx.iter().zip(val) {
             while i >= row_start + inp {
                 row += 1;
                 row_start += inp;
             }
-            (*d, *g) = (row * out, (i - row_start) * out);
+            let feature = i - row_start;
+            if (first..end).contains(&feature) {
+                (dy_off[len], gw_off[len], vals[len]) = (row * out, (feature - first) * out, v);
+                len += 1;
+            }
         }
-        let (d, g) = (&dy_off[..idx.len()], &gw_off[..idx.len()]);
+        let (d, g, v) = (&dy_off[..len], &gw_off[..len], &vals[..len]);
         match isa {
-            Isa::Base => linear_apply(d, g, val, dy, out, gwt),
+            Isa::Base => linear_apply(d, g, v, dy, out, part),
             #[cfg(x86_detect)]
             // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
-            Isa::Avx2Fma => unsafe { linear_apply_avx2(d, g, val, dy, out, gwt) },
+            Isa::Avx2Fma => unsafe { linear_apply_avx2(d, g, v, dy, out, part) },
         }
     })
+}
+
+/// The end of the rows `first..` that a part of `len` elements holds (rows of `width`), within
+/// `total` rows; an error unless it holds whole rows that exist.
+fn part_rows(
+    len: usize,
+    width: usize,
+    first: usize,
+    total: usize,
+    what: &'static str,
+) -> Result<usize> {
+    let end = first.checked_add(len / width);
+    match end {
+        Some(end) if len.is_multiple_of(width) && end <= total => Ok(end),
+        _ => Err(Error::Length {
+            what,
+            expected: total.saturating_sub(first).saturating_mul(width),
+            given: len,
+        }),
+    }
 }
 
 /// `gwt[g..g + out] += v · dy[d..d + out]` for each decoded kept element. (Tiling the columns
@@ -206,6 +255,26 @@ fn taps(i: usize, pad: usize, s: usize, k: usize, out: usize, mut f: impl FnMut(
 /// Every kept `x[n, h, w, c]` adds `v · dy[n, ho, wo, :]` to `gw[a, b, c, :]` for each tap
 /// `(a, b)` whose window covers it.
 pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -> Result<()> {
+    g.out_hw()?;
+    check_dims(
+        "conv grad_W: grad_W [kh,kw,cin,cout]",
+        &[g.kh, g.kw, g.cin, g.cout],
+        gw.len(),
+    )?;
+    conv2d_grad_w_rows(x, g, dy, gw, 0)
+}
+
+/// [`conv2d_grad_w`] for the rows `first..` of grad_W (viewed as `kh·kw·cin` rows of `cout`)
+/// that `part` holds: only the products that land there. Workers that take disjoint row ranges
+/// together compute grad_W bit for bit as one call does (each element gets the same products in
+/// the same order), however it is split.
+pub fn conv2d_grad_w_rows(
+    x: &Packed<'_>,
+    g: &ConvGeom,
+    dy: &[f32],
+    part: &mut [f32],
+    first: usize,
+) -> Result<()> {
     let (ho, wo) = g.out_hw()?;
     check_dims(
         "conv grad_W: packed input [n,h,w,cin]",
@@ -217,21 +286,27 @@ pub fn conv2d_grad_w(x: &Packed<'_>, g: &ConvGeom, dy: &[f32], gw: &mut [f32]) -
         &[g.n, ho, wo, g.cout],
         dy.len(),
     )?;
-    check_dims(
-        "conv grad_W: grad_W [kh,kw,cin,cout]",
-        &[g.kh, g.kw, g.cin, g.cout],
-        gw.len(),
-    )?;
     if g.cout == 0 {
         return Ok(());
     }
+    let total = g.kh * g.kw * g.cin;
+    let end = part_rows(
+        part.len(),
+        g.cout,
+        first,
+        total,
+        "conv grad_W: rows of grad_W",
+    )?;
     let isa = isa();
     let mut cur = PixelCursor::default();
+    let rows = first..end;
     batched(x, |idx, val| match isa {
-        Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, gw, &mut cur),
+        Isa::Base => conv_apply(idx, val, g, (ho, wo), dy, part, &rows, &mut cur),
         #[cfg(x86_detect)]
         // SAFETY: `isa()` returned Avx2Fma only after the CPU reported AVX2 (and FMA).
-        Isa::Avx2Fma => unsafe { conv_apply_avx2(idx, val, g, (ho, wo), dy, gw, &mut cur) },
+        Isa::Avx2Fma => unsafe {
+            conv_apply_avx2(idx, val, g, (ho, wo), dy, part, &rows, &mut cur)
+        },
     })
 }
 
@@ -264,6 +339,9 @@ impl PixelCursor {
     }
 }
 
+/// Applies the decoded kept elements' products that land in grad_W's `rows` (`part` holds
+/// them).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn conv_apply(
     idx: &[usize],
@@ -271,7 +349,8 @@ fn conv_apply(
     g: &ConvGeom,
     (ho, wo): (usize, usize),
     dy: &[f32],
-    gw: &mut [f32],
+    part: &mut [f32],
+    rows: &core::ops::Range<usize>,
     cur: &mut PixelCursor,
 ) {
     let co = g.cout;
@@ -280,14 +359,18 @@ fn conv_apply(
         let (n, h, w) = (cur.n, cur.h, cur.w);
         taps(h, g.pad.0, g.stride.0, g.kh, ho, |a, oh| {
             taps(w, g.pad.1, g.stride.1, g.kw, wo, |b, ow| {
-                let wrow = ((a * g.kw + b) * g.cin + c) * co;
-                let drow = ((n * ho + oh) * wo + ow) * co;
-                axpy(&mut gw[wrow..wrow + co], v, &dy[drow..drow + co]);
+                let row = (a * g.kw + b) * g.cin + c;
+                if rows.contains(&row) {
+                    let wrow = (row - rows.start) * co;
+                    let drow = ((n * ho + oh) * wo + ow) * co;
+                    axpy(&mut part[wrow..wrow + co], v, &dy[drow..drow + co]);
+                }
             })
         });
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[cfg(x86_detect)]
 #[target_feature(enable = "avx2")]
 fn conv_apply_avx2(
@@ -296,10 +379,11 @@ fn conv_apply_avx2(
     g: &ConvGeom,
     hw: (usize, usize),
     dy: &[f32],
-    gw: &mut [f32],
+    part: &mut [f32],
+    rows: &core::ops::Range<usize>,
     cur: &mut PixelCursor,
 ) {
-    conv_apply(idx, val, g, hw, dy, gw, cur)
+    conv_apply(idx, val, g, hw, dy, part, rows, cur)
 }
 
 /// Depthwise (groups = channels, channel multiplier 1) NHWC Conv2d weight gradient from a packed
@@ -423,6 +507,7 @@ mod tests {
         let mut b = a.clone();
         let mut sorted = idx.clone();
         sorted.sort_unstable();
+        let rows = 0..g.kh * g.kw * g.cin;
         conv_apply(
             &sorted,
             &val[..100],
@@ -430,6 +515,7 @@ mod tests {
             hw,
             &dy,
             &mut a,
+            &rows,
             &mut PixelCursor::default(),
         );
         // SAFETY: AVX2 support was checked above.
@@ -441,6 +527,7 @@ mod tests {
                 hw,
                 &dy,
                 &mut b,
+                &rows,
                 &mut PixelCursor::default(),
             )
         };

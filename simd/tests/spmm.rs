@@ -7,7 +7,9 @@ use dropit_simd::format::{Format, PosForm, ValueType};
 use dropit_simd::pack::{pack, unpack};
 use dropit_simd::reference;
 use dropit_simd::select::topk_threshold;
-use dropit_simd::spmm::{ConvGeom, conv2d_grad_w, linear_grad_w};
+use dropit_simd::spmm::{
+    ConvGeom, conv2d_grad_w, conv2d_grad_w_rows, linear_grad_w, linear_grad_w_rows,
+};
 use proptest::prelude::*;
 
 fn packed(x: &[f32], k: usize, fmt: Format) -> (Buf, Vec<f32>) {
@@ -26,9 +28,30 @@ fn check_linear(rows: usize, inp: usize, out: usize, keep: f64, fmt: Format, see
     // Start from a non-zero gradient: the kernels accumulate.
     let mut got = normals(inp * out, seed + 2);
     let mut want = got.clone();
+    let start = got.clone();
     linear_grad_w(&b.packed(), rows, inp, &dy, out, &mut got).unwrap();
     reference::linear_grad_w(&dense, rows, inp, &dy, out, &mut want).unwrap();
     assert_close(&got, &want, 1e-4);
+    // In row ranges (as workers take them): the same bits.
+    let mut parts = start;
+    for (first, part) in split_rows(&mut parts, inp, out, seed) {
+        linear_grad_w_rows(&b.packed(), rows, inp, &dy, out, part, first).unwrap();
+    }
+    assert_eq!(bits(&parts), bits(&got));
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `g` (`rows` rows of `width`) cut into up to three row ranges at points chosen by `seed`,
+/// each with its first row (some may be empty).
+fn split_rows(g: &mut [f32], rows: usize, width: usize, seed: u64) -> Vec<(usize, &mut [f32])> {
+    let mut cuts = [seed as usize % (rows + 1), (seed as usize / 7) % (rows + 1)];
+    cuts.sort();
+    let (a, rest) = g.split_at_mut(cuts[0] * width);
+    let (b, c) = rest.split_at_mut((cuts[1] - cuts[0]) * width);
+    vec![(0, a), (cuts[0], b), (cuts[1], c)]
 }
 
 fn check_conv(g: ConvGeom, keep: f64, fmt: Format, seed: u64) {
@@ -39,9 +62,16 @@ fn check_conv(g: ConvGeom, keep: f64, fmt: Format, seed: u64) {
     let (b, dense) = packed(&x, k, fmt);
     let mut got = normals(g.weight_len(), seed + 2);
     let mut want = got.clone();
+    let start = got.clone();
     conv2d_grad_w(&b.packed(), &g, &dy, &mut got).unwrap();
     reference::conv2d_grad_w(&dense, &g, &dy, &mut want).unwrap();
     assert_close(&got, &want, 1e-4);
+    let mut parts = start;
+    let rows = g.kh * g.kw * g.cin;
+    for (first, part) in split_rows(&mut parts, rows, g.cout, seed) {
+        conv2d_grad_w_rows(&b.packed(), &g, &dy, part, first).unwrap();
+    }
+    assert_eq!(bits(&parts), bits(&got));
 }
 
 proptest! {
@@ -127,6 +157,32 @@ fn bad_shapes_are_errors() {
         linear_grad_w(&b.packed(), 2, 4, &[0.0; 6], 3, &mut g),
         Err(Error::Length { .. })
     ));
+    // Parts of whole rows that exist, or errors.
+    for (len, first) in [(5, 0), (6, 3), (3, usize::MAX)] {
+        assert!(
+            matches!(
+                linear_grad_w_rows(&b.packed(), 3, 4, &[0.0; 9], 3, &mut g[..len], first),
+                Err(Error::Length { .. })
+            ),
+            "{len} from row {first}"
+        );
+    }
+    let one = ConvGeom {
+        n: 1,
+        h: 2,
+        w: 2,
+        cin: 3,
+        cout: 2,
+        kh: 1,
+        kw: 1,
+        stride: (1, 1),
+        pad: (0, 0),
+    };
+    assert!(matches!(
+        conv2d_grad_w_rows(&b.packed(), &one, &[0.0; 8], &mut g[..4], 2),
+        Err(Error::Length { .. })
+    ));
+    conv2d_grad_w_rows(&b.packed(), &one, &[0.0; 8], &mut g[..4], 1).unwrap();
     let geom = ConvGeom {
         n: 1,
         h: 2,

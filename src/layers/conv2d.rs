@@ -329,7 +329,12 @@ impl Conv2d {
         if let Some(sp) = sparse {
             let packed = b.packed.ok_or_else(|| missing("Conv2d"))?;
             let pk = packed_input(sp, b.n, xs.numel(), packed)?;
-            spmm::conv2d_grad_w(&pk, &self.geom(b.n, xs), dy_all, gw)?;
+            // Each worker a band of grad_W's rows, the same bits for any number of workers.
+            let (g, rows) = (self.geom(b.n, xs), self.kdim());
+            let (per, _) = split(rows, b.threads);
+            each(gw.chunks_mut(per * self.cout).enumerate(), |(k, part)| {
+                Ok(spmm::conv2d_grad_w_rows(&pk, &g, dy_all, part, k * per)?)
+            })?;
         }
         let x = if sparse.is_none() && rebuild.is_none() {
             Some(held(b.x, Self::KIND)?)

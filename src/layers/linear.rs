@@ -9,6 +9,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::bands::Bands;
 use super::contract::{Dims, Layout, Mode, Needs, Op, ParamDecl, Params, params};
+use super::par::{each, split};
 use super::{Bwd, Fwd, gemm, gemm_words, held, missing, not_in_place, pack_input, packed_input};
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
@@ -162,7 +163,19 @@ impl Op for Linear {
             let packed = b.packed.ok_or_else(|| missing("Linear"))?;
             let pk = packed_input(sp, b.n, b.x_shape.numel(), packed)?;
             if sp.direct(false) {
-                spmm::linear_grad_w(&pk, rows, i, dy_all, o, gw)?;
+                // Each worker a band of input features, the same bits for any number of workers.
+                let (per, _) = split(i, b.threads);
+                each(gw.chunks_mut(per * o).enumerate(), |(k, part)| {
+                    Ok(spmm::linear_grad_w_rows(
+                        &pk,
+                        rows,
+                        i,
+                        dy_all,
+                        o,
+                        part,
+                        k * per,
+                    )?)
+                })?;
             } else {
                 let (dense, pack) = b.scratch.split_at_mut(words_for_f32(rows * i));
                 let dense = &mut f32s_mut(dense)[..rows * i];
