@@ -6,6 +6,9 @@
 
 use wide::{f32x8, i32x8};
 
+#[cfg(x86_detect)]
+mod avx2;
+
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
@@ -16,6 +19,16 @@ const FRAC_1_SQRT_2: f32 = core::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const TANH_C: f32 = 0.044_715;
+/// exp's polynomial after its leading coefficient, highest degree first.
+const EXP_POLY: [f32; 5] = [
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+/// Abramowitz–Stegun 7.1.26 after its leading coefficient.
+const ERF_POLY: [f32; 4] = [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6];
 
 /// `e^x` of eight lanes: `2^n · p(r)` with `x = n·ln 2 + r`, |r| ≤ ln2/2, `p` the Cephes
 /// polynomial (about 1 ulp). NaN stays NaN, large x gives +∞, very negative x 0.
@@ -27,13 +40,7 @@ fn exp8(x: f32x8) -> f32x8 {
     let n = (xc * f32x8::splat(LOG2E)).round();
     let r = xc - n * f32x8::splat(LN2_HI) - n * f32x8::splat(LN2_LO);
     let mut p = f32x8::splat(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    for c in EXP_POLY {
         p = p.mul_add(r, f32x8::splat(c));
     }
     p = p.mul_add(r * r, r + f32x8::splat(1.0));
@@ -58,7 +65,7 @@ fn phi8(x: f32x8) -> (f32x8, f32x8) {
     let z = (x * f32x8::splat(FRAC_1_SQRT_2)).abs();
     let t = f32x8::splat(1.0) / z.mul_add(f32x8::splat(0.327_591_1), f32x8::splat(1.0));
     let mut poly = f32x8::splat(1.061_405_4);
-    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+    for c in ERF_POLY {
         poly = poly.mul_add(t, f32x8::splat(c));
     }
     poly *= t;
@@ -123,8 +130,24 @@ fn dispatch(body: impl FnOnce()) {
     crate::isa::vectorized(body)
 }
 
+/// Whether this CPU runs the AVX2 builds in [`avx2`] (the same bits as the portable code).
+#[cfg(x86_detect)]
+fn on_avx2() -> bool {
+    matches!(crate::isa::isa(), crate::isa::Isa::Avx2Fma)
+}
+
 /// `v[i] = e^{v[i] − shift}`; returns the sum of the results (a softmax row's denominator).
 pub fn exp_shifted(v: &mut [f32], shift: f32) -> f32 {
+    #[cfg(x86_detect)]
+    if on_avx2() {
+        // SAFETY: `isa()` reported AVX2 and FMA.
+        return unsafe { avx2::exp_shifted(v, shift) };
+    }
+    exp_shifted_portable(v, shift)
+}
+
+/// [`exp_shifted`] in `wide`'s lanes.
+fn exp_shifted_portable(v: &mut [f32], shift: f32) -> f32 {
     let mut sum = 0.0;
     dispatch(|| {
         let s = f32x8::splat(shift);
@@ -147,17 +170,33 @@ pub fn exp_shifted(v: &mut [f32], shift: f32) -> f32 {
 
 /// GELU in place: `v[i] = v[i]·Φ(v[i])` (or the tanh form).
 pub fn gelu(v: &mut [f32], tanh: bool) {
+    #[cfg(x86_detect)]
+    if on_avx2() {
+        // SAFETY: `isa()` reported AVX2 and FMA.
+        return unsafe { avx2::gelu(v, tanh) };
+    }
     dispatch(|| map8(v, |x| gelu8(x, tanh).0));
 }
 
 /// GELU's derivative in place: `v[i] = gelu'(v[i])`.
 pub fn gelu_slope(v: &mut [f32], tanh: bool) {
+    #[cfg(x86_detect)]
+    if on_avx2() {
+        // SAFETY: `isa()` reported AVX2 and FMA.
+        return unsafe { avx2::gelu_slope(v, tanh) };
+    }
     dispatch(|| map8(v, |x| gelu8(x, tanh).1));
 }
 
 /// GELU value and derivative: `v[i] = gelu(v[i])`, `d[i] = gelu'(v[i])` (`d` as long as `v`).
 pub fn gelu_with_slope(v: &mut [f32], d: &mut [f32], tanh: bool) -> crate::Result<()> {
     crate::check_len("GELU derivative", v.len(), d.len())?;
+    #[cfg(x86_detect)]
+    if on_avx2() {
+        // SAFETY: `isa()` reported AVX2 and FMA.
+        unsafe { avx2::gelu_with_slope(v, d, tanh) };
+        return Ok(());
+    }
     dispatch(|| {
         for (vc, dc) in v.chunks_mut(8).zip(d.chunks_mut(8)) {
             let mut a = [0.0f32; 8];
