@@ -7,7 +7,9 @@
 use wide::{f32x8, i32x8};
 
 #[cfg(x86_detect)]
-mod avx2;
+mod regs;
+#[cfg(x86_detect)]
+mod x86;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -130,18 +132,31 @@ fn dispatch(body: impl FnOnce()) {
     crate::isa::vectorized(body)
 }
 
-/// Whether this CPU runs the AVX2 builds in [`avx2`] (the same bits as the portable code).
+/// Which x86 build of the kernels in [`x86`] this CPU runs (the same bits as the portable
+/// code): none, AVX2, or AVX-512.
 #[cfg(x86_detect)]
-fn on_avx2() -> bool {
-    matches!(crate::isa::isa(), crate::isa::Isa::Avx2Fma)
+#[derive(Clone, Copy, PartialEq)]
+enum X86 {
+    None,
+    Avx2,
+    Avx512,
+}
+
+#[cfg(x86_detect)]
+fn x86() -> X86 {
+    match crate::isa::isa() {
+        crate::isa::Isa::Avx2Fma if std::is_x86_feature_detected!("avx512f") => X86::Avx512,
+        crate::isa::Isa::Avx2Fma => X86::Avx2,
+        crate::isa::Isa::Base => X86::None,
+    }
 }
 
 /// `v[i] = e^{v[i] − shift}`; returns the sum of the results (a softmax row's denominator).
 pub fn exp_shifted(v: &mut [f32], shift: f32) -> f32 {
     #[cfg(x86_detect)]
-    if on_avx2() {
+    if x86() != X86::None {
         // SAFETY: `isa()` reported AVX2 and FMA.
-        return unsafe { avx2::exp_shifted(v, shift) };
+        return unsafe { x86::exp_shifted_avx2(v, shift) };
     }
     exp_shifted_portable(v, shift)
 }
@@ -171,9 +186,12 @@ fn exp_shifted_portable(v: &mut [f32], shift: f32) -> f32 {
 /// GELU in place: `v[i] = v[i]·Φ(v[i])` (or the tanh form).
 pub fn gelu(v: &mut [f32], tanh: bool) {
     #[cfg(x86_detect)]
-    if on_avx2() {
+    match x86() {
+        // SAFETY: the CPU reported AVX-512F (and AVX2, FMA).
+        X86::Avx512 => return unsafe { x86::gelu_avx512(v, tanh) },
         // SAFETY: `isa()` reported AVX2 and FMA.
-        return unsafe { avx2::gelu(v, tanh) };
+        X86::Avx2 => return unsafe { x86::gelu_avx2(v, tanh) },
+        X86::None => {}
     }
     dispatch(|| map8(v, |x| gelu8(x, tanh).0));
 }
@@ -181,9 +199,12 @@ pub fn gelu(v: &mut [f32], tanh: bool) {
 /// GELU's derivative in place: `v[i] = gelu'(v[i])`.
 pub fn gelu_slope(v: &mut [f32], tanh: bool) {
     #[cfg(x86_detect)]
-    if on_avx2() {
+    match x86() {
+        // SAFETY: the CPU reported AVX-512F (and AVX2, FMA).
+        X86::Avx512 => return unsafe { x86::gelu_slope_avx512(v, tanh) },
         // SAFETY: `isa()` reported AVX2 and FMA.
-        return unsafe { avx2::gelu_slope(v, tanh) };
+        X86::Avx2 => return unsafe { x86::gelu_slope_avx2(v, tanh) },
+        X86::None => {}
     }
     dispatch(|| map8(v, |x| gelu8(x, tanh).1));
 }
@@ -192,10 +213,12 @@ pub fn gelu_slope(v: &mut [f32], tanh: bool) {
 pub fn gelu_with_slope(v: &mut [f32], d: &mut [f32], tanh: bool) -> crate::Result<()> {
     crate::check_len("GELU derivative", v.len(), d.len())?;
     #[cfg(x86_detect)]
-    if on_avx2() {
+    match x86() {
+        // SAFETY: the CPU reported AVX-512F (and AVX2, FMA).
+        X86::Avx512 => return Ok(unsafe { x86::gelu_with_slope_avx512(v, d, tanh) }),
         // SAFETY: `isa()` reported AVX2 and FMA.
-        unsafe { avx2::gelu_with_slope(v, d, tanh) };
-        return Ok(());
+        X86::Avx2 => return Ok(unsafe { x86::gelu_with_slope_avx2(v, d, tanh) }),
+        X86::None => {}
     }
     dispatch(|| {
         for (vc, dc) in v.chunks_mut(8).zip(d.chunks_mut(8)) {
