@@ -214,10 +214,16 @@ pub fn gelu_with_slope(v: &mut [f32], d: &mut [f32], tanh: bool) -> crate::Resul
     crate::check_len("GELU derivative", v.len(), d.len())?;
     #[cfg(x86_detect)]
     match x86() {
-        // SAFETY: the CPU reported AVX-512F (and AVX2, FMA).
-        X86::Avx512 => return Ok(unsafe { x86::gelu_with_slope_avx512(v, d, tanh) }),
-        // SAFETY: `isa()` reported AVX2 and FMA.
-        X86::Avx2 => return Ok(unsafe { x86::gelu_with_slope_avx2(v, d, tanh) }),
+        X86::Avx512 => {
+            // SAFETY: the CPU reported AVX-512F (and AVX2, FMA).
+            unsafe { x86::gelu_with_slope_avx512(v, d, tanh) };
+            return Ok(());
+        }
+        X86::Avx2 => {
+            // SAFETY: `isa()` reported AVX2 and FMA.
+            unsafe { x86::gelu_with_slope_avx2(v, d, tanh) };
+            return Ok(());
+        }
         X86::None => {}
     }
     dispatch(|| {
