@@ -14,7 +14,11 @@
 //! mobilenet's were recorded before its 1×1 convolutions were shared out among the workers;
 //! its DropIT pins were re-recorded when its depthwise and 1×1 convolutions learnt to rebuild
 //! their input piece by piece (two more layers now rebuild instead of keeping a sparse copy;
-//! its dense pins, which rebuilt those inputs whole before, stayed bitwise).
+//! its dense pins, which rebuilt those inputs whole before, stayed bitwise). The cnn's lean pins
+//! at 2 threads and the mobilenet's γ = 0.9 pins at 1 thread were re-recorded when a DropIT
+//! layer started to rebuild its input wherever that grows the plan by at most its sparse copy
+//! (at these tests' batch, one more layer rebuilds); the mobilenet's lean plan grew by 23 KB for
+//! it at batch 64.
 //!
 //! The planned arena of each workload at batch 64 is pinned too, as an upper bound. (The cnn's
 //! grew by 5 376 bytes on purpose: each batch norm stages its batch mean and variance, 8 bytes a
@@ -98,9 +102,9 @@ const PINS: &[Pin] = &[
         "cnn",
         "g0.9-lean",
         2,
-        0x4022ce0b,
-        0x7804c252bf3d8921,
-        0x4011a259,
+        0x4022a958,
+        0xba1b84c38dabda66,
+        0x4011c41f,
     ),
     (
         "vit",
@@ -156,9 +160,9 @@ const PINS: &[Pin] = &[
         "mobilenet",
         "g0.9",
         1,
-        0x4013a4c2,
-        0x56d2a8b0f0391b60,
-        0x401ca432,
+        0x40159990,
+        0x06420302fc2cdeb1,
+        0x401bd9ed,
     ),
     (
         "mobilenet",
@@ -210,8 +214,8 @@ const PLAN_BYTES: &[(&str, &str, usize, usize)] = &[
     ("mobilenet", "dense", 2, 26949016),
     ("mobilenet", "g0.9", 1, 26136752),
     ("mobilenet", "g0.9", 2, 26251568),
-    ("mobilenet", "g0.9-lean", 1, 17333840),
-    ("mobilenet", "g0.9-lean", 2, 17448504),
+    ("mobilenet", "g0.9-lean", 1, 17356776),
+    ("mobilenet", "g0.9-lean", 2, 17471592),
 ];
 
 fn model(name: &str) -> Model {
