@@ -146,36 +146,6 @@ unsafe fn gelu_both<R: Reg>(v: &mut [f32], d: &mut [f32], tanh_form: bool) {
     }
 }
 
-/// `v[i] = e^{v[i] − shift}` and their sum, as `super::exp_shifted_portable`, on a register of
-/// eight lanes: whole vectors are summed lane by lane, the lanes reduced as `wide` reduces them
-/// (each half in order, then the two halves), then the tail one by one.
-#[inline(always)]
-unsafe fn exp_sum<R: Reg>(v: &mut [f32], shift: f32) -> f32 {
-    debug_assert_eq!(R::LANES, 8);
-    // SAFETY: the caller guarantees `R`'s features; every load and store is of a whole chunk
-    // of `R::LANES` floats or goes through `load_part` / `store_part`.
-    unsafe {
-        let s = R::splat(shift);
-        let mut acc = R::splat(0.0);
-        let mut chunks = v.chunks_exact_mut(R::LANES);
-        for c in &mut chunks {
-            let r = exp(R::load(c).sub(s));
-            acc = acc.add(r);
-            r.store(c);
-        }
-        let mut lanes = [0.0f32; 16];
-        acc.store(&mut lanes);
-        let mut sum = lanes[..4].iter().sum::<f32>() + lanes[4..8].iter().sum::<f32>();
-        for x in chunks.into_remainder() {
-            let mut one = [0.0f32; 1];
-            store_part(&mut one, exp(R::splat(*x - shift)));
-            *x = one[0];
-            sum += one[0];
-        }
-        sum
-    }
-}
-
 /// GELU on AVX2.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn gelu_avx2(v: &mut [f32], tanh_form: bool) {
@@ -218,11 +188,34 @@ pub(super) fn gelu_with_slope_avx512(v: &mut [f32], d: &mut [f32], tanh_form: bo
     unsafe { gelu_both::<Z>(v, d, tanh_form) }
 }
 
-/// Shifted exp and its sum on AVX2 (on AVX-512 too: the sum is `wide`'s over eight lanes).
+/// `v[i] = e^{v[i] − shift}` and their sum on AVX2, as `super::exp_shifted_portable`: whole
+/// vectors summed lane by lane, the eight lanes reduced as `wide` reduces them (each half in
+/// order, then the two halves), then the tail one by one. (AVX-512 CPUs run it too: sixteen
+/// lanes would change the order of the sum.)
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn exp_shifted_avx2(v: &mut [f32], shift: f32) -> f32 {
-    // SAFETY: this function runs only where AVX2 and FMA are enabled.
-    unsafe { exp_sum::<Y>(v, shift) }
+    // SAFETY: this function runs only where AVX2 and FMA are enabled; every load and store is
+    // of a whole chunk of eight floats or goes through `store_part`.
+    unsafe {
+        let s = Y::splat(shift);
+        let mut acc = Y::splat(0.0);
+        let mut chunks = v.chunks_exact_mut(Y::LANES);
+        for c in &mut chunks {
+            let r = exp(Y::load(c).sub(s));
+            acc = acc.add(r);
+            r.store(c);
+        }
+        let mut lanes = [0.0f32; 8];
+        acc.store(&mut lanes);
+        let mut sum = lanes[..4].iter().sum::<f32>() + lanes[4..].iter().sum::<f32>();
+        for x in chunks.into_remainder() {
+            let mut one = [0.0f32; 1];
+            store_part(&mut one, exp(Y::splat(*x - shift)));
+            *x = one[0];
+            sum += one[0];
+        }
+        sum
+    }
 }
 
 #[cfg(test)]
