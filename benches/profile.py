@@ -78,7 +78,7 @@ def split(one, two):
 
 def profile(model, variant):
     gamma, form = {"dense": ("0", "-"), "g0.9": ("0.9", "-"), "g0.9-lean": ("0.9", "lean"),
-                   "g0.9-lean8": ("0.9", "lean8")}[variant]
+                   "g0.9-lean16": ("0.9", "lean16")}[variant]
     a = [model, gamma, form]
     o1, o2 = run(a, 1), run(a, 2)
     inc = split(costs(o1, True), costs(o2, True))

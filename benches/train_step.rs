@@ -1,5 +1,5 @@
 //! Training-step time of the reference workloads (README) (mlp at batch 128, cnn, vit and mobilenet at batch 64), dense and
-//! DropIT γ=0.9 (plain and lean), one and two worker threads, on fixed synthetic batches (time
+//! DropIT γ=0.9 (plain, lean, and lean with bf16 norms), one and two worker threads, on fixed synthetic batches (time
 //! hardly depends on the values), side by side in one run so they compare as ratios.
 
 use std::hint::black_box;
@@ -38,7 +38,14 @@ fn bench(c: &mut Criterion) {
                 ("dense", DropIt::dense()),
                 ("gamma0.9", DropIt::new(0.9)),
                 ("gamma0.9_lean", DropIt::new(0.9).lean(true)),
+                (
+                    "gamma0.9_lean16",
+                    DropIt::new(0.9).lean(true).int8_norms(false),
+                ),
             ] {
+                if name == "mlp" && variant == "gamma0.9_lean16" {
+                    continue; // no norm: the same as lean
+                }
                 let mut cfg = match name {
                     "vit" => TrainerConfig::adamw_recipe(n, 1_000_000),
                     _ => TrainerConfig::sgd_recipe(n, 1_000_000),

@@ -1,6 +1,6 @@
 //! Prints the memory plan of a reference workload:
 //! `cargo run --release --example memory_plan -- cnn 64 0.9 lean` (model mlp | cnn | vit | mobilenet, batch,
-//! γ, `lean` or `lean8` — lean with 8-bit norms).
+//! γ, `lean` or `lean16` — lean with bf16 norms).
 
 use dropit::{DropIt, Model, Trainer, TrainerConfig};
 
@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = args.next().map_or(Ok(64), |b| b.parse())?;
     let gamma: f32 = args.next().map_or(Ok(0.0), |g| g.parse())?;
     let form = args.next().unwrap_or_default();
-    let (lean, int8) = (form.starts_with("lean"), form == "lean8");
+    let (lean, int8) = (form.starts_with("lean"), form != "lean16");
     let model = match name.as_str() {
         "mlp" => Model::mlp()?,
         "cnn" => Model::cnn()?,

@@ -1,7 +1,8 @@
 //! Runs training steps of a reference workload on a fixed synthetic batch, one thread, and
 //! nothing else — for profilers (`benches/profile.py` runs it under callgrind):
 //! `cargo run --release --example steps -- cnn 0.9 lean 3 64` (model mlp | cnn | vit |
-//! mobilenet, γ, `-` | `lean` | `lean8`, steps, batch — by default the workload's).
+//! mobilenet, γ, `-` | `lean` | `lean16` — lean with bf16 norms, steps, batch — by default the
+//! workload's).
 //!
 //! With `--times` it also times the steps after the first on `--threads N` workers (default 1)
 //! and prints the wall time by layer kind, forward and backward, and the rest of the step
@@ -44,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.threads = threads;
     let policy = DropIt::new(gamma)
         .lean(form.starts_with("lean"))
-        .int8_norms(form == "lean8");
+        .int8_norms(form != "lean16");
     let mut t = Trainer::new(model.with_dropit(&policy)?, cfg)?;
     let per = t.model().input_shape().numel();
     let mut s = 0x2545_F491_4F6C_DD1Du64;

@@ -33,13 +33,13 @@ struct Args {
     /// DropIT drop ratios to run one after the other (0 = dense).
     #[arg(long = "gamma", value_delimiter = ',', default_value = "0,0.9", value_parser = gamma)]
     gammas: Vec<f32>,
-    /// The other saved tensors in bf16 (batch/layer norm, GELU, attention's q, k, v).
+    /// The other saved tensors lean: batch/layer norm's x̂ as 8-bit codes (one scale per
+    /// channel or row), attention's q, k, v in bf16, GELU's derivative in a byte.
     #[arg(long)]
     lean: bool,
-    /// With --lean: batch and layer norms keep x̂ as 8-bit codes (one scale per channel or
-    /// row) instead of bf16.
+    /// With --lean: batch and layer norms keep x̂ as bf16 instead of 8-bit codes.
     #[arg(long, requires = "lean")]
-    int8_norms: bool,
+    bf16_norms: bool,
     /// Keep every input a backward reads, even one that could be rebuilt from what another
     /// layer keeps (the default rebuilds wherever the plan gets smaller).
     #[arg(long)]
@@ -187,11 +187,11 @@ fn train_one(
             (t, DropIt::new(gamma.unwrap_or(0.0)))
         }
         (None, Some(b)) => {
-            let p = DropIt::dense().lean(a.lean).int8_norms(a.int8_norms);
+            let p = DropIt::dense().lean(a.lean).int8_norms(!a.bf16_norms);
             Trainer::with_budget(model, cfg, &p, b)?
         }
         (None, None) => {
-            let p = DropIt::new(gamma).lean(a.lean).int8_norms(a.int8_norms);
+            let p = DropIt::new(gamma).lean(a.lean).int8_norms(!a.bf16_norms);
             (Trainer::new(model.with_dropit(&p)?, cfg)?, p)
         }
     };

@@ -36,11 +36,12 @@ pub struct DropIt {
     pub positions: Positions,
     /// How grad_W is computed.
     pub path: GradPath,
-    /// Also store the other saved tensors lean: batch and layer norm's normalized inputs and
-    /// attention's q, k and v as bf16, GELU's derivative as a one-byte code.
+    /// Also store the other saved tensors lean: batch and layer norm's normalized inputs as
+    /// 8-bit codes (see [`DropIt::int8_norms`]), attention's q, k and v as bf16, GELU's
+    /// derivative as a one-byte code.
     pub lean: bool,
     /// With `lean`: batch and layer norms keep x̂ as 8-bit codes with one scale per channel
-    /// (batch norm) or row (layer norm) instead of bf16.
+    /// (batch norm) or row (layer norm); without, as bf16. [`DropIt::lean`] turns it on.
     pub int8_norms: bool,
 }
 
@@ -68,16 +69,18 @@ impl DropIt {
     }
 
     /// With the lean option; turning it on also keeps DropIT's values as bf16 (the kept
-    /// values only feed grad_W, where bf16's rounding is small beside the dropping itself).
+    /// values only feed grad_W, where bf16's rounding is small beside the dropping itself)
+    /// and the norms' x̂ as 8-bit codes (`.int8_norms(false)` after it keeps them as bf16).
     pub fn lean(mut self, lean: bool) -> Self {
         self.lean = lean;
         if lean {
             self.values = ValueType::Bf16;
+            self.int8_norms = true;
         }
         self
     }
 
-    /// With or without 8-bit normalized inputs in the norms when lean (see
+    /// With 8-bit (`true`) or bf16 normalized inputs in the norms when lean (see
     /// [`DropIt::int8_norms`]).
     pub fn int8_norms(mut self, int8: bool) -> Self {
         self.int8_norms = int8;

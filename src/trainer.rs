@@ -208,8 +208,9 @@ impl Trainer<'static> {
     pub const BUDGET_GAMMAS: [f32; 7] = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
 
     /// Fits training in `budget` bytes: tries γ from [`Trainer::BUDGET_GAMMAS`] in order, and
-    /// for each γ the formats from exact to lean (f32 kept values; bf16 kept values; bf16 kept
-    /// values and lean batch norm), on top of `base`'s other settings, and builds the first plan
+    /// for each γ the formats from exact to lean (f32 kept values; bf16 kept values; lean with
+    /// bf16 norms; lean, whose norms keep 8-bit x̂), on top of `base`'s other settings, and
+    /// builds the first plan
     /// whose arena plus [`Trainer::BOOKKEEPING_MAX`] fits. Returns the trainer and the policy
     /// chosen, or [`Error::BudgetTooSmall`] with the smallest plan's size.
     pub fn with_budget(
@@ -220,15 +221,17 @@ impl Trainer<'static> {
     ) -> Result<(Self, DropIt)> {
         let mut needed = usize::MAX;
         for gamma in Self::BUDGET_GAMMAS {
-            for (values, lean) in [
-                (ValueType::F32, false),
-                (ValueType::Bf16, false),
-                (ValueType::Bf16, true),
+            for (values, lean, int8_norms) in [
+                (ValueType::F32, false, false),
+                (ValueType::Bf16, false, false),
+                (ValueType::Bf16, true, false),
+                (ValueType::Bf16, true, true),
             ] {
                 let policy = DropIt {
                     gamma,
                     values,
                     lean,
+                    int8_norms,
                     ..base.clone()
                 };
                 let candidate = model.clone().with_dropit(&policy)?;

@@ -250,15 +250,12 @@ fn planned_bytes_are_the_formats_and_shared_inputs_are_held_once() {
         rows, report.saved,
         "every saved byte is accounted to one layer"
     );
-    // Lean halves batch norm's saved input.
-    let lean = Trainer::new(
-        Model::cnn()
-            .unwrap()
-            .with_dropit(&DropIt::new(0.9).lean(true))
-            .unwrap(),
-        config(n),
-    )
-    .unwrap();
+    // Lean keeps batch norm's x̂ in a byte and a scale per channel; with bf16 norms, in two.
+    let trainer = |p: DropIt| {
+        Trainer::new(Model::cnn().unwrap().with_dropit(&p).unwrap(), config(n)).unwrap()
+    };
+    let lean = trainer(DropIt::new(0.9).lean(true));
+    let lean16 = trainer(DropIt::new(0.9).lean(true).int8_norms(false));
     let bn = |r: &dropit::MemoryReport| {
         r.layers
             .iter()
@@ -266,9 +263,13 @@ fn planned_bytes_are_the_formats_and_shared_inputs_are_held_once() {
             .unwrap()
             .saved_bytes
     };
-    // x̂, 1/σ, and the staged batch mean and variance.
+    // x̂, 1/σ, and the staged batch mean and variance (and the scales).
     assert_eq!(
         bn(&lean.memory_report()),
+        64 * 28 * 28 * 32 + 32 * 4 + 2 * 32 * 4 + 32 * 4
+    );
+    assert_eq!(
+        bn(&lean16.memory_report()),
         64 * 28 * 28 * 32 * 2 + 32 * 4 + 2 * 32 * 4
     );
     assert_eq!(bn(&report), 64 * 28 * 28 * 32 * 4 + 32 * 4 + 2 * 32 * 4);
@@ -320,8 +321,8 @@ fn lean_stores_norms_attention_and_gelu_small() {
         let x = b.linear("head", x, 4).unwrap();
         b.build(x).unwrap()
     };
-    let bytes = |lean: bool| {
-        let m = build().with_dropit(&DropIt::new(0.9).lean(lean)).unwrap();
+    let bytes = |p: DropIt| {
+        let m = build().with_dropit(&p).unwrap();
         let mut t = Trainer::new(m, config(8)).unwrap();
         let (x, y) = (data(8 * 160, 1), labels(8, 4, 2));
         assert!(t.step(&x, &y).unwrap().loss.is_finite());
@@ -329,11 +330,12 @@ fn lean_stores_norms_attention_and_gelu_small() {
         let row = |n: &str| r.layers.iter().find(|l| l.name == n).unwrap().saved_bytes;
         [row("ln"), row("attn.sdpa"), row("gelu")]
     };
-    // LayerNorm: x̂ and 1/σ per row; attention: q|k|v (held, or bf16) and one log-sum-exp per
-    // row and head; GELU: its input, or a one-byte derivative.
-    let lse = 8 * 2 * 10 * 4;
+    // LayerNorm: x̂ and 1/σ per row (lean: x̂ in bytes and a scale per row, or bf16);
+    // attention: q|k|v (held, or bf16) and one log-sum-exp per row and head; GELU: its input,
+    // or a one-byte derivative.
+    let (lse, rows) = (8 * 2 * 10 * 4, 8 * 10 * 4);
     assert_eq!(
-        bytes(false),
+        bytes(DropIt::new(0.9)),
         [
             8 * 10 * 16 * 4 + 8 * 10 * 4,
             8 * 10 * 48 * 4 + lse,
@@ -341,12 +343,12 @@ fn lean_stores_norms_attention_and_gelu_small() {
         ]
     );
     assert_eq!(
-        bytes(true),
-        [
-            8 * 10 * 16 * 2 + 8 * 10 * 4,
-            8 * 10 * 48 * 2 + lse,
-            8 * 10 * 32
-        ]
+        bytes(DropIt::new(0.9).lean(true)),
+        [8 * 10 * 16 + 2 * rows, 8 * 10 * 48 * 2 + lse, 8 * 10 * 32]
+    );
+    assert_eq!(
+        bytes(DropIt::new(0.9).lean(true).int8_norms(false))[0],
+        8 * 10 * 16 * 2 + rows
     );
 }
 

@@ -37,17 +37,17 @@ fn dropit_peaks_and_budget() {
     let (dense, _) = run(DropIt::dense());
     let (sparse, _) = run(DropIt::new(0.9));
     let (lean, _) = run(DropIt::new(0.9).lean(true));
-    let (lean8, _) = run(DropIt::new(0.9).lean(true).int8_norms(true));
+    let (lean16, _) = run(DropIt::new(0.9).lean(true).int8_norms(false));
     let (r, rl) = (sparse as f64 / kept as f64, lean as f64 / kept as f64);
     println!(
-        "cnn batch 64 peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean 8-bit norms {lean8} B ({:.3})",
+        "cnn batch 64 peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean with bf16 norms {lean16} B ({:.3})",
         dense as f64 / kept as f64,
-        lean8 as f64 / kept as f64
+        lean16 as f64 / kept as f64
     );
-    assert!(lean8 < lean, "8-bit norms did not lower the lean peak");
+    assert!(lean < lean16, "8-bit norms did not lower the lean peak");
     assert!(dense < kept, "rebuilding did not lower the dense peak");
     assert!(r <= 0.75, "γ=0.9 peak ratio {r}");
-    assert!(rl <= 0.50, "γ=0.9 lean peak ratio {rl}");
+    assert!(rl <= 0.38, "γ=0.9 lean peak ratio {rl}");
 
     // A budget between the lean and the plain γ=0.9 plans: a plan is chosen and its measured
     // peak fits.
@@ -69,7 +69,8 @@ fn dropit_peaks_and_budget() {
         "peak {peak} over the budget {budget} ({policy:?})"
     );
     assert!(arena + Trainer::BOOKKEEPING_MAX <= budget);
-    assert!(policy.gamma >= 0.5, "{policy:?}");
+    // Not the dense f32 plan: dropping or lean forms (dense and lean fits here too).
+    assert!(policy.gamma >= 0.5 || policy.lean, "{policy:?}");
     // The dense plan fits a generous budget untouched.
     let (_, p) =
         Trainer::with_budget(model.clone(), config(n), &DropIt::new(0.0), 4 * dense).unwrap();
@@ -109,15 +110,15 @@ fn peaks(name: &str, model: fn() -> dropit::Result<Model>, cfg: TrainerConfig) -
     let (dense, _) = run(DropIt::dense());
     let (sparse, _) = run(DropIt::new(0.9));
     let (lean, arena) = run(DropIt::new(0.9).lean(true));
-    let (lean8, _) = run(DropIt::new(0.9).lean(true).int8_norms(true));
+    let (lean16, _) = run(DropIt::new(0.9).lean(true).int8_norms(false));
     let (r, rl) = (sparse as f64 / kept as f64, lean as f64 / kept as f64);
     println!(
-        "{name} batch {n} peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean 8-bit norms {lean8} B ({:.3})",
+        "{name} batch {n} peak: dense keeping its inputs {kept} B, dense {dense} B ({:.3}), γ=0.9 {sparse} B ({r:.3}), γ=0.9 lean {lean} B ({rl:.3}), γ=0.9 lean with bf16 norms {lean16} B ({:.3})",
         dense as f64 / kept as f64,
-        lean8 as f64 / kept as f64
+        lean16 as f64 / kept as f64
     );
     assert!(
-        lean8 < lean,
+        lean < lean16,
         "{name}: 8-bit norms did not lower the lean peak"
     );
     assert!(
@@ -131,7 +132,7 @@ fn peaks(name: &str, model: fn() -> dropit::Result<Model>, cfg: TrainerConfig) -
 fn vit_peaks() {
     let (r, rl) = peaks("vit", Model::vit, TrainerConfig::adamw_recipe(64, 100));
     assert!(r <= 0.70, "γ=0.9 peak ratio {r}");
-    assert!(rl <= 0.40, "γ=0.9 lean peak ratio {rl}");
+    assert!(rl <= 0.35, "γ=0.9 lean peak ratio {rl}");
 }
 
 fn mobilenet_peaks() {
@@ -140,7 +141,7 @@ fn mobilenet_peaks() {
         Model::mobilenet,
         TrainerConfig::sgd_recipe(64, 100),
     );
-    assert!(r < 1.0 && rl < r, "peak ratios {r}, {rl}");
+    assert!(r < 1.0 && rl <= 0.31, "peak ratios {r}, {rl}");
 }
 
 fn main() {

@@ -9,6 +9,9 @@
 //! - `conv`: direct Conv2d forward / grad_W / grad_X of one sample vs im2col + our `sgemm` and
 //!   im2col + matrixmultiply, on the cnn's shapes.
 //!
+//! - `norm`: batch norm's forward (statistics, normalize) and backward loops, and layer norm's
+//!   rows, with x̂ kept as f32, bf16 and 8-bit codes, on a cnn and a vit shape.
+//!
 //! Data is deterministic (xorshift + Box-Muller), so runs are comparable.
 
 use std::hint::black_box;
@@ -739,9 +742,112 @@ fn bench_reduce(c: &mut Criterion) {
     grp.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// norm: batch norm over one worker's share of the cnn's first block (32 samples × 28×28 pixels,
+// 32 channels) and layer norm over the vit's 64 × 65 tokens of 192 channels, x̂ as f32, bf16
+// and 8-bit codes.
+
+fn bench_norm(c: &mut Criterion) {
+    use dropit_simd::norm::{self, Affine, Back, Xhat};
+    use half::bf16;
+    let (ch, rows) = (32, 32 * 28 * 28);
+    let x = normals(rows * ch, 51);
+    let dy = normals(rows * ch, 52);
+    let k = normals(4 * ch, 53);
+    let inv_scale: Vec<f32> = k[..ch].iter().map(|v| v.abs() * 20.0 + 1.0).collect();
+    let aff = Affine {
+        mean: &k[..ch],
+        inv: &k[ch..2 * ch],
+        gamma: &k[2 * ch..3 * ch],
+        beta: &k[3 * ch..],
+        inv_scale: Some(&inv_scale),
+    };
+    let back = Back {
+        k: &k[..ch],
+        dbeta: &k[ch..2 * ch],
+        dgamma: &k[2 * ch..3 * ch],
+        m: rows as f32,
+    };
+    let mut y = vec![0.0f32; x.len()];
+    let mut grp = c.benchmark_group("norm");
+    grp.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(x.len() as u64));
+    let (mut acc, mut lo, mut hi) = (vec![0.0f64; ch], vec![0.0f64; ch], vec![0.0f64; ch]);
+    grp.bench_function("bn_channel_sums", |b| {
+        b.iter(|| norm::channel_sums(black_box(&x), ch, None, &mut acc).unwrap())
+    });
+    grp.bench_function("bn_channel_sums_extremes", |b| {
+        b.iter(|| {
+            norm::channel_sums_extremes(black_box(&x), ch, &mut acc, &mut lo, &mut hi).unwrap()
+        })
+    });
+    fn forms<H: Xhat + Default>(
+        grp: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        (x, dy, y): (&[f32], &[f32], &mut [f32]),
+        ch: usize,
+        (aff, back): (Affine<'_>, Back<'_>),
+    ) {
+        let mut h = vec![H::default(); x.len()];
+        grp.bench_function(BenchmarkId::new("bn_normalize", name), |b| {
+            b.iter(|| norm::normalize(Some(black_box(x)), y, &mut h, ch, aff).unwrap())
+        });
+        let (mut db, mut dg) = (vec![0.0f64; ch], vec![0.0f64; ch]);
+        grp.bench_function(BenchmarkId::new("bn_grad_sums", name), |b| {
+            b.iter(|| norm::grad_sums(black_box(dy), &h, ch, &mut db, &mut dg).unwrap())
+        });
+        grp.bench_function(BenchmarkId::new("bn_grad_x", name), |b| {
+            b.iter(|| norm::grad_x(Some(black_box(dy)), y, &h, ch, back, false).unwrap())
+        });
+        let (c, n) = (192, 64 * 65);
+        let (x, dy) = (&x[..n * c], &dy[..n * c]);
+        let (g, beta) = (&aff.inv[..1], &aff.mean[..1]);
+        let (gamma, betas): (Vec<f32>, Vec<f32>) = (vec![g[0]; c], vec![beta[0]; c]);
+        let mut hl = vec![H::default(); n * c];
+        grp.bench_function(BenchmarkId::new("ln_normalize_rows", name), |b| {
+            b.iter(|| {
+                for ((xr, yr), hr) in x.chunks(c).zip(y.chunks_mut(c)).zip(hl.chunks_mut(c)) {
+                    let s = norm::abs_max(xr, 0.1, 1.3);
+                    let ms = (0.1, 1.3, 127.0 / s);
+                    norm::normalize_row(Some(xr), yr, hr, ms, &gamma, &betas).unwrap();
+                }
+            })
+        });
+        let (inv, scale) = (vec![1.3f32; n], vec![0.02f32; n]);
+        let (mut dgl, mut dbl) = (vec![0.0f64; c], vec![0.0f64; c]);
+        grp.bench_function(BenchmarkId::new("ln_backward", name), |b| {
+            b.iter(|| {
+                let rows = (&inv[..], Some(&scale[..]));
+                let dx = Some(&mut y[..n * c]);
+                norm::ln_backward(
+                    black_box(dy),
+                    &hl,
+                    &gamma,
+                    rows,
+                    &mut dgl,
+                    &mut dbl,
+                    dx,
+                    false,
+                )
+                .unwrap()
+            })
+        });
+    }
+    let args = (&x[..], &dy[..], &mut y[..]);
+    forms::<f32>(&mut grp, "f32", args, ch, (aff, back));
+    let args = (&x[..], &dy[..], &mut y[..]);
+    forms::<bf16>(&mut grp, "bf16", args, ch, (aff, back));
+    let args = (&x[..], &dy[..], &mut y[..]);
+    forms::<i8>(&mut grp, "i8", args, ch, (aff, back));
+    grp.finish();
+}
+
 criterion_group!(
     benches,
     bench_reduce,
+    bench_norm,
     bench_topk,
     bench_pack,
     bench_spmm_linear,

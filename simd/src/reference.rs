@@ -398,6 +398,19 @@ pub fn bn_channel_sums(x: &[f32], c: usize, mean: Option<&[f64]>, acc: &mut [f64
     }
 }
 
+/// Batch norm's extremes per channel, one row after another, NaN skipped (as
+/// [`crate::norm::channel_extremes`]).
+pub fn bn_channel_extremes(x: &[f32], c: usize, lo: &mut [f64], hi: &mut [f64]) {
+    lo.fill(f64::INFINITY);
+    hi.fill(f64::NEG_INFINITY);
+    for row in x.chunks_exact(c.max(1)) {
+        for (i, &v) in row.iter().enumerate() {
+            lo[i] = lo[i].min(v as f64);
+            hi[i] = hi[i].max(v as f64);
+        }
+    }
+}
+
 /// Batch norm's forward, element by element (as [`crate::norm::normalize`]).
 pub fn bn_normalize<H: crate::norm::Xhat>(
     src: Option<&[f32]>,
@@ -410,7 +423,7 @@ pub fn bn_normalize<H: crate::norm::Xhat>(
         let i = e % c;
         let xv = src.map_or(*yv, |x| x[e]);
         let v = (xv - a.mean[i]) * a.inv[i];
-        *hv = H::put(v);
+        *hv = H::put(v, a.inv_scale.map_or(1.0, |s| s[i]));
         *yv = a.gamma[i] * v + a.beta[i];
     }
 }
@@ -467,21 +480,27 @@ pub fn ln_normalize_row<H: crate::norm::Xhat>(
     src: Option<&[f32]>,
     y: &mut [f32],
     h: &mut [H],
-    mean: f32,
-    inv: f32,
+    (mean, inv, inv_scale): (f32, f32, f32),
     gamma: &[f32],
     beta: &[f32],
 ) {
     for i in 0..y.len() {
         let xv = src.map_or(y[i], |x| x[i]);
         let v = (xv - mean) * inv;
-        h[i] = H::put(v);
+        h[i] = H::put(v, inv_scale);
         y[i] = gamma[i] * v + beta[i];
     }
 }
 
+/// The largest `|(x − mean)·inv|` of a row, one element after another, NaN skipped (as
+/// [`crate::norm::abs_max`]).
+pub fn ln_abs_max(x: &[f32], mean: f32, inv: f32) -> f32 {
+    x.iter()
+        .fold(0.0f32, |m, &v| m.max(((v - mean) * inv).abs()))
+}
+
 /// Layer norm's backward over `c`-wide rows, one row and one element after another (as
-/// [`crate::norm::ln_backward`]): per channel `dg += dy·x̂`, `db += dy` (f64, rows in order);
+/// [`crate::norm::ln_backward`]), x̂ being each row's `h` times its `scale` (none: 1): per channel `dg += dy·x̂`, `db += dy` (f64, rows in order);
 /// per row `ĝ = dy·γ`, `Σĝ` and `Σĝ·x̂` (f64, channels in order), and, when `dx` is given,
 /// `dx = inv/c · (c·ĝ − Σĝ − x̂·Σĝ·x̂)` (added when `acc`).
 #[allow(clippy::too_many_arguments)]
@@ -489,7 +508,7 @@ pub fn ln_backward<H: crate::norm::Xhat>(
     dy: &[f32],
     h: &[H],
     gamma: &[f32],
-    inv: &[f32],
+    (inv, scale): (&[f32], Option<&[f32]>),
     dg: &mut [f64],
     db: &mut [f64],
     mut dx: Option<&mut [f32]>,
@@ -498,8 +517,9 @@ pub fn ln_backward<H: crate::norm::Xhat>(
     let c = gamma.len();
     for (r, (dr, hr)) in dy.chunks_exact(c).zip(h.chunks_exact(c)).enumerate() {
         let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+        let s = scale.map_or(1.0, |s| s[r]);
         for i in 0..c {
-            let hv = hr[i].get() * 1.0;
+            let hv = hr[i].get() * s;
             dg[i] += (dr[i] * hv) as f64;
             db[i] += dr[i] as f64;
             let g = dr[i] * gamma[i];
@@ -510,7 +530,7 @@ pub fn ln_backward<H: crate::norm::Xhat>(
             let k = inv[r] / c as f32;
             for i in 0..c {
                 let g = dr[i] * gamma[i];
-                let hv = hr[i].get() * 1.0;
+                let hv = hr[i].get() * s;
                 let v = k * (c as f32 * g - sg as f32 - hv * sgx as f32);
                 let d = &mut dx[r * c + i];
                 *d = if acc { *d + v } else { v };

@@ -1,7 +1,9 @@
-//! Batch norm's loops against their scalar twins, bitwise: every channel count from 1 to 40
-//! (whole groups of eight and tails), any number of rows, in place or not, added or not, x̂
-//! in f32 and bf16, and values including ±0, ±∞, NaN and subnormals.
-use dropit_simd::norm::{Affine, Back, Xhat, channel_sums, grad_sums, grad_x, normalize};
+//! Batch and layer norm's loops against their scalar twins, bitwise: every channel count from 1
+//! to 40 (whole groups of eight and tails), any number of rows, in place or not, added or not,
+//! x̂ in f32, bf16 and 8-bit codes, and values including ±0, ±∞, NaN and subnormals.
+use dropit_simd::norm::{
+    Affine, Back, Xhat, channel_sums, channel_sums_extremes, grad_sums, grad_x, normalize,
+};
 use dropit_simd::reference;
 use half::bf16;
 use proptest::prelude::*;
@@ -34,12 +36,25 @@ fn case() -> impl Strategy<Value = (usize, Vec<f32>, Vec<f32>, Vec<f32>)> {
     })
 }
 
+/// Per-channel `1/scale` of 8-bit codes: from 0.5 to 60, so that codes round and clamp.
+fn inv_scales(k: &[f32]) -> Vec<f32> {
+    k.iter().map(|v| v.abs() * 20.0 + 0.5).collect()
+}
+
 fn check_forward<H: Xhat + Default>(
     c: usize,
     x: &[f32],
     k: &[f32],
     bits: impl Fn(H) -> f64,
 ) -> Result<(), TestCaseError> {
+    let (mut la, mut ha, mut sa) = (vec![3.0f64; c], vec![3.0f64; c], vec![3.0f64; c]);
+    let (mut lb, mut hb, mut sb) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
+    channel_sums_extremes(x, c, &mut sa, &mut la, &mut ha).unwrap();
+    reference::bn_channel_extremes(x, c, &mut lb, &mut hb);
+    reference::bn_channel_sums(x, c, None, &mut sb);
+    prop_assert!(same_all(&sa, &sb, |v| v), "sums beside extremes");
+    // Equal values (a zero's sign may come from either of +0 and −0).
+    prop_assert!(la == lb && ha == hb, "extremes {la:?} {lb:?} {ha:?} {hb:?}");
     let mean64: Vec<f64> = k[..c].iter().map(|&v| v as f64).collect();
     for m in [None, Some(&mean64[..])] {
         let (mut a, mut b) = (vec![7.0f64; c], vec![0.0f64; c]);
@@ -56,8 +71,14 @@ fn check_forward<H: Xhat + Default>(
         inv: &k[c..2 * c],
         gamma: &k[2 * c..3 * c],
         beta: &k[3 * c..],
+        inv_scale: None,
     };
-    for in_place in [false, true] {
+    let scales = inv_scales(&k[..c]);
+    let scaled = Affine {
+        inv_scale: Some(&scales),
+        ..aff
+    };
+    for (in_place, aff) in [(false, aff), (true, aff), (false, scaled), (true, scaled)] {
         let (mut ya, mut yb) = (x.to_vec(), x.to_vec());
         let (mut ha, mut hb) = (vec![H::default(); x.len()], vec![H::default(); x.len()]);
         let src = (!in_place).then_some(x);
@@ -119,6 +140,55 @@ proptest! {
         let h: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
         check_backward(c, &dy, &h, &k)?;
     }
+
+    #[test]
+    fn eight_bit_xhat_matches_twin((c, x, dy, k) in case()) {
+        check_forward::<i8>(c, &x, &k, |v| v as f64)?;
+        let h: Vec<i8> = x.iter().map(|&v| i8::put(v, 13.0)).collect();
+        check_backward(c, &dy, &h, &k)?;
+    }
+}
+
+/// 8-bit codes round as `libm::roundf` then clamp, eight lanes at a time: at, just inside and
+/// just outside every tie from −130.5 to 130.5, at ±0, ±∞, NaN and huge values, and for scaled
+/// values whose product rounds near a tie.
+#[test]
+fn eight_bit_rounding_is_scalar() {
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3e38,
+        -3e38,
+    ];
+    for t in -131..=131 {
+        let tie = t as f32 + 0.5;
+        x.extend([
+            tie,
+            tie.next_up(),
+            tie.next_down(),
+            t as f32,
+            (t as f32).next_up(),
+        ]);
+    }
+    x.extend((0..4000).map(|i| (i as f32 - 2000.0) * 0.0637));
+    while !x.len().is_multiple_of(8) {
+        x.push(1.0);
+    }
+    for inv_scale in [1.0f32, 0.1, 3.0, 127.0 / 4.3, 1e-30] {
+        let mut got = vec![0i8; x.len()];
+        for (g, v) in got.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+            let lanes: [f32; 8] = v.try_into().unwrap();
+            i8::store8(g, wide::f32x8::from(lanes), wide::f32x8::splat(inv_scale));
+        }
+        for (g, &v) in got.iter().zip(&x) {
+            let want = libm::roundf(v * inv_scale).clamp(-127.0, 127.0) as i8;
+            assert_eq!(*g, want, "{v:e} × {inv_scale}");
+            assert_eq!(i8::put(v, inv_scale), want, "{v:e} × {inv_scale}");
+        }
+    }
 }
 
 /// bf16 rounding is `half`'s, bit for bit, on every exponent and around every tie.
@@ -134,7 +204,7 @@ fn bf16_rounding_is_halfs() {
     let mut got = vec![bf16::ZERO; n];
     for (g, v) in got.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
         let lanes: [f32; 8] = v.try_into().unwrap();
-        bf16::store8(g, wide::f32x8::from(lanes));
+        bf16::store8(g, wide::f32x8::from(lanes), wide::f32x8::splat(1.0));
     }
     for (g, &v) in got.iter().zip(&x) {
         assert_eq!(
@@ -159,6 +229,7 @@ fn bad_lengths_are_errors() {
         inv: &k,
         gamma: &k,
         beta: &k[..2],
+        inv_scale: None,
     };
     let mut y = vec![0.0; 6];
     let mut h = vec![0.0f32; 6];
@@ -170,6 +241,18 @@ fn bad_lengths_are_errors() {
         m: 2.0,
     };
     assert!(grad_x(Some(&[0.0; 5]), &mut y, &h, 3, back, false).is_err());
+    let aff = Affine {
+        beta: &k,
+        inv_scale: Some(&k[..1]),
+        ..aff
+    };
+    assert!(normalize(None, &mut y, &mut h, 3, aff).is_err());
+    let (mut lo, mut hi) = (vec![0.0; 3], vec![0.0; 2]);
+    assert!(channel_sums_extremes(&[0.0; 6], 3, &mut acc, &mut lo, &mut hi).is_err());
+    let (mut dg, mut db) = (vec![0.0; 3], vec![0.0; 3]);
+    let ln = dropit_simd::norm::ln_backward;
+    let rows = (&[1.0f32; 2][..], Some(&[1.0f32; 1][..]));
+    assert!(ln(&[0.0; 6], &h, &k, rows, &mut dg, &mut db, None, false).is_err());
 }
 
 proptest! {
@@ -191,26 +274,35 @@ proptest! {
 }
 
 proptest! {
-    /// Layer norm's row forward against its twin, f32 and bf16 x̂, in place or not.
+    /// Layer norm's row forward against its twin, f32, bf16 and 8-bit x̂, in place or not; and
+    /// the row's largest |x̂|.
     #[test]
-    fn row_normalize_matches_twin((c, x, _dy, k) in case(), mean in -2.0f32..2.0, inv in 0.1f32..4.0) {
+    fn row_normalize_matches_twin((c, x, _dy, k) in case(), mean in -2.0f32..2.0, inv in 0.1f32..4.0, inv_scale in 0.5f32..60.0) {
         let c = c.min(x.len().max(1));
         let x = &x[..x.len() / c * c];
         for row in x.chunks_exact(c) {
             let (g, b) = (&k[..c], &k[c..2 * c]);
+            let m = dropit_simd::norm::abs_max(row, mean, inv);
+            prop_assert!(same(m as f64, reference::ln_abs_max(row, mean, inv) as f64), "largest |x̂|");
+            let ms = (mean, inv, inv_scale);
             for in_place in [false, true] {
                 let src = (!in_place).then_some(row);
                 let (mut ya, mut yb) = (row.to_vec(), row.to_vec());
                 let (mut ha, mut hb) = (vec![0.0f32; c], vec![0.0f32; c]);
-                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, mean, inv, g, b).unwrap();
-                reference::ln_normalize_row(src, &mut yb, &mut hb, mean, inv, g, b);
+                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, ms, g, b).unwrap();
+                reference::ln_normalize_row(src, &mut yb, &mut hb, ms, g, b);
                 prop_assert!(same_all(&ya, &yb, |v| v as f64) && same_all(&ha, &hb, |v| v as f64));
                 let (mut ya, mut yb) = (row.to_vec(), row.to_vec());
                 let (mut ha, mut hb) = (vec![bf16::ZERO; c], vec![bf16::ZERO; c]);
-                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, mean, inv, g, b).unwrap();
-                reference::ln_normalize_row(src, &mut yb, &mut hb, mean, inv, g, b);
+                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, ms, g, b).unwrap();
+                reference::ln_normalize_row(src, &mut yb, &mut hb, ms, g, b);
                 prop_assert!(same_all(&ya, &yb, |v| v as f64));
                 prop_assert!(same_all(&ha, &hb, |v| v.to_bits() as f64));
+                let (mut ya, mut yb) = (row.to_vec(), row.to_vec());
+                let (mut ha, mut hb) = (vec![0i8; c], vec![0i8; c]);
+                dropit_simd::norm::normalize_row(src, &mut ya, &mut ha, ms, g, b).unwrap();
+                reference::ln_normalize_row(src, &mut yb, &mut hb, ms, g, b);
+                prop_assert!(same_all(&ya, &yb, |v| v as f64) && ha == hb);
             }
         }
     }
@@ -218,30 +310,38 @@ proptest! {
 
 proptest! {
     /// Layer norm's backward, eight rows at a time, against its row-by-row twin: the channel
-    /// sums added onto what was there, and dX written or added, f32 and bf16 x̂.
+    /// sums added onto what was there, and dX written or added, f32, bf16 and 8-bit x̂ (8-bit:
+    /// each row's codes times its scale).
     #[test]
     fn ln_backward_matches_twin((c, x, dy, k) in case(), start in -2.0f64..2.0) {
         let n = dy.len() / c;
         let (gamma, inv) = (&k[..c], &k[c..].iter().cycle().take(n).map(|v| v.abs() + 0.1).collect::<Vec<f32>>());
         let hb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let hq: Vec<i8> = x.iter().map(|&v| i8::put(v, 13.0)).collect();
+        let scales: Vec<f32> = inv.iter().map(|v| v / 7.0).collect();
         for acc in [false, true] {
             for with_dx in [false, true] {
-                let run = |kernel: bool, bf: bool| {
+                let run = |kernel: bool, form: usize| {
                     let (mut dg, mut db) = (vec![start; c], vec![-start; c]);
                     let mut dx: Vec<f32> = x.iter().map(|v| v * 0.25).collect();
                     let d = with_dx.then_some(&mut dx[..]);
-                    match (kernel, bf) {
-                        (true, false) => dropit_simd::norm::ln_backward(&dy, &x, gamma, inv, &mut dg, &mut db, d, acc).unwrap(),
-                        (false, false) => reference::ln_backward(&dy, &x, gamma, inv, &mut dg, &mut db, d, acc),
-                        (true, true) => dropit_simd::norm::ln_backward(&dy, &hb, gamma, inv, &mut dg, &mut db, d, acc).unwrap(),
-                        (false, true) => reference::ln_backward(&dy, &hb, gamma, inv, &mut dg, &mut db, d, acc),
+                    let (plain, scaled) = ((&inv[..], None), (&inv[..], Some(&scales[..])));
+                    let sums = (&mut dg[..], &mut db[..]);
+                    use dropit_simd::norm::ln_backward as ln;
+                    match (kernel, form) {
+                        (true, 0) => ln(&dy, &x, gamma, plain, sums.0, sums.1, d, acc).unwrap(),
+                        (false, 0) => reference::ln_backward(&dy, &x, gamma, plain, sums.0, sums.1, d, acc),
+                        (true, 1) => ln(&dy, &hb, gamma, plain, sums.0, sums.1, d, acc).unwrap(),
+                        (false, 1) => reference::ln_backward(&dy, &hb, gamma, plain, sums.0, sums.1, d, acc),
+                        (true, _) => ln(&dy, &hq, gamma, scaled, sums.0, sums.1, d, acc).unwrap(),
+                        (false, _) => reference::ln_backward(&dy, &hq, gamma, scaled, sums.0, sums.1, d, acc),
                     }
                     (dg, db, dx)
                 };
-                for bf in [false, true] {
-                    let (a, b) = (run(true, bf), run(false, bf));
-                    prop_assert!(same_all(&a.0, &b.0, |v| v) && same_all(&a.1, &b.1, |v| v), "sums, bf16 {}", bf);
-                    prop_assert!(same_all(&a.2, &b.2, |v| v as f64), "dX, bf16 {}, acc {}, dx {}", bf, acc, with_dx);
+                for form in 0..3 {
+                    let (a, b) = (run(true, form), run(false, form));
+                    prop_assert!(same_all(&a.0, &b.0, |v| v) && same_all(&a.1, &b.1, |v| v), "sums, form {}", form);
+                    prop_assert!(same_all(&a.2, &b.2, |v| v as f64), "dX, form {}, acc {}, dx {}", form, acc, with_dx);
                 }
             }
         }

@@ -10,14 +10,16 @@ use super::contract::{
     Dims, Elem, Entry, Input, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, Saved, params,
 };
 use super::par::{each, max_groups, split};
-use super::xhat::{Code, Form, scale_for};
-use super::{Bwd, Fwd, Rb, planner_bug, put, rebuild_norm};
+use super::xhat::Form;
+use super::{Bwd, Fwd, Rb, planner_bug, rebuild_norm};
 use crate::collections::msg;
 
 use crate::arena::{f32s_mut, words_for_f32};
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
-use dropit_simd::norm::{self, Affine, Back, Xhat, channel_sums};
+use dropit_simd::norm::{
+    self, Affine, Back, Xhat, channel_sums, channel_sums_extremes, code_scale,
+};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// `BatchNorm2d(c)`.
@@ -187,7 +189,7 @@ impl Op for BatchNorm2d {
         let m = (src.len() / c) as f64;
         let form = self.form();
         let (stats, consts) = f.scratch.split_at_mut(self.stats_words(f.n, f.threads));
-        let mean32 = &mut f32s_mut(consts)[..c];
+        let (mean32, inv_scale) = f32s_mut(consts)[..2 * c].split_at_mut(c);
         let scratch: &mut [f64] = bytemuck::cast_slice_mut(stats);
         let (parts, rest) = scratch.split_at_mut(t * 2 * c);
         let (stats, extremes) = rest.split_at_mut(2 * c);
@@ -201,9 +203,12 @@ impl Op for BatchNorm2d {
         each(
             src.chunks(chunk).zip(parts.chunks_mut(2 * c)).zip(exts),
             |((x, s), e)| {
-                channel_sums(x, c, None, &mut s[..c])?;
-                if let Some(e) = e {
-                    row_extremes(x, c, e);
+                match e {
+                    Some(e) => {
+                        let (lo, hi) = e.split_at_mut(c);
+                        channel_sums_extremes(x, c, &mut s[..c], lo, hi)?;
+                    }
+                    None => channel_sums(x, c, None, &mut s[..c])?,
                 }
                 Ok(())
             },
@@ -235,8 +240,8 @@ impl Op for BatchNorm2d {
             inv,
             gamma,
             beta,
+            inv_scale: None,
         };
-        let (gb, chunk) = ((gamma, beta), chunk);
         match form {
             Form::F32 => kernel_normalize(f.x, f.y, f.saved.f32(1)?, chunk, c, aff),
             Form::Bf16 => kernel_normalize(f.x, f.y, f.saved.bf16(1)?, chunk, c, aff),
@@ -250,15 +255,15 @@ impl Op for BatchNorm2d {
                             (lo.min(e[i]), hi.max(e[c + i]))
                         });
                     let max = (hi - mean[i]).max(mean[i] - lo) * inv[i] as f64;
-                    scale[i] = scale_for(max as f32);
-                    // The inverse scales, where the first worker's extremes were.
-                    extremes[i] = 1.0 / scale[i] as f64;
+                    scale[i] = code_scale(max as f32);
+                    inv_scale[i] = (1.0 / scale[i] as f64) as f32;
                 }
-                let inv_scale: &[f64] = &extremes[..c];
+                let aff = Affine {
+                    inv_scale: Some(inv_scale),
+                    ..aff
+                };
                 let h: &mut [i8] = bytemuck::cast_slice_mut(f.saved.bytes(1)?);
-                normalize(f.x, f.y, h, chunk, c, mean32, inv, gb, |v, i| {
-                    i8::encode(v, inv_scale[i] as f32)
-                })
+                kernel_normalize(f.x, f.y, h, chunk, c, aff)
             }
         }
     }
@@ -266,11 +271,11 @@ impl Op for BatchNorm2d {
     fn backward(&self, b: &mut Bwd<'_>) -> Result<()> {
         let inv = b.saved.f32(0)?;
         match self.form() {
-            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[], Kernels),
-            Form::Bf16 => self.backward_with(b, b.saved.bf16(1)?, inv, &[], Kernels),
+            Form::F32 => self.backward_with(b, b.saved.f32(1)?, inv, &[]),
+            Form::Bf16 => self.backward_with(b, b.saved.bf16(1)?, inv, &[]),
             Form::Int8 => {
                 let q: &[i8] = bytemuck::cast_slice(b.saved.bytes(1)?);
-                self.backward_with(b, q, inv, b.saved.f32(3)?, Scalar)
+                self.backward_with(b, q, inv, b.saved.f32(3)?)
             }
         }
     }
@@ -279,86 +284,14 @@ impl Op for BatchNorm2d {
 /// Words of scratch per channel for the f32 constants of the kernels (four f32 a channel).
 const CONSTS: usize = 2;
 
-/// Backward's two loops over a worker's rows, for x̂ kept as `V`.
-trait Loops<V> {
-    /// `db = Σ dy`, `dg = Σ dy·x̂` per channel.
-    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()>;
-    /// `dx = k·(m·dy − dβ − x̂·dγ)` (added when `acc`; `dy` in `dx` when `None`).
-    fn grad_x(
-        &self,
-        dy: Option<&[f32]>,
-        dx: &mut [f32],
-        h: &[V],
-        c: usize,
-        b: Back<'_>,
-        acc: bool,
-    ) -> Result<()>;
-}
-
-/// The vector kernels (f32 and bf16 x̂).
-struct Kernels;
-
-impl<V: Xhat> Loops<V> for Kernels {
-    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()> {
-        Ok(norm::grad_sums(dy, h, c, db, dg)?)
-    }
-    fn grad_x(
-        &self,
-        dy: Option<&[f32]>,
-        dx: &mut [f32],
-        h: &[V],
-        c: usize,
-        b: Back<'_>,
-        acc: bool,
-    ) -> Result<()> {
-        Ok(norm::grad_x(dy, dx, h, c, b, acc)?)
-    }
-}
-
-/// Scalar loops (8-bit codes).
-struct Scalar;
-
-impl<V: Code> Loops<V> for Scalar {
-    fn sums(&self, dy: &[f32], h: &[V], c: usize, db: &mut [f64], dg: &mut [f64]) -> Result<()> {
-        db.fill(0.0);
-        dg.fill(0.0);
-        for (dr, hr) in dy.chunks_exact(c).zip(h.chunks_exact(c)) {
-            for i in 0..c {
-                db[i] += dr[i] as f64;
-                dg[i] += (dr[i] * hr[i].decode()) as f64;
-            }
-        }
-        Ok(())
-    }
-    fn grad_x(
-        &self,
-        dy: Option<&[f32]>,
-        dx: &mut [f32],
-        h: &[V],
-        c: usize,
-        b: Back<'_>,
-        acc: bool,
-    ) -> Result<()> {
-        for (r, (xr, hr)) in dx.chunks_exact_mut(c).zip(h.chunks_exact(c)).enumerate() {
-            for i in 0..c {
-                let d = dy.map_or(xr[i], |dy| dy[r * c + i]);
-                let v = b.k[i] * (b.m * d - b.dbeta[i] - hr[i].decode() * b.dgamma[i]);
-                put(&mut xr[i], v, acc);
-            }
-        }
-        Ok(())
-    }
-}
-
 impl BatchNorm2d {
     /// Backward from x̂ kept as `xhat`, each channel's codes times its `scale` (none: 1).
-    fn backward_with<V: Sync>(
+    fn backward_with<V: Xhat>(
         &self,
         b: &mut Bwd<'_>,
         xhat: &[V],
         inv: &[f32],
         scale: &[f32],
-        loops: impl Loops<V> + Sync,
     ) -> Result<()> {
         let c = self.c;
         let m = (xhat.len() / c) as f32;
@@ -380,7 +313,7 @@ impl BatchNorm2d {
                 .zip(parts.chunks_mut(2 * c)),
             |((dy, h), s)| {
                 let (db, dg) = s.split_at_mut(c);
-                loops.sums(dy, h, c, db, dg)
+                Ok(norm::grad_sums(dy, h, c, db, dg)?)
             },
         )?;
         let (dbeta, dgamma) = sums.split_at_mut(c);
@@ -422,7 +355,7 @@ impl BatchNorm2d {
             dx.chunks_mut(chunk)
                 .zip(b.dy.chunks(chunk))
                 .zip(xhat.chunks(chunk)),
-            |((dx, dy), h)| loops.grad_x(dy, dx, h, c, back, acc),
+            |((dx, dy), h)| Ok(norm::grad_x(dy, dx, h, c, back, acc)?),
         )
     }
 }
@@ -441,53 +374,6 @@ fn kernel_normalize<H: Xhat>(
         .zip(x.chunks(chunk))
         .zip(h.chunks_mut(chunk));
     each(groups, |((y, x), h)| Ok(norm::normalize(x, y, h, c, aff)?))
-}
-
-/// `h = (x − mean)·inv` kept as `enc(h, channel)`, `y = γ·h + β` from the unrounded `h`, by
-/// worker groups (in place, the input is in `y`): the 8-bit form, whose codes need the
-/// channel's scale.
-#[allow(clippy::too_many_arguments)]
-fn normalize<V: Code>(
-    x: Input<'_>,
-    y: &mut [f32],
-    xhat: &mut [V],
-    chunk: usize,
-    c: usize,
-    mean: &[f32],
-    inv: &[f32],
-    (gamma, beta): (&[f32], &[f32]),
-    enc: impl Fn(f32, usize) -> V + Sync,
-) -> Result<()> {
-    each(
-        y.chunks_mut(chunk)
-            .zip(x.chunks(chunk))
-            .zip(xhat.chunks_mut(chunk)),
-        |((y, x), h)| {
-            for (r, (yr, hr)) in y.chunks_exact_mut(c).zip(h.chunks_exact_mut(c)).enumerate() {
-                for i in 0..c {
-                    let xv = x.map_or(yr[i], |x| x[r * c + i]);
-                    let v = (xv - mean[i]) * inv[i];
-                    hr[i] = enc(v, i);
-                    yr[i] = gamma[i] * v + beta[i];
-                }
-            }
-            Ok(())
-        },
-    )
-}
-
-/// `e[i]` the smallest and `e[c + i]` the largest value of channel `i` over the `c`-wide rows of
-/// `x` (NaN is skipped: a step with one is skipped anyway).
-fn row_extremes(x: &[f32], c: usize, e: &mut [f64]) {
-    let (lo, hi) = e.split_at_mut(c);
-    lo.fill(f64::INFINITY);
-    hi.fill(f64::NEG_INFINITY);
-    for row in x.chunks_exact(c) {
-        for (i, &v) in row.iter().enumerate() {
-            lo[i] = lo[i].min(v as f64);
-            hi[i] = hi[i].max(v as f64);
-        }
-    }
 }
 
 /// `out[i] = Σ_workers parts[w][at + i] / div`, in worker order.

@@ -9,12 +9,12 @@ use super::contract::{
     Dims, Elem, Entry, Layout, Mode, Needs, Op, ParamDecl, Params, Rebuild, params,
 };
 use super::par::{each, max_groups, split};
-use super::xhat::{Code, Form, scale_for};
+use super::xhat::Form;
 use super::{Bwd, Fwd, Rb, not_in_place, rebuild_norm};
 use crate::arena::words_for_f32;
 use crate::error::{Result, shape_err};
 use crate::shape::Shape;
-use dropit_simd::norm::row_stats;
+use dropit_simd::norm::{self, Xhat, code_scale, row_stats};
 use half::bf16;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -192,7 +192,7 @@ impl Op for LayerNorm {
 
 impl LayerNorm {
     /// Backward from x̂ kept as `xhat`, each row's codes times its `scale` (none: 1).
-    fn backward_with<V: Code>(
+    fn backward_with<V: Xhat>(
         &self,
         b: &mut Bwd<'_>,
         xhat: &[V],
@@ -220,7 +220,7 @@ impl LayerNorm {
             let (dg, db) = s.split_at_mut(c);
             dg.fill(0.0);
             db.fill(0.0);
-            V::ln_backward(dy, h, gamma, (inv, sc), (dg, db), dx, acc)
+            Ok(norm::ln_backward(dy, h, gamma, (inv, sc), dg, db, dx, acc)?)
         })?;
         let (gg, gb) = b.g.split_at_mut(c);
         for s in sums.chunks_exact(2 * c).take(t) {
@@ -235,7 +235,7 @@ impl LayerNorm {
 
 /// Normalizes rows of `x` (or of `y`, in place, when `x` is `None`) into `y`, keeping x̂ and
 /// 1/σ — and, for 8-bit codes, each row's scale into `scale`.
-fn normalize<V: Code>(
+fn normalize<V: Xhat>(
     y: &mut [f32],
     x: Option<&[f32]>,
     inv: &mut [f32],
@@ -258,16 +258,13 @@ fn normalize<V: Code>(
             inv[r] = iv;
             let inv_scale = match scale.as_deref_mut() {
                 Some(s) => {
-                    let max = xr
-                        .iter()
-                        .fold(0.0f32, |m, &v| m.max(((v - mean) * iv).abs()));
-                    s[r] = scale_for(max);
+                    s[r] = code_scale(norm::abs_max(xr, mean, iv));
                     1.0 / s[r]
                 }
                 None => 1.0,
             };
             let xr = x.map(|x| &x[r * c..][..c]);
-            V::normalize_row(xr, yr, hr, (mean, iv, inv_scale), gamma, beta)?;
+            norm::normalize_row(xr, yr, hr, (mean, iv, inv_scale), gamma, beta)?;
         }
     }
     Ok(())

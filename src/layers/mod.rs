@@ -271,7 +271,7 @@ pub(crate) fn rebuild_norm(
 /// Rebuilds part of a norm's output, `y = γ·x̂ + β` per channel, from its kept `xhat` (rows of
 /// `c`; the parameters are γ then β), each element's code times `scale(its index)`: from f32,
 /// the same products and sums as its forward.
-fn rebuild_affine<V: xhat::Code>(
+fn rebuild_affine<V: dropit_simd::norm::Xhat>(
     r: &mut Rb<'_, '_>,
     xhat: &[V],
     c: usize,
@@ -286,7 +286,7 @@ fn rebuild_affine<V: xhat::Code>(
     for (k, (yr, hr)) in r.y.chunks_mut(c).zip(h.chunks(c)).enumerate() {
         let at = r.at + k * c;
         for i in 0..yr.len() {
-            yr[i] = gamma[i] * (hr[i].decode() * scale(at + i)) + beta[i];
+            yr[i] = gamma[i] * (hr[i].get() * scale(at + i)) + beta[i];
         }
     }
     Ok(())

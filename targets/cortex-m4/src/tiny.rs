@@ -17,7 +17,7 @@ pub const TUNE: usize = 3072;
 pub const TEST: usize = 1024;
 /// Fine-tuning learning rate (SGD recipe otherwise, cosine over one pass).
 pub const LR: f32 = 0.02;
-/// DropIT γ of the fine-tuned conv (lean: bf16 values, bf16 batch norm).
+/// DropIT γ of the fine-tuned conv (lean: bf16 values, 8-bit batch norm x̂).
 pub const GAMMA: f32 = 0.9;
 /// Pre-training on the desktop: images, batch.
 pub const PRETRAIN: (usize, usize) = (6000, 32);
