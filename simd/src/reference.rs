@@ -399,7 +399,7 @@ pub fn bn_channel_sums(x: &[f32], c: usize, mean: Option<&[f64]>, acc: &mut [f64
 }
 
 /// Batch norm's extremes per channel, one row after another, NaN skipped (as
-/// [`crate::norm::channel_extremes`]).
+/// [`crate::norm::channel_sums_extremes`]).
 pub fn bn_channel_extremes(x: &[f32], c: usize, lo: &mut [f64], hi: &mut [f64]) {
     lo.fill(f64::INFINITY);
     hi.fill(f64::NEG_INFINITY);
