@@ -283,12 +283,13 @@ pub fn sgemm(
 /// A build of the micro-kernel.
 trait Micro {
     /// The `MR × N` tile of `Ã · B̃` over `kc`, from an `MR`-row panel of Ã and an `N`-column
-    /// panel of B̃ (as packed: `k` outer).
+    /// panel of B̃ (as packed: `k` outer); with `H = 1` only its first `N / 2` columns need
+    /// be right (an edge tile half as wide; the builds that can then do half the work).
     ///
     /// # Safety
     ///
     /// The CPU has the target features this build uses (none for [`Plain`]).
-    unsafe fn tile<const MR: usize, const N: usize>(
+    unsafe fn tile<const MR: usize, const N: usize, const H: usize>(
         kc: usize,
         a: Panel<'_>,
         b: Panel<'_>,
@@ -317,7 +318,7 @@ trait Micro {
         store: Store,
     ) {
         // SAFETY: passed on from the caller.
-        let acc = unsafe { Self::tile::<MR, N>(kc, a, b) };
+        let acc = unsafe { Self::tile::<MR, N, 2>(kc, a, b) };
         for (i, row) in acc.iter().enumerate() {
             store.row(&mut c[i * rs..][..N], row, alpha);
         }
@@ -401,8 +402,9 @@ impl<'a> Panel<'a> {
 /// has no FMA instruction).
 struct Plain;
 impl Micro for Plain {
+    /// Every column, whatever `H` is.
     #[inline(always)]
-    unsafe fn tile<const MR: usize, const N: usize>(
+    unsafe fn tile<const MR: usize, const N: usize, const H: usize>(
         kc: usize,
         a: Panel<'_>,
         b: Panel<'_>,
@@ -611,20 +613,21 @@ impl Vector for Avx512 {
 #[cfg(x86_detect)]
 impl<V: Vector> Micro for V {
     #[inline(always)]
-    unsafe fn tile<const MR: usize, const N: usize>(
+    unsafe fn tile<const MR: usize, const N: usize, const H: usize>(
         kc: usize,
         a: Panel<'_>,
         b: Panel<'_>,
     ) -> [[f32; N]; MR] {
         let mut out = [[0.0f32; N]; MR];
         // SAFETY: the caller guarantees `V`'s target features, as `micro_simd` needs. Every
-        // store writes LANES floats at offset 0 or LANES of a row of `out` (N = 2·LANES long,
-        // asserted in `micro_simd`).
+        // store writes LANES floats at offset h·LANES (h < H ≤ 2) of a row of `out`, N = 2·LANES
+        // long (asserted in `micro_simd`).
         unsafe {
-            let acc = micro_simd::<V, MR, N>(kc, a, b);
+            let acc = micro_simd::<V, MR, N, H>(kc, a, b);
             for (i, row) in out.iter_mut().enumerate() {
-                V::store(row.as_mut_ptr(), acc[i][0]);
-                V::store(row.as_mut_ptr().add(V::LANES), acc[i][1]);
+                for (h, &v) in acc[i].iter().enumerate().take(H) {
+                    V::store(row.as_mut_ptr().add(h * V::LANES), v);
+                }
             }
         }
         out
@@ -649,7 +652,7 @@ impl<V: Vector> Micro for V {
         // (MR − 1)·rs + 2·LANES = (MR − 1)·rs + N (N = 2·LANES, asserted in `micro_simd`):
         // inside `c`, whose length was checked by the slice above.
         unsafe {
-            let acc = micro_simd::<V, MR, N>(kc, a, b);
+            let acc = micro_simd::<V, MR, N, 2>(kc, a, b);
             let al = V::splat(alpha);
             for (i, pair) in acc.iter().enumerate() {
                 for (h, &v) in pair.iter().enumerate() {
@@ -668,20 +671,22 @@ impl<V: Vector> Micro for V {
 }
 
 /// The intrinsics micro-kernel, one body for every register width: `N = 2 · LANES` columns,
-/// twelve accumulator registers (row `i` in `2i` and `2i + 1`), two loads of B̃ and six
-/// broadcasts of Ã per step of k.
+/// `2·MR` accumulator registers (row `i` in `2i` and `2i + 1`), two loads of B̃ and `MR`
+/// broadcasts of Ã per step of k; with `H = 1` only the first register of each row (the
+/// first `LANES` columns: one load of B̃ per step, and the rest of the tile is zero).
 ///
 /// # Safety
 ///
 /// The CPU has `V`'s target features.
 #[cfg(x86_detect)]
 #[inline(always)]
-unsafe fn micro_simd<V: Vector, const MR: usize, const N: usize>(
+unsafe fn micro_simd<V: Vector, const MR: usize, const N: usize, const H: usize>(
     kc: usize,
     a: Panel<'_>,
     b: Panel<'_>,
 ) -> [[V::Reg; 2]; MR] {
     const { assert!(N == 2 * V::LANES, "a row of the tile is two registers") };
+    const { assert!(H == 1 || H == 2, "one or two registers of a row") };
     let (a, b) = (a.checked::<MR>(kc), b.checked::<N>(kc));
     // SAFETY: the caller guarantees `V`'s target features. Every load reads LANES floats at
     // `b[k·ks ..]` or `b[k·ks + LANES ..]` with k < kc and N = 2·LANES (asserted above), so at
@@ -692,12 +697,19 @@ unsafe fn micro_simd<V: Vector, const MR: usize, const N: usize>(
         let mut acc = [[V::zero(); 2]; MR];
         for k in 0..kc {
             let bp = b.a.as_ptr().add(k * b.ks);
-            let (b0, b1) = (V::load(bp), V::load(bp.add(V::LANES)));
+            let b0 = V::load(bp);
+            let b1 = if H == 2 {
+                V::load(bp.add(V::LANES))
+            } else {
+                b0
+            };
             let ak = a.a.as_ptr().add(k * a.ks);
             for (i, row) in acc.iter_mut().enumerate() {
                 let ai = V::splat(*ak.add(i * a.is));
                 row[0] = V::fmadd(ai, b0, row[0]);
-                row[1] = V::fmadd(ai, b1, row[1]);
+                if H == 2 {
+                    row[1] = V::fmadd(ai, b1, row[1]);
+                }
             }
         }
         acc
@@ -819,6 +831,77 @@ fn pack_b<const NR: usize>(
     }
 }
 
+/// A tile at the edge of C (`rows ≤ MR`, `cols ≤ NR` of it wanted) through the smallest tile
+/// that covers it: as few rows as 1, 2, 4, 6 or 8 (or all `MR`), half the columns where they
+/// fit, so that a thin edge — the 49th row of 49, the last 16 of 48 columns — does not cost a
+/// whole tile. Each element gets the same products in the same order whatever the tile, so the
+/// bits are the same.
+///
+/// # Safety
+///
+/// As [`Micro::tile`].
+#[inline(always)]
+unsafe fn edge_tile<M: Micro, const MR: usize, const NR: usize>(
+    kc: usize,
+    a: Panel<'_>,
+    b: Panel<'_>,
+    rows: usize,
+    cols: usize,
+) -> [[f32; NR]; MR] {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match 2 * cols <= NR {
+            true => edge_rows::<M, MR, NR, 1>(kc, a, b, rows),
+            false => edge_rows::<M, MR, NR, 2>(kc, a, b, rows),
+        }
+    }
+}
+
+/// [`edge_tile`] for `H` registers of columns: the fewest rows covering `rows`.
+///
+/// # Safety
+///
+/// As [`Micro::tile`].
+#[inline(always)]
+unsafe fn edge_rows<M: Micro, const MR: usize, const NR: usize, const H: usize>(
+    kc: usize,
+    a: Panel<'_>,
+    b: Panel<'_>,
+    rows: usize,
+) -> [[f32; NR]; MR] {
+    /// The `R`-row tile in the first rows of an `MR`-row one.
+    ///
+    /// # Safety
+    ///
+    /// As [`Micro::tile`].
+    #[inline(always)]
+    unsafe fn part<M: Micro, const R: usize, const MR: usize, const NR: usize, const H: usize>(
+        kc: usize,
+        a: Panel<'_>,
+        b: Panel<'_>,
+    ) -> [[f32; NR]; MR] {
+        // SAFETY: passed on from the caller.
+        let t = unsafe { M::tile::<R, NR, H>(kc, a, b) };
+        let mut out = [[0.0f32; NR]; MR];
+        out.iter_mut().zip(&t).for_each(|(o, t)| *o = *t);
+        out
+    }
+    // SAFETY: passed on from the caller; an `R`-row tile reads the first R ≤ MR rows of the
+    // panel (R is checked against MR first) through its strides, which only the builds that
+    // read A in place honour (the others assume a panel packed `R` wide).
+    unsafe {
+        match rows {
+            _ if !M::READS_ROWS => M::tile::<MR, NR, H>(kc, a, b),
+            1 if MR > 1 => part::<M, 1, MR, NR, H>(kc, a, b),
+            2 if MR > 2 => part::<M, 2, MR, NR, H>(kc, a, b),
+            3..=4 if MR > 4 => part::<M, 4, MR, NR, H>(kc, a, b),
+            5..=6 if MR > 6 => part::<M, 6, MR, NR, H>(kc, a, b),
+            7..=8 if MR > 8 => part::<M, 8, MR, NR, H>(kc, a, b),
+            _ => M::tile::<MR, NR, H>(kc, a, b),
+        }
+    }
+}
+
 /// The blocked loops around micro-kernel `M` with an `MR × NR` tile.
 ///
 /// # Safety
@@ -909,7 +992,7 @@ unsafe fn blocked<M: Micro, const MR: usize, const NR: usize>(
                             continue;
                         }
                         // SAFETY: the caller guarantees `M`'s target features.
-                        let acc = unsafe { M::tile::<MR, NR>(kc, ap, bp) };
+                        let acc = unsafe { edge_tile::<M, MR, NR>(kc, ap, bp, rows, cols) };
                         if c.rs == 1 && c.cs != 1 {
                             // Column-major C (the transposed product): a tile's columns are
                             // contiguous.
@@ -948,7 +1031,7 @@ mod tests {
     /// intrinsics builds compute, element by element.
     struct ScalarFma;
     impl Micro for ScalarFma {
-        unsafe fn tile<const MR: usize, const N: usize>(
+        unsafe fn tile<const MR: usize, const N: usize, const H: usize>(
             kc: usize,
             a: Panel<'_>,
             b: Panel<'_>,
@@ -992,6 +1075,12 @@ mod tests {
             (13, 7, 70),
             (1, 1, 1),
             (100, 520, 70),
+            // Edge tiles of every height (2, 6, 8 and 7 rows past the last whole AVX-512
+            // tile; 2, 0, 2 and 1 past an AVX2 one) and half widths (16 of 48, 8, 16 of 40).
+            (26, 40, 48),
+            (30, 17, 8),
+            (44, 64, 16),
+            (19, 300, 40),
         ];
         for (m, k, n) in shapes {
             let a: Vec<f32> = (0..m * k)
