@@ -88,6 +88,10 @@ pub enum Error {
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),
+    /// The GPU path cannot run, or a GPU call failed: what, and CUDA's reason.
+    #[cfg(feature = "cuda")]
+    #[error("GPU: {0}")]
+    Gpu(std::string::String),
 }
 
 /// Result of a trainer call.

@@ -32,6 +32,8 @@ mod arena;
 #[cfg(feature = "alloc")]
 pub mod checkpoint;
 pub mod collections;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "std")]
 pub mod data;
 mod dropit;

@@ -1,0 +1,197 @@
+// DropIT's GPU kernels, compiled at run time with NVRTC (`src/cuda/mod.rs`). Each one is the
+// twin of a CPU kernel of `dropit_simd`, with the same conventions:
+//
+// - the magnitude key of x is the bits of |x| as a non-negative int (NaN above +inf, -0 = 0);
+// - a threshold keeps every key above `t` and the first `ties` keys equal to it, in index order;
+// - a bitmap has bit e % 64 of word e / 64 for element e; values follow in index order;
+// - bf16 rounds to nearest even, a NaN keeps its high half with the quiet bit set (as
+//   `half::bf16::from_f32`).
+//
+// Work over a tensor is split by 64-element words: one thread per word, which reads and
+// writes its elements in index order, so the packed bytes do not depend on the launch.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef unsigned short u16;
+
+__device__ __forceinline__ int key_of(float x) { return __float_as_int(x) & 0x7fffffff; }
+
+__device__ __forceinline__ u16 to_bf16(float v) {
+    u32 x = __float_as_uint(v);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x0040u);
+    u32 lsb = (x >> 16) & 1u;
+    return (u16)((x + 0x7fffu + lsb) >> 16);
+}
+
+__device__ __forceinline__ float from_bf16(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+__device__ __forceinline__ u64 word_index() { return blockIdx.x * (u64)blockDim.x + threadIdx.x; }
+
+// One pass of the radix select: the histogram of key digit (key >> shift) & 255 over the keys
+// whose higher digits equal `prefix` (every key on the first pass, shift 24).
+extern "C" __global__ void radix_hist(const float* x, u64 n, int shift, int prefix, u32* hist) {
+    __shared__ u32 h[256];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = word_index(); i < n; i += stride) {
+        int k = key_of(x[i]);
+        if (shift == 24 || (k >> (shift + 8)) == prefix) atomicAdd(&h[(k >> shift) & 255], 1u);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        if (h[i]) atomicAdd(&hist[i], h[i]);
+}
+
+// Per word: how many keys equal the threshold key `t`.
+extern "C" __global__ void word_ties(const float* x, u64 n, int t, u32* equal, u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 end = min(n, 64 * w + 64);
+    u32 q = 0;
+    for (u64 e = 64 * w; e < end; e++) q += key_of(x[e]) == t;
+    equal[w] = q;
+}
+
+// Exclusive prefix sums of `len` counts, by one block: each thread sums a run, the runs'
+// totals are scanned, then each thread writes its run's prefixes.
+extern "C" __global__ void scan_exclusive(const u32* in, u64* out, u64 len) {
+    __shared__ u64 part[1024];
+    u64 per = (len + blockDim.x - 1) / blockDim.x;
+    u64 lo = threadIdx.x * per, hi = min(len, lo + per);
+    u64 s = 0;
+    for (u64 i = lo; i < hi; i++) s += in[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u64 run = 0;
+        for (u32 i = 0; i < blockDim.x; i++) {
+            u64 v = part[i];
+            part[i] = run;
+            run += v;
+        }
+    }
+    __syncthreads();
+    s = part[threadIdx.x];
+    for (u64 i = lo; i < hi; i++) {
+        out[i] = s;
+        s += in[i];
+    }
+}
+
+// The kept bitmap of each word and its count: keys above `t`, and of the keys equal to it the
+// first `ties` in index order (`eq_before[w]` of them lie in earlier words).
+extern "C" __global__ void keep_words(const float* x, u64 n, int t, u64 ties, const u32* equal,
+                                      const u64* eq_before, u64* bits, u32* kept, u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 before = eq_before[w];
+    u64 allowed = ties > before ? min((u64)equal[w], ties - before) : 0;
+    u64 end = min(n, 64 * w + 64), word = 0;
+    for (u64 e = 64 * w; e < end; e++) {
+        int k = key_of(x[e]);
+        bool keep = k > t;
+        if (k == t && allowed > 0) {
+            keep = true;
+            allowed--;
+        }
+        if (keep) word |= 1ull << (e - 64 * w);
+    }
+    bits[w] = word;
+    kept[w] = __popcll(word);
+}
+
+// Popcount of each bitmap word.
+extern "C" __global__ void word_popcounts(const u64* bits, u32* kept, u64 words) {
+    u64 w = word_index();
+    if (w < words) kept[w] = __popcll(bits[w]);
+}
+
+// Values of the kept elements, in index order, from each word's first slot `at[w]`:
+// `form` 0 = f32, 1 = bf16; with `idx`, also each one's u32 index.
+extern "C" __global__ void write_kept(const float* x, const u64* bits, const u64* at,
+                                      unsigned char* values, int form, u32* idx, u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 word = bits[w], o = at[w];
+    while (word) {
+        int b = __ffsll((long long)word) - 1;
+        word &= word - 1;
+        u64 e = 64 * w + b;
+        if (form == 0) ((float*)values)[o] = x[e];
+        else ((u16*)values)[o] = to_bf16(x[e]);
+        if (idx) idx[o] = (u32)e;
+        o++;
+    }
+}
+
+__device__ __forceinline__ float value_at(const unsigned char* values, int form, u64 o) {
+    return form == 0 ? ((const float*)values)[o] : from_bf16(((const u16*)values)[o]);
+}
+
+// Dense from a bitmap: every element of each word, kept ones from slot `at[w]` on.
+extern "C" __global__ void unpack_bitmap(const u64* bits, const u64* at,
+                                         const unsigned char* values, int form, float* out, u64 n,
+                                         u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 word = bits[w], o = at[w], end = min(n, 64 * w + 64);
+    for (u64 e = 64 * w; e < end; e++) {
+        float v = 0.0f;
+        if ((word >> (e - 64 * w)) & 1) v = value_at(values, form, o++);
+        out[e] = v;
+    }
+}
+
+// Dense from u32 indices (`out` zeroed before): one thread per kept element.
+extern "C" __global__ void unpack_u32(const u32* idx, const unsigned char* values, int form,
+                                      float* out, u64 k) {
+    u64 i = word_index();
+    if (i < k) out[idx[i]] = value_at(values, form, i);
+}
+
+// Linear grad_Wᵀ [inp × out] += x[r, i]·dy[r, :] for every kept (r, i) of a bitmap-packed
+// input: one thread per word, the products added atomically (their order is not fixed, so
+// the sums agree with the CPU's within f32 rounding).
+extern "C" __global__ void linear_grad_w_bitmap(const u64* bits, const u64* at,
+                                                const unsigned char* values, int form,
+                                                const float* dy, u64 inp, u64 out, float* gwt,
+                                                u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 word = bits[w], o = at[w];
+    while (word) {
+        int b = __ffsll((long long)word) - 1;
+        word &= word - 1;
+        u64 e = 64 * w + b, r = e / inp, i = e % inp;
+        float v = value_at(values, form, o++);
+        for (u64 j = 0; j < out; j++) atomicAdd(&gwt[i * out + j], v * dy[r * out + j]);
+    }
+}
+
+// The same from u32 indices: one thread per kept element.
+extern "C" __global__ void linear_grad_w_u32(const u32* idx, const unsigned char* values,
+                                             int form, const float* dy, u64 inp, u64 out,
+                                             float* gwt, u64 k) {
+    u64 t = word_index();
+    if (t >= k) return;
+    u64 e = idx[t], r = e / inp, i = e % inp;
+    float v = value_at(values, form, t);
+    for (u64 j = 0; j < out; j++) atomicAdd(&gwt[i * out + j], v * dy[r * out + j]);
+}
+
+// ReLU's mask: bit e set when x[e] > 0 (NaN and ±0 give 0); one thread per word.
+extern "C" __global__ void positive_mask(const float* x, u64 n, u64* bits, u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 end = min(n, 64 * w + 64), word = 0;
+    for (u64 e = 64 * w; e < end; e++)
+        if (x[e] > 0.0f) word |= 1ull << (e - 64 * w);
+    bits[w] = word;
+}
+
+// dx[e] = dy[e] where bit e is set, else 0.
+extern "C" __global__ void apply_mask(const float* dy, const u64* bits, float* dx, u64 n) {
+    u64 e = word_index();
+    if (e < n) dx[e] = ((bits[e / 64] >> (e % 64)) & 1) ? dy[e] : 0.0f;
+}

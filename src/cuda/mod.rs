@@ -1,0 +1,166 @@
+//! The GPU path (feature `cuda`): DropIT's kernels on an NVIDIA GPU, the twins of
+//! `dropit_simd`'s — exact top-k selection ([`Gpu::topk_threshold`]), packing into the CPU's
+//! formats byte for byte and back ([`Gpu::pack`], [`Gpu::unpack`]), the sparse Linear weight
+//! gradient ([`Gpu::linear_grad_w`]) and ReLU's 1-bit masks ([`Gpu::positive_mask`],
+//! [`Gpu::apply_mask`]).
+//!
+//! The kernels are CUDA C in this crate (`src/cuda/kernels.cu`), compiled once per process with
+//! NVRTC when the first [`Gpu`] is made. CUDA's libraries are loaded at run time, so the
+//! feature builds without a CUDA toolkit or driver; [`available`] says whether this machine can
+//! run it, without touching anything that would fail (loading a missing library aborts).
+
+mod mask;
+mod pack;
+mod select;
+mod spmm;
+
+pub use pack::GpuPacked;
+pub use select::GpuThreshold;
+
+use std::format;
+use std::string::{String, ToString};
+use std::sync::{Arc, OnceLock};
+use std::vec::Vec;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{LaunchConfig, ValidAsZeroBits};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{Error, Result};
+
+/// The kernels' source.
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Threads per block of the kernels that take one thread per word or element.
+const BLOCK: u32 = 256;
+
+/// Whether this machine can run the GPU path: `Ok`, or what is missing (the CUDA driver
+/// library, NVRTC, a device). Never panics, and loads nothing that could abort the process.
+pub fn available() -> core::result::Result<(), String> {
+    // SAFETY: only tries to open the shared libraries (dlopen), which has no precondition.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda) on this machine".into());
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("no NVRTC library (libnvrtc), needed to compile the kernels".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("the CUDA driver reports no device".into()),
+        Err(e) => Err(format!("the CUDA driver did not start: {e}")),
+    }
+}
+
+/// An error from CUDA as [`Error::Gpu`].
+fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Gpu(format!("{what}: {e}"))
+}
+
+/// The kernels compiled to PTX, once per process (NVRTC's message if that failed).
+fn ptx() -> Result<Ptx> {
+    static PTX: OnceLock<core::result::Result<Ptx, String>> = OnceLock::new();
+    PTX.get_or_init(|| cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| Error::Gpu(format!("compiling the kernels with NVRTC: {e}")))
+}
+
+/// One GPU: its context, a stream, the compiled kernels and cuBLAS (where its library is).
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    blas: Option<cudarc::cublas::CudaBlas>,
+}
+
+impl core::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("ordinal", &self.ctx.ordinal())
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// The GPU of this ordinal, with the kernels loaded; [`Error::Gpu`] saying what is missing
+    /// where [`available`] is not `Ok`.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        available().map_err(Error::Gpu)?;
+        let ctx = CudaContext::new(ordinal).map_err(gpu_err("opening the device"))?;
+        let stream = ctx.default_stream();
+        let module = ctx
+            .load_module(ptx()?)
+            .map_err(gpu_err("loading the kernels"))?;
+        // SAFETY: only tries to open the shared library.
+        let blas = match unsafe { cudarc::cublas::sys::is_culib_present() } {
+            true => Some(
+                cudarc::cublas::CudaBlas::new(stream.clone())
+                    .map_err(|e| Error::Gpu(format!("starting cuBLAS: {e}")))?,
+            ),
+            false => None,
+        };
+        Ok(Gpu {
+            ctx,
+            stream,
+            module,
+            blas,
+        })
+    }
+
+    /// The device's name, as the driver gives it.
+    pub fn name(&self) -> Result<String> {
+        self.ctx.name().map_err(gpu_err("the device's name"))
+    }
+
+    /// The stream every call runs on (in order).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits until everything queued has run.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(gpu_err("synchronizing"))
+    }
+
+    /// A copy of `host` on the device.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .map_err(gpu_err("copying to the device"))
+    }
+
+    /// A copy of `dev` on the host.
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(dev)
+            .map_err(gpu_err("copying from the device"))
+    }
+
+    /// `n` zeros on the device.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros(n.max(1))
+            .map_err(gpu_err("allocating device memory"))
+    }
+
+    /// A kernel of `kernels.cu`.
+    fn kernel(&self, name: &str) -> Result<CudaFunction> {
+        self.module
+            .load_function(name)
+            .map_err(|e| Error::Gpu(format!("kernel {name}: {e}")))
+    }
+}
+
+/// One thread per item of `n`, [`BLOCK`] a block.
+fn per_item(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n.div_ceil(BLOCK as usize)).max(1) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A launch's error as [`Error::Gpu`].
+fn launched(name: &str, r: core::result::Result<(), cudarc::driver::DriverError>) -> Result<()> {
+    r.map_err(|e| Error::Gpu(format!("launching {name}: {e}")))
+}
