@@ -5,7 +5,7 @@
 #![cfg(feature = "cuda")]
 mod common;
 
-use common::data;
+use common::{data, selection_tensors};
 use dropit::cuda::{Gpu, GpuPacked, available};
 use dropit_simd::format::{Format, Packed, PackedMut, PosForm, ValueType};
 use dropit_simd::{mask, pack, select, spmm};
@@ -20,39 +20,6 @@ fn a_missing_gpu_is_an_error_that_says_what_is_missing() {
             assert!(e.contains(&why), "{e}");
         }
     }
-}
-
-/// Tensors with what selection must get right: ties (few distinct magnitudes), ±0, NaN, ±∞,
-/// and plain values; lengths around a 64-element word.
-fn tensors() -> Vec<Vec<f32>> {
-    let mut out = Vec::new();
-    for n in [1usize, 63, 64, 65, 1000, 100_003] {
-        out.push(data(n, n as u64));
-        let ties: Vec<f32> = data(n, 7 + n as u64)
-            .iter()
-            .map(|v| (v * 4.0).round() / 4.0)
-            .collect();
-        out.push(ties);
-    }
-    let mut odd = data(777, 5);
-    for (i, v) in [
-        0.0,
-        -0.0,
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        -1.5,
-        1.5,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        odd[i * 100] = v;
-        odd[i * 100 + 1] = v;
-    }
-    out.push(odd);
-    out.push(vec![0.5; 300]);
-    out
 }
 
 /// The CPU's packed bytes of `x` keeping `k`, in a zeroed, 8-byte-aligned buffer.
@@ -90,7 +57,7 @@ fn gpu_kernels_match_the_cpu() {
         Format::new(ValueType::F32, PosForm::U32),
         Format::new(ValueType::Bf16, PosForm::U32),
     ];
-    for x in tensors() {
+    for x in selection_tensors(&[1, 63, 64, 65, 1000, 100_003]) {
         let n = x.len();
         let dx = gpu.upload(&x).unwrap();
         for k in [0, 1, n / 10, n / 2, n - 1, n] {

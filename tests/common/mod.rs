@@ -102,3 +102,41 @@ pub fn small_vit() -> dropit::VitConfig {
         dropout: 0.0,
     }
 }
+
+/// Tensors that selection, packing and masks must get right, for each length in `sizes` plain
+/// and with ties (few distinct magnitudes); one with ±0, quiet and signalling NaN of both signs,
+/// ±∞ and repeated values; one constant; one of bf16 rounding's halfway cases (both parities)
+/// and their neighbours.
+pub fn selection_tensors(sizes: &[usize]) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for &n in sizes {
+        out.push(data(n, n as u64));
+        let ties = data(n, 7 + n as u64).into_iter();
+        out.push(ties.map(|v| (v * 4.0).round() / 4.0).collect());
+    }
+    let mut odd = data(777, 5);
+    let specials = [
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::from_bits(0x7F80_0001),
+        f32::from_bits(0xFF81_2345),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -1.5,
+        1.5,
+    ];
+    for (i, v) in specials.into_iter().enumerate() {
+        odd[i * 80] = v;
+        odd[i * 80 + 1] = v;
+    }
+    out.push(odd);
+    out.push(vec![0.5; 300]);
+    let halves = (0..512u32).map(|i| {
+        let low = [0x8000, 0x7FFF, 0x8001, 0][i as usize % 4];
+        let sign = (i / 4 % 3 == 0) as u32;
+        f32::from_bits(sign << 31 | (0x3F80 + i / 4) << 16 | low)
+    });
+    out.push(halves.collect());
+    out
+}
