@@ -56,11 +56,19 @@ impl Optimizer {
     }
 
     /// One update at step `t` (counted from 1) with learning rate `lr`; `state` holds
-    /// [`Optimizer::state_slots`] arrays as long as `p`, one after the other.
-    #[cfg(test)]
-    pub(crate) fn update(&self, lr: f32, t: u64, p: &mut [f32], g: &[f32], state: &mut [f32]) {
+    /// [`Optimizer::state_slots`] arrays as long as `p`, one after the other (shorter: the
+    /// optimizer's state is cut to it).
+    pub fn update(&self, lr: f32, t: u64, p: &mut [f32], g: &[f32], state: &mut [f32]) {
         let (m, v) = state.split_at_mut(p.len().min(state.len()));
         self.update_slots(lr, t, p, g, m, v);
+    }
+
+    /// AdamW's bias corrections at step `t`: `1 − β₁ᵗ` and `1 − β₂ᵗ`.
+    pub fn bias_corrections(beta1: f32, beta2: f32, t: u64) -> (f32, f32) {
+        (
+            1.0 - libm::powf(beta1, t as f32),
+            1.0 - libm::powf(beta2, t as f32),
+        )
     }
 
     /// [`Optimizer::update`] shared out among `threads` workers, each a range of the parameters
@@ -128,8 +136,7 @@ impl Optimizer {
                 eps,
                 weight_decay,
             } => {
-                let c1 = 1.0 - libm::powf(beta1, t as f32);
-                let c2 = 1.0 - libm::powf(beta2, t as f32);
+                let (c1, c2) = Self::bias_corrections(beta1, beta2, t);
                 for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                     *p -= lr * weight_decay * *p;
                     *m = beta1 * *m + (1.0 - beta1) * g;

@@ -1,5 +1,6 @@
 //! The GPU kernels against their CPU twins (feature `cuda`): the same elements selected, the
-//! same packed bytes both ways, the same masks, and grad_W within f32 rounding. Without a
+//! same packed bytes both ways, the same masks and optimizer updates, and grad_W within f32
+//! rounding. Without a
 //! usable GPU the kernel test prints one line saying what is missing and checks nothing else;
 //! the other test checks that a missing GPU is an error that says so, never a panic.
 #![cfg(feature = "cuda")]
@@ -7,6 +8,7 @@ mod common;
 
 use common::{data, selection_tensors};
 use dropit::cuda::{Gpu, GpuPacked, available};
+use dropit::optim::Optimizer;
 use dropit_simd::format::{Format, Packed, PackedMut, PosForm, ValueType};
 use dropit_simd::{mask, pack, select, spmm};
 
@@ -138,6 +140,22 @@ fn gpu_kernels_match_the_cpu() {
             let g = got[i * out + o] as f64;
             assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "dense: {g} vs {w}");
         }
+    }
+    // The optimizers, three steps each, bitwise the CPU's.
+    for opt in [Optimizer::sgd(0.9, 5e-4), Optimizer::adamw(0.05)] {
+        let n = 1000;
+        let (mut p, mut state) = (data(n, 1), vec![0.0f32; 2 * n]);
+        let (mut gp, mut gs) = (gpu.upload(&p).unwrap(), gpu.upload(&state).unwrap());
+        for t in 1..=3u64 {
+            let g = data(n, 10 + t);
+            opt.update(0.01, t, &mut p, &g, &mut state[..opt.state_slots() * n]);
+            let dg = gpu.upload(&g).unwrap();
+            gpu.optimizer_update(&opt, (0.01, t), &mut gp, &dg, &mut gs)
+                .unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&gpu.download(&gp).unwrap()), bits(&p), "{opt:?}");
+        assert_eq!(bits(&gpu.download(&gs).unwrap()), bits(&state), "{opt:?}");
     }
 }
 

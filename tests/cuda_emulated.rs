@@ -2,35 +2,53 @@
 //! host's C++ compiler against an emulation of CUDA's thread model (`tests/cuda_emu/`) and
 //! launched as the GPU path launches them must give the CPU's packed bytes (bitmap or u32 ×
 //! f32 or bf16), dense tensors and ReLU masks exactly — for ties, ±0, NaN, ±∞, lengths around
-//! a 64-element word, and k from none to all. Needs no GPU and no CUDA; without a C++20
-//! compiler it prints one SKIP line. (`tests/cuda.rs` runs the same comparisons on a GPU.)
+//! a 64-element word, and k from none to all — and the optimizers' updates bitwise the CPU's.
+//! Needs no GPU and no CUDA; without a C++20 compiler it prints one SKIP line.
+//! (`tests/cuda.rs` runs the same comparisons on a GPU.)
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::selection_tensors;
+use dropit::optim::Optimizer;
 use dropit_simd::format::{Format, Packed, PackedMut, PosForm, ValueType};
 use dropit_simd::{mask, pack, select};
 
-/// The emulated driver, built into `dir`; why not where no compiler builds it.
+/// The emulated driver, built into `dir`; why not where no C++20 compiler is. A compiler that
+/// takes C++20 but fails on the sources is a test failure, not a skip.
 fn build(dir: &Path) -> Result<PathBuf, String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let probe = dir.join("probe.cpp");
+    std::fs::write(
+        &probe,
+        "#include <barrier>\nint main() { std::barrier<> b(1); }\n",
+    )
+    .unwrap();
+    let cxx20 = Command::new(&cxx)
+        .args(["-std=c++20", "-pthread", "-o"])
+        .arg(dir.join("probe"))
+        .arg(&probe)
+        .output()
+        .map_err(|e| format!("no C++ compiler ({cxx}: {e})"))?;
+    if !cxx20.status.success() {
+        return Err(format!("{cxx} has no C++20 <barrier>"));
+    }
     let out = dir.join("driver");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/driver.cpp");
-    let status = Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-pthread", "-w"])
+    let built = Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-ffp-contract=off"])
         .arg(&src)
         .arg("-o")
         .arg(&out)
-        .status()
-        .map_err(|e| format!("no C++ compiler ({cxx}: {e})"))?;
-    match status.success() {
-        true => Ok(out),
-        false => Err(format!(
-            "{cxx} could not build the emulation (C++20 needed)"
-        )),
-    }
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "the emulation does not build:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    Ok(out)
 }
 
 fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
@@ -106,5 +124,82 @@ fn kernels_under_emulation_match_the_cpu() {
         }
     }
     println!("{cases} cases under emulation, all identical to the CPU");
+    optimizers(&driver, &dir);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SGD (plain, momentum, Nesterov) and AdamW, a few steps each, bitwise the CPU's.
+fn optimizers(driver: &Path, dir: &Path) {
+    let n = 1000;
+    let mut nesterov = Optimizer::sgd(0.9, 5e-4);
+    if let Optimizer::Sgd { nesterov: nv, .. } = &mut nesterov {
+        *nv = true;
+    }
+    for opt in [
+        Optimizer::sgd(0.0, 1e-4),
+        Optimizer::sgd(0.9, 5e-4),
+        nesterov,
+        Optimizer::adamw(0.05),
+    ] {
+        let (mut p, mut state) = (common::data(n, 1), vec![0.0f32; 2 * n]);
+        let mut gpu = (p.clone(), state.clone());
+        for t in 1..=3u64 {
+            let g = common::data(n, 10 + t);
+            let lr = 0.01 * t as f32;
+            opt.update(lr, t, &mut p, &g, &mut state[..opt.state_slots() * n]);
+            let mut input = gpu.0.clone();
+            input.extend(&g);
+            input.extend(&gpu.1);
+            std::fs::write(dir.join("o.bin"), bytes_of(&input)).unwrap();
+            let b = |v: f32| v.to_bits().to_string();
+            let args: Vec<String> = match opt {
+                Optimizer::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                } => [
+                    "sgd".into(),
+                    b(momentum),
+                    b(weight_decay),
+                    (nesterov as u8).to_string(),
+                ]
+                .into_iter()
+                .chain(["0", "0", "0"].map(String::from))
+                .collect(),
+                Optimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let (c1, c2) = Optimizer::bias_corrections(beta1, beta2, t);
+                    let v = [beta1, weight_decay, beta2, eps, c1, c2].map(b);
+                    ["adamw".to_string()].into_iter().chain(v).collect()
+                }
+            };
+            let status = Command::new(driver)
+                .arg("optim")
+                .arg(&args[0])
+                .args([n.to_string(), b(lr)])
+                .args(&args[1..])
+                .arg(dir.join("o.bin"))
+                .arg(dir.join("q.bin"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "{opt:?}: the emulated update failed");
+            let out: Vec<f32> =
+                bytemuck::cast_slice(&std::fs::read(dir.join("q.bin")).unwrap()).to_vec();
+            gpu = (out[..n].to_vec(), out[n..].to_vec());
+            assert_eq!(
+                bytes_of(&gpu.0),
+                bytes_of(&p),
+                "{opt:?} step {t}: parameters"
+            );
+            assert_eq!(
+                bytes_of(&gpu.1),
+                bytes_of(&state),
+                "{opt:?} step {t}: state"
+            );
+        }
+    }
 }

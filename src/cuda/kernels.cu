@@ -195,3 +195,37 @@ extern "C" __global__ void apply_mask(const float* dy, const u64* bits, float* d
     u64 e = word_index();
     if (e < n) dx[e] = ((bits[e / 64] >> (e % 64)) & 1) ? dy[e] : 0.0f;
 }
+
+// The optimizers, one thread per parameter, each operation rounded as the CPU's
+// (`src/optim.rs`; the module is compiled without contracting a multiply and an add, and with
+// IEEE division and square root, so the results are bitwise the CPU's).
+//
+// PyTorch's SGD: g += wd·p; m = μ·m + g; p -= lr·(nesterov ? g + μ·m : m); without momentum
+// p -= lr·(g + wd·p) and `m` is not touched.
+extern "C" __global__ void sgd_update(float* p, const float* g, float* m, u64 n, float lr,
+                                      float momentum, float wd, int nesterov) {
+    u64 i = word_index();
+    if (i >= n) return;
+    if (momentum == 0.0f) {
+        p[i] -= lr * (g[i] + wd * p[i]);
+        return;
+    }
+    float gi = g[i] + wd * p[i];
+    m[i] = momentum * m[i] + gi;
+    p[i] -= lr * (nesterov ? gi + momentum * m[i] : m[i]);
+}
+
+// AdamW (decoupled weight decay), `c1`, `c2` the bias corrections 1 − β^t computed by the host.
+extern "C" __global__ void adamw_update(float* p, const float* g, float* m, float* v, u64 n,
+                                        float lr, float b1, float b2, float eps, float wd,
+                                        float c1, float c2) {
+    u64 i = word_index();
+    if (i >= n) return;
+    float pi = p[i];
+    pi -= lr * wd * pi;
+    float mi = b1 * m[i] + (1.0f - b1) * g[i];
+    float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi - lr * (mi / c1) / (sqrtf(vi / c2) + eps);
+}

@@ -1,8 +1,9 @@
 //! The GPU path (feature `cuda`): DropIT's kernels on an NVIDIA GPU, the twins of
 //! `dropit_simd`'s — exact top-k selection ([`Gpu::topk_threshold`]), packing into the CPU's
 //! formats byte for byte and back ([`Gpu::pack`], [`Gpu::unpack`]), the sparse Linear weight
-//! gradient ([`Gpu::linear_grad_w`]) and ReLU's 1-bit masks ([`Gpu::positive_mask`],
-//! [`Gpu::apply_mask`]).
+//! gradient ([`Gpu::linear_grad_w`]), ReLU's 1-bit masks ([`Gpu::positive_mask`],
+//! [`Gpu::apply_mask`]) and the optimizers' updates ([`Gpu::optimizer_update`], bitwise the
+//! CPU's).
 //!
 //! The kernels are CUDA C in this crate (`src/cuda/kernels.cu`), compiled once per process with
 //! NVRTC when the first [`Gpu`] is made. CUDA's libraries are loaded at run time, so the
@@ -10,6 +11,7 @@
 //! run it, without touching anything that would fail (loading a missing library aborts).
 
 mod mask;
+mod optim;
 mod pack;
 mod select;
 mod spmm;
@@ -60,9 +62,20 @@ fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 /// The kernels compiled to PTX, once per process (NVRTC's message if that failed).
 fn ptx() -> Result<Ptx> {
     static PTX: OnceLock<core::result::Result<Ptx, String>> = OnceLock::new();
-    PTX.get_or_init(|| cudarc::nvrtc::compile_ptx(SOURCE).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|e| Error::Gpu(format!("compiling the kernels with NVRTC: {e}")))
+    // No contraction of a multiply and an add, IEEE division and square root, no flushing of
+    // subnormals: each operation rounds as on the CPU (the optimizers are bitwise its).
+    let opts = || cudarc::nvrtc::CompileOptions {
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        ..Default::default()
+    };
+    PTX.get_or_init(|| {
+        cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts()).map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|e| Error::Gpu(format!("compiling the kernels with NVRTC: {e}")))
 }
 
 /// One GPU: its context, a stream, the compiled kernels and cuBLAS (where its library is).

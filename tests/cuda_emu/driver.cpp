@@ -1,7 +1,8 @@
 // Runs the GPU path's kernels under the host emulation (emu.h) the way `src/cuda/select.rs`
 // and `src/cuda/pack.rs` launch them: the top-k threshold, packing, unpacking and ReLU's mask
 // of one tensor. Usage: driver X.bin K FORM POS OUT.pack OUT.dense OUT.mask, with FORM 0 f32 /
-// 1 bf16 and POS 0 bitmap / 1 u32; X.bin holds little-endian f32.
+// 1 bf16 and POS 0 bitmap / 1 u32; X.bin holds little-endian f32. With `optim` first, one
+// optimizer update instead (see `optim` below).
 #include "emu.h"
 #include "../../src/cuda/kernels.cu"
 #include <cstdio>
@@ -26,7 +27,39 @@ static void write(const char* path, const void* data, size_t bytes) {
     std::fclose(f);
 }
 
+static float bits_f32(const char* s) {
+    unsigned u = (unsigned)std::stoul(s);
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// driver optim sgd|adamw N LR MOMENTUM|B1 WD NESTEROV|B2 EPS C1 C2 IN.bin OUT.bin: one update of
+// p, g, m, v (IN: 4N floats) into p, m, v (OUT: 3N floats); floats given as their bits.
+static int optim(char** a) {
+    U n = std::stoull(a[3]);
+    std::vector<float> in(4 * n);
+    FILE* f = std::fopen(a[11], "rb");
+    if (std::fread(in.data(), 4, 4 * n, f) != 4 * n) return 1;
+    std::fclose(f);
+    float *p = in.data(), *g = p + n, *m = g + n, *v = m + n;
+    float lr = bits_f32(a[4]), x = bits_f32(a[5]), wd = bits_f32(a[6]);
+    if (std::string(a[2]) == "sgd") {
+        int nesterov = std::atoi(a[7]);
+        launch(blocks(n), 256, [&] { sgd_update(p, g, m, n, lr, x, wd, nesterov); });
+    } else {
+        float b2 = bits_f32(a[7]), eps = bits_f32(a[8]), c1 = bits_f32(a[9]), c2 = bits_f32(a[10]);
+        launch(blocks(n), 256, [&] { adamw_update(p, g, m, v, n, lr, x, b2, eps, wd, c1, c2); });
+    }
+    std::vector<float> out(p, p + n);
+    out.insert(out.end(), m, m + n);
+    out.insert(out.end(), v, v + n);
+    write(a[12], out.data(), 4 * out.size());
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 13 && std::string(argv[1]) == "optim") return optim(argv);
     if (argc != 8) return 1;
     std::vector<float> x;
     FILE* f = std::fopen(argv[1], "rb");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -31,6 +32,7 @@ inline int __ffsll(long long v) { return __builtin_ffsll(v); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 using std::min;
+inline float sqrtf(float x) { return std::sqrt(x); }
 
 // Runs a kernel without `__syncthreads` as `grid` blocks of `block` threads, one thread after
 // another (each writes only its own outputs, so the order does not matter).
