@@ -12,16 +12,15 @@ use crate::error::{Error, Result};
 
 /// A packed tensor on the device: the bytes of the CPU's packed buffer for this format
 /// ([`Format::bytes`]`(n, k)` of them), so that either side unpacks what the other packed.
+/// Made only by [`Gpu::pack`] or from checked bytes ([`GpuPacked::from_host`]), so that the
+/// kernels that read it stay inside its buffers.
 #[derive(Debug)]
 pub struct GpuPacked {
-    /// The format.
-    pub format: Format,
-    /// Elements of the dense tensor.
-    pub n: usize,
-    /// Kept elements.
-    pub k: usize,
-    /// The packed bytes (at least one: an empty tensor's device buffer is one byte).
-    pub bytes: CudaSlice<u8>,
+    pub(super) format: Format,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    /// At least one byte (an empty tensor's device buffer is one byte).
+    pub(super) bytes: CudaSlice<u8>,
 }
 
 /// The kernels' code for a value type (f32 0, bf16 1); f16 has no GPU kernels yet.
@@ -56,6 +55,26 @@ const ONE_BLOCK: LaunchConfig = LaunchConfig {
 };
 
 impl GpuPacked {
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Elements of the dense tensor.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the dense tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Kept elements.
+    pub fn kept(&self) -> usize {
+        self.k
+    }
+
     /// The packed bytes on the host: the CPU's buffer for the same tensor, threshold and format.
     pub fn to_host(&self, gpu: &Gpu) -> Result<Vec<u8>> {
         let mut v = gpu.download(&self.bytes)?;
