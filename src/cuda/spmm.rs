@@ -21,20 +21,13 @@ impl Gpu {
         dy: &CudaSlice<f32>,
         gwt: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let sizes = (
-            rows.checked_mul(inp),
-            rows.checked_mul(out),
-            inp.checked_mul(out),
-        );
-        if sizes != (Some(x.n), Some(dy.len()), Some(gwt.len())) {
-            return Err(Error::Gpu(format!(
-                "linear grad_W: rows {rows} × in {inp} × out {out} against a packed input of \
-                 {}, dY of {} and grad_Wᵀ of {}",
-                x.n,
-                dy.len(),
-                gwt.len()
-            )));
-        }
+        check_sizes(
+            "linear grad_W: a packed input",
+            (rows, inp, out),
+            x.n,
+            dy,
+            gwt,
+        )?;
         if x.n == 0 || x.k == 0 {
             return Ok(());
         }
@@ -83,20 +76,7 @@ impl Gpu {
         dy: &CudaSlice<f32>,
         gwt: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let sizes = (
-            rows.checked_mul(inp),
-            rows.checked_mul(out),
-            inp.checked_mul(out),
-        );
-        if sizes != (Some(x.len()), Some(dy.len()), Some(gwt.len())) {
-            return Err(Error::Gpu(format!(
-                "dense grad_W: rows {rows} × in {inp} × out {out} against x of {}, dY of {} \
-                 and grad_Wᵀ of {}",
-                x.len(),
-                dy.len(),
-                gwt.len()
-            )));
-        }
+        check_sizes("dense grad_W: x", (rows, inp, out), x.len(), dy, gwt)?;
         let blas = self
             .blas
             .as_ref()
@@ -122,4 +102,28 @@ impl Gpu {
         // or writes under these leading dimensions is inside its buffer.
         unsafe { blas.gemm(cfg, dy, x, gwt) }.map_err(|e| Error::Gpu(format!("cuBLAS sgemm: {e}")))
     }
+}
+
+/// That `x` (of `x_len` elements), `dy` and grad_Wᵀ `gwt` are `rows × inp`, `rows × out` and
+/// `inp × out`.
+fn check_sizes(
+    what: &str,
+    (rows, inp, out): (usize, usize, usize),
+    x_len: usize,
+    dy: &CudaSlice<f32>,
+    gwt: &CudaSlice<f32>,
+) -> Result<()> {
+    let sizes = (
+        rows.checked_mul(inp),
+        rows.checked_mul(out),
+        inp.checked_mul(out),
+    );
+    if sizes == (Some(x_len), Some(dy.len()), Some(gwt.len())) {
+        return Ok(());
+    }
+    Err(Error::Gpu(format!(
+        "{what} of {x_len}, dY of {} and grad_Wᵀ of {} for rows {rows} × in {inp} × out {out}",
+        dy.len(),
+        gwt.len()
+    )))
 }
