@@ -88,8 +88,8 @@ pub enum Error {
     /// A kernel refused its arguments (a bug in the planner if it happens inside a step).
     #[error("kernel: {0}")]
     Kernel(#[from] dropit_simd::Error),
-    /// The GPU path cannot run, or a GPU call failed: what, and CUDA's reason.
-    #[cfg(feature = "cuda")]
+    /// The device path cannot run, or a device call failed: what, and the device's reason.
+    #[cfg(feature = "std")]
     #[error("GPU: {0}")]
     Gpu(std::string::String),
 }

@@ -36,6 +36,8 @@ pub mod collections;
 pub mod cuda;
 #[cfg(feature = "std")]
 pub mod data;
+#[cfg(feature = "std")]
+pub mod device;
 mod dropit;
 mod error;
 mod init;

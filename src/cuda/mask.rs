@@ -47,7 +47,7 @@ impl Gpu {
         let f = self.kernel("apply_mask")?;
         let n64 = n as u64;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(dy).arg(bits).arg(dx).arg(&n64);
+        b.arg(dy).arg(bits).arg(dx).arg(&n64).arg(&0i32);
         // SAFETY: dy and dx have n floats and bits ⌈n/64⌉ words (checked above); thread e
         // touches element e only.
         launched("apply_mask", unsafe { b.launch(per_item(n)) }.map(|_| ()))

@@ -1,0 +1,572 @@
+//! [`DeviceTrainer`]: the planned step, run as kernel launches and dense products on a
+//! [`Backend`].
+
+use std::format;
+use std::vec;
+use std::vec::Vec;
+
+use dropit_simd::format::{Format, PosForm};
+
+use super::ops::{self, PackedAt, Work, ptr, run};
+use super::{Arg, Backend, Gemm, Grid};
+use crate::error::{Error, Result, config_err, shape_err};
+use crate::init::rng;
+use crate::layers::Layer;
+use crate::model::Model;
+use crate::plan::{Plan, plan};
+use crate::saved::{InputSave, Positions, Scope};
+use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
+
+/// The layers a [`DeviceTrainer`] runs.
+const SUPPORTED: &str = "Flatten, Linear (dense or DropIT) and ReLU";
+
+/// Trains a [`Model`] on a [`Backend`]: the CPU [`Trainer`]'s plan in one device allocation,
+/// each step a sequence of kernel launches. Parameters start as the CPU trainer's for the same
+/// seed, and a step computes what the CPU's does (the dense products and the atomic sparse
+/// weight gradient round differently; the optimizers' updates are bitwise the CPU's).
+///
+/// Runs the layers of the `mlp` workload — Flatten, Linear (dense, or DropIT with tensor-wide
+/// top-k, f32 or bf16 values, bitmap or u32 positions) and ReLU — with softmax cross-entropy,
+/// SGD or AdamW, gradient clipping and skipped non-finite steps; other layers are refused by
+/// [`DeviceTrainer::new`] with an error naming them.
+pub struct DeviceTrainer<B: Backend> {
+    backend: B,
+    /// The model as given (what [`DeviceTrainer::to_cpu`] rebuilds).
+    model: Model,
+    /// The model as planned: DropIT's automatic position form chosen among those the device
+    /// packs.
+    planned: Model,
+    cfg: TrainerConfig,
+    plan: Plan,
+    work: Work,
+    /// Labels (u32), per-row losses (f32) and per-row hits (u32), `batch` each.
+    rows: [usize; 3],
+    bytes: usize,
+    step: u64,
+}
+
+impl<B: Backend> core::fmt::Debug for DeviceTrainer<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceTrainer")
+            .field("nodes", &self.model.nodes.len())
+            .field("batch", &self.cfg.batch)
+            .field("device_bytes", &self.bytes)
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+/// Byte offset of a word range's start.
+fn at(r: &core::ops::Range<usize>) -> usize {
+    8 * r.start
+}
+
+/// `model` with every DropIT position form the device cannot pack replaced: `Auto` becomes the
+/// smaller of bitmap and u32 positions for the planned batch; errors name the layer whose
+/// settings the device does not run.
+fn for_device(model: &Model, batch: usize) -> Result<Model> {
+    let mut m = model.clone();
+    for i in 0..m.nodes.len() {
+        let (xs, _) = m.shapes_of(i);
+        let node = &mut m.nodes[i];
+        match &mut node.layer {
+            Layer::Linear(l) => {
+                if let InputSave::Sparse(sp) = &mut l.save {
+                    if sp.scope != Scope::Tensor {
+                        return config_err(
+                            &node.name,
+                            "DropIT on the device selects over the whole tensor (Scope::Tensor)",
+                        );
+                    }
+                    let (n, k) = (batch * xs.numel(), sp.kept(batch, xs.numel()));
+                    if sp.positions == Positions::Auto {
+                        let [bitmap, u32s] =
+                            [PosForm::Bitmap, PosForm::U32].map(|p| Format::new(sp.values, p));
+                        let pick = match bitmap.bytes(n, k) <= u32s.bytes(n, k) {
+                            true => PosForm::Bitmap,
+                            false => PosForm::U32,
+                        };
+                        sp.positions = Positions::Fixed(pick);
+                    }
+                    if let Err(e) = ops::value_code(sp.format(batch, xs.numel())) {
+                        return config_err(&node.name, format!("{e}"));
+                    }
+                }
+            }
+            Layer::Flatten(_) | Layer::Relu(_) => {}
+            other => {
+                return config_err(
+                    &node.name,
+                    format!(
+                        "{} layers do not run on the device yet (it runs {SUPPORTED})",
+                        other.kind()
+                    ),
+                );
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// A dense product of row-major matrices, `C (m × n) = op(A)·op(B) + β·C`, with `A` stored
+/// `m × k` (or `k × m` when `ta`) and `B` stored `k × n` (or `n × k` when `tb`): cuBLAS's
+/// column-major product of the transposes.
+fn gemm_rows<B: Backend>(
+    b: &mut B,
+    (m, n, k): (usize, usize, usize),
+    (a, ta): (usize, bool),
+    (bm, tb): (usize, bool),
+    (c, beta): (usize, f32),
+) -> Result<()> {
+    let base = b.base();
+    let g = Gemm {
+        trans_a: tb,
+        trans_b: ta,
+        m: n,
+        n: m,
+        k,
+        alpha: 1.0,
+        a: (base + bm as u64, if tb { k } else { n }),
+        b: (base + a as u64, if ta { m } else { k }),
+        beta,
+        c: (base + c as u64, n),
+    };
+    // SAFETY: every caller passes offsets of planned buffers of these shapes (A, B and C of
+    // m·k, k·n and m·n floats), so each matrix lies inside the block.
+    unsafe { b.gemm(&g) }
+}
+
+impl<B: Backend> DeviceTrainer<B> {
+    /// Plans `model` for `cfg` (as [`Trainer::new`] does, on one worker and keeping every
+    /// input a backward reads), makes the one device allocation and writes the initial
+    /// parameters — the CPU trainer's for the same seed.
+    pub fn new(mut backend: B, model: Model, cfg: TrainerConfig) -> Result<Self> {
+        cfg.validate()?;
+        model.check_shapes()?;
+        let planned = for_device(&model, cfg.batch)?;
+        let plan = plan(&planned, cfg.batch, cfg.optimizer.state_slots(), 1, false)?;
+        // The select's buffers for the largest packed input (at least the reductions').
+        let words = (0..planned.nodes.len())
+            .filter(|&i| plan.packed[i].is_some())
+            .map(|i| (cfg.batch * planned.shapes_of(i).0.numel()).div_ceil(64))
+            .max()
+            .unwrap_or(1);
+        let tail = 8 * plan.total_words;
+        let work = Work::at(tail, words);
+        let rows_at = tail + Work::bytes(words);
+        let rows = [0, 1, 2].map(|j| rows_at + j * (4 * cfg.batch).next_multiple_of(8));
+        let bytes = rows[2] + (4 * cfg.batch).next_multiple_of(8);
+        backend.allocate(bytes)?;
+        let mut t = DeviceTrainer {
+            backend,
+            model,
+            planned,
+            cfg,
+            plan,
+            work,
+            rows,
+            bytes,
+            step: 0,
+        };
+        let (mut p, mut s) = (vec![0f32; t.param_count()], vec![0f32; t.state_count()]);
+        let mut r = rng(t.cfg.seed);
+        for (i, n) in t.planned.nodes.iter().enumerate() {
+            let (pr, sr) = (t.plan.params[i].clone(), t.plan.state[i].clone());
+            n.layer.init(&mut p[pr], &mut s[sr], &mut r);
+        }
+        t.set_params(&p)?;
+        Ok(t)
+    }
+
+    /// Bytes of the one device allocation.
+    pub fn device_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    fn param_count(&self) -> usize {
+        self.plan.params.last().map_or(0, |p| p.end)
+    }
+
+    fn state_count(&self) -> usize {
+        self.plan.state.last().map_or(0, |s| s.end)
+    }
+
+    fn trained(&self) -> usize {
+        self.param_count() - self.plan.train_start
+    }
+
+    fn read_f32(&self, at: usize, n: usize) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; n];
+        self.backend.read(at, bytemuck::cast_slice_mut(&mut v))?;
+        Ok(v)
+    }
+
+    /// Every parameter, laid out as [`Trainer::params`].
+    pub fn params(&self) -> Result<Vec<f32>> {
+        self.read_f32(at(&self.plan.regions.params), self.param_count())
+    }
+
+    /// Sets every parameter (laid out as [`Trainer::params`]).
+    pub fn set_params(&mut self, p: &[f32]) -> Result<()> {
+        if p.len() != self.param_count() {
+            return shape_err(
+                "device parameters",
+                format!("{} floats", self.param_count()),
+                format!("{}", p.len()),
+            );
+        }
+        let at = at(&self.plan.regions.params);
+        self.backend.write(at, bytemuck::cast_slice(p))
+    }
+
+    /// The gradients of the last step, laid out as [`Trainer::grads`].
+    pub fn grads(&self) -> Result<Vec<f32>> {
+        self.read_f32(at(&self.plan.regions.grads), self.trained())
+    }
+
+    /// A CPU [`Trainer`] in this one's state — parameters, running statistics, optimizer state
+    /// and step count — to save a checkpoint from, evaluate on the host, or go on training.
+    pub fn to_cpu(&self) -> Result<Trainer<'static>> {
+        let mut cpu = Trainer::new(self.model.clone(), self.cfg)?;
+        cpu.params_mut().copy_from_slice(&self.params()?);
+        let state = self.read_f32(at(&self.plan.regions.state), self.state_count())?;
+        cpu.state_mut().copy_from_slice(&state);
+        let opt = cpu.optimizer_state_mut();
+        opt.copy_from_slice(&self.read_f32(at(&self.plan.regions.opt), opt.len())?);
+        cpu.set_steps(self.step);
+        Ok(cpu)
+    }
+
+    /// Takes a CPU trainer's state (a restored checkpoint, say): the same architecture's
+    /// parameters, running statistics, optimizer state and step count.
+    pub fn load_cpu(&mut self, cpu: &Trainer<'_>) -> Result<()> {
+        if cpu.model().nodes != self.model.nodes || cpu.config().optimizer != self.cfg.optimizer {
+            return config_err(
+                "loading a CPU trainer onto the device",
+                "its model or optimizer differs from this trainer's",
+            );
+        }
+        self.set_params(cpu.params())?;
+        let r = &self.plan.regions;
+        let (state, opt) = (at(&r.state), at(&r.opt));
+        self.backend
+            .write(state, bytemuck::cast_slice(cpu.state()))?;
+        let o = cpu.optimizer_state();
+        self.backend.write(opt, bytemuck::cast_slice(o))?;
+        self.step = cpu.steps();
+        Ok(())
+    }
+
+    fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
+        let n = labels.len();
+        if n == 0 || n > self.plan.batch {
+            return Err(Error::Batch {
+                given: n,
+                planned: self.plan.batch,
+            });
+        }
+        let per = self.model.input_shape().numel();
+        if x.len() != n * per {
+            return shape_err(
+                "input batch",
+                format!("{n} samples of {per} floats"),
+                format!("{} floats", x.len()),
+            );
+        }
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= self.model.classes)
+        {
+            return Err(Error::Label {
+                index,
+                label,
+                classes: self.model.classes,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Tensor `t`'s buffer (byte offset).
+    fn tensor(&self, t: usize) -> usize {
+        at(&self.plan.tensors[t])
+    }
+
+    /// Node `i`'s parameters and their gradients (byte offsets).
+    fn param_at(&self, i: usize) -> (usize, usize) {
+        let r = &self.plan.regions;
+        let p = self.plan.params[i].start;
+        let g = p.saturating_sub(self.plan.train_start);
+        (at(&r.params) + 4 * p, at(&r.grads) + 4 * g)
+    }
+
+    fn forward(&mut self, x: &[f32], n: usize, train: bool) -> Result<()> {
+        let x0 = self.tensor(0);
+        self.backend.write(x0, bytemuck::cast_slice(x))?;
+        for i in 0..self.planned.nodes.len() {
+            let saves = train && i >= self.plan.frozen;
+            let node = &self.planned.nodes[i];
+            let (xs, ys) = self.planned.shapes_of(i);
+            let y = self.tensor(node.output);
+            let xi = match self.plan.inplace[i] {
+                true => y,
+                false => self.tensor(node.inputs[0]),
+            };
+            let (xl, yl) = (n * xs.numel(), n * ys.numel());
+            let (w, _) = self.param_at(i);
+            let b = &mut self.backend;
+            match &node.layer {
+                Layer::Flatten(_) => {
+                    if xi != y {
+                        let args = [ptr(b, xi), ptr(b, y), Arg::U64(xl as u64), Arg::I32(0)];
+                        run(b, "copy_acc", Grid::Items(xl), &args)?;
+                    }
+                }
+                Layer::Relu(_) => {
+                    let bits = match saves {
+                        true => ptr(b, at(&self.plan.ctx[i])),
+                        false => Arg::Ptr(0),
+                    };
+                    let words = yl.div_ceil(64);
+                    let args = [ptr(b, xi), ptr(b, y), Arg::U64(yl as u64), bits];
+                    let args = [&args[..], &[Arg::U64(words as u64)]].concat();
+                    // x and y: n floats; the mask (in the planned context) a word per 64.
+                    run(b, "relu_forward", Grid::Items(words), &args)?;
+                }
+                Layer::Linear(l) => {
+                    let rows = n * xs.rows();
+                    let beta = match l.bias {
+                        true => {
+                            let bias = w + 4 * l.inp * l.out;
+                            let args = [
+                                ptr(b, bias),
+                                ptr(b, y),
+                                Arg::U64(rows as u64),
+                                Arg::U64(l.out as u64),
+                            ];
+                            run(b, "bias_rows", Grid::Items(yl), &args)?;
+                            1.0
+                        }
+                        false => 0.0,
+                    };
+                    gemm_rows(b, (rows, l.out, l.inp), (xi, false), (w, false), (y, beta))?;
+                    let packs = self.plan.packed[i].as_ref().filter(|p| p.packs);
+                    if let (true, Some(sp), Some(pk)) = (saves, l.save.sparse(), packs) {
+                        let k = sp.kept(n, xs.numel());
+                        let t = ops::threshold(b, xi, xl, k, &self.work)?;
+                        ops::pack(b, (xi, xl), &t, pk.format, at(&pk.words), &self.work)?;
+                    }
+                }
+                _ => unreachable!("refused by for_device"),
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(&mut self, n: usize) -> Result<()> {
+        let plan = &self.plan;
+        for i in (plan.frozen..self.planned.nodes.len()).rev() {
+            let node = &self.planned.nodes[i];
+            let inplace = plan.inplace_bwd[i];
+            if !inplace && plan.grads[node.output].is_empty() {
+                continue;
+            }
+            let (xs, ys) = self.planned.shapes_of(i);
+            let (xl, yl) = (n * xs.numel(), n * ys.numel());
+            let grad = |t: usize| Some(at(&plan.grads[t])).filter(|_| !plan.grads[t].is_empty());
+            let dx = grad(node.inputs[0]);
+            let dy = match inplace {
+                true => dx.ok_or_else(|| Error::Gpu("in-place backward without dX".into()))?,
+                false => at(&plan.grads[node.output]),
+            };
+            let acc = Arg::I32(plan.acc[i][0] as i32);
+            let (w, gw) = self.param_at(i);
+            let b = &mut self.backend;
+            match &node.layer {
+                Layer::Flatten(_) => {
+                    if let Some(dx) = dx.filter(|&d| d != dy) {
+                        let args = [ptr(b, dy), ptr(b, dx), Arg::U64(xl as u64), acc];
+                        run(b, "copy_acc", Grid::Items(xl), &args)?;
+                    }
+                }
+                Layer::Relu(_) => {
+                    if let Some(dx) = dx {
+                        let bits = ptr(b, at(&plan.ctx[i]));
+                        let args = [ptr(b, dy), bits, ptr(b, dx), Arg::U64(yl as u64), acc];
+                        run(b, "apply_mask", Grid::Items(yl), &args)?;
+                    }
+                }
+                Layer::Linear(l) => {
+                    let rows = n * xs.rows();
+                    if l.bias {
+                        let gb = gw + 4 * l.inp * l.out;
+                        let args = [
+                            ptr(b, dy),
+                            Arg::U64(rows as u64),
+                            Arg::U64(l.out as u64),
+                            ptr(b, gb),
+                        ];
+                        run(b, "column_sums", Grid::Items(l.out), &args)?;
+                    }
+                    match (l.save.sparse(), &plan.packed[i]) {
+                        (Some(sp), Some(pk)) => {
+                            let p = PackedAt {
+                                format: pk.format,
+                                n: xl,
+                                k: sp.kept(n, xs.numel()),
+                                at: at(&pk.words),
+                            };
+                            if sp.direct(false) {
+                                ops::linear_grad_w(b, &p, (l.inp, l.out), dy, gw, &self.work)?;
+                            } else {
+                                let dense = at(&plan.regions.scratch);
+                                ops::unpack(b, &p, dense, &self.work)?;
+                                let shape = (l.inp, l.out, rows);
+                                gemm_rows(b, shape, (dense, true), (dy, false), (gw, 1.0))?;
+                            }
+                        }
+                        _ => {
+                            let x = at(&plan.tensors[node.inputs[0]]);
+                            let shape = (l.inp, l.out, rows);
+                            gemm_rows(b, shape, (x, true), (dy, false), (gw, 1.0))?;
+                        }
+                    }
+                    if let Some(dx) = dx {
+                        let beta = if plan.acc[i][0] { 1.0 } else { 0.0 };
+                        let shape = (rows, l.inp, l.out);
+                        gemm_rows(b, shape, (dy, false), (w, true), (dx, beta))?;
+                    }
+                }
+                _ => unreachable!("refused by for_device"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Softmax cross-entropy of the logits of `n` samples: the mean loss and the hits, and with
+    /// `grad` the logits replaced by their gradient.
+    fn loss(&mut self, labels: &[u32], grad: bool) -> Result<(f32, usize)> {
+        let n = labels.len();
+        let [lab, loss, hits] = self.rows;
+        self.backend.write(lab, bytemuck::cast_slice(labels))?;
+        let classes = self.model.classes;
+        let ls = self.cfg.label_smoothing;
+        let off = ls / classes as f32;
+        let on = 1.0 - ls + off;
+        let logits = self.tensor(self.model.logits);
+        let b = &mut self.backend;
+        let args = [
+            ptr(b, logits),
+            ptr(b, lab),
+            Arg::U64(n as u64),
+            Arg::U64(classes as u64),
+            Arg::F32(on),
+            Arg::F32(off),
+            Arg::F32(n as f32),
+            Arg::I32(grad as i32),
+            ptr(b, loss),
+            ptr(b, hits),
+        ];
+        // n rows of logits, n labels, losses and hits.
+        run(b, "softmax_ce", Grid::Items(n), &args)?;
+        let mut l = vec![0f32; n];
+        let mut h = vec![0u32; n];
+        b.read(loss, bytemuck::cast_slice_mut(&mut l))?;
+        b.read(hits, bytemuck::cast_slice_mut(&mut h))?;
+        let total: f64 = l.iter().map(|&v| v as f64).sum();
+        let correct = h.iter().map(|&v| v as usize).sum();
+        Ok(((total / n as f64) as f32, correct))
+    }
+
+    /// Forward and backward without an update: the loss, and the gradients left for
+    /// [`DeviceTrainer::grads`].
+    pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
+        let n = self.check_batch(x, labels)?;
+        self.forward(x, n, true)?;
+        if self.planned.logits != self.planned.nodes[self.planned.nodes.len() - 1].output
+            || self.plan.grads[self.planned.logits] != self.plan.tensors[self.planned.logits]
+        {
+            return Err(Error::Gpu(
+                "the plan does not take the logits' gradient in place".into(),
+            ));
+        }
+        let (loss, correct) = self.loss(labels, true)?;
+        let g = &self.plan.regions.grads;
+        let (g, len) = (at(g), 8 * g.len());
+        self.backend.zero(g, len)?;
+        let lr = self.cfg.schedule.lr(self.step);
+        if !loss.is_finite() {
+            return Ok(StepStats {
+                loss,
+                correct,
+                lr,
+                skipped: true,
+                grad_norm: f32::NAN,
+            });
+        }
+        self.backward(n)?;
+        let count = self.trained();
+        let ss = ops::sum_of_squares(&mut self.backend, g, count, &self.work)?;
+        let norm = libm::sqrt(ss);
+        Ok(StepStats {
+            loss,
+            correct,
+            lr,
+            skipped: !norm.is_finite(),
+            grad_norm: norm as f32,
+        })
+    }
+
+    /// One training step on a batch (`x`: `n` samples NHWC, `labels`: `n` class indices), as
+    /// [`Trainer::step`]: a non-finite loss or gradient skips the update and says so.
+    pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
+        let stats = self.loss_and_grads(x, labels)?;
+        if stats.skipped {
+            return Ok(stats);
+        }
+        self.step += 1;
+        let r = &self.plan.regions;
+        let (ts, count) = (self.plan.train_start, self.trained());
+        let (p, g, s) = (at(&r.params) + 4 * ts, at(&r.grads), at(&r.opt));
+        let b = &mut self.backend;
+        let clip = self
+            .cfg
+            .clip_grad_norm
+            .map(|max| max / (stats.grad_norm + 1e-6))
+            .filter(|&scale| scale < 1.0);
+        if let Some(scale) = clip {
+            let args = [ptr(b, g), Arg::U64(count as u64), Arg::F32(scale)];
+            run(b, "scale", Grid::Items(count), &args)?;
+        }
+        let opt = self.cfg.optimizer;
+        ops::optimizer_update(b, &opt, (stats.lr, self.step), (p, g, s, count))?;
+        Ok(stats)
+    }
+
+    /// Loss and accuracy on a batch, nothing saved for backward.
+    pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
+        let n = self.check_batch(x, labels)?;
+        self.forward(x, n, false)?;
+        let (loss, correct) = self.loss(labels, false)?;
+        Ok(EvalStats {
+            loss,
+            correct,
+            samples: n,
+        })
+    }
+}
