@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example train` trains the cnn on the bundled subset with γ = 0 and 0.9.
 //! `--help` lists the flags; `--save PATH` writes each run's checkpoint, `--load PATH` continues
-//! one.
+//! one. `--device cuda` (built with `--features cuda`) trains the mlp on an NVIDIA GPU.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use std::time::Instant;
 use clap::Parser;
 use dropit::data::{Batcher, Dataset, fashion_mnist};
 use dropit::memory::PeakAlloc;
-use dropit::{DropIt, EvalStats, Model, Trainer, TrainerConfig};
+use dropit::{DropIt, EvalStats, Model, StepStats, Trainer, TrainerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[global_allocator]
@@ -64,6 +64,9 @@ struct Args {
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// Where to train: the CPU, or an NVIDIA GPU (needs `--features cuda`; runs the mlp).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -126,6 +129,128 @@ struct Run {
     step_ms: f64,
     allocs: usize,
     final_loss: f32,
+}
+
+/// What the training loop needs of a trainer, on the CPU or a device.
+trait Train {
+    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats>;
+    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats>;
+}
+
+impl Train for Trainer<'_> {
+    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats> {
+        Trainer::step(self, x, y)
+    }
+    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats> {
+        Trainer::evaluate(self, x, y)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Train for dropit::device::DeviceTrainer<dropit::cuda::Gpu> {
+    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats> {
+        dropit::device::DeviceTrainer::step(self, x, y)
+    }
+    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats> {
+        dropit::device::DeviceTrainer::evaluate(self, x, y)
+    }
+}
+
+/// Step times (ms), allocations in steps and the last loss of `total` steps.
+fn run_steps(
+    t: &mut impl Train,
+    batcher: &mut Batcher<'_>,
+    total: usize,
+    bar: &ProgressBar,
+) -> dropit::Result<(Vec<f64>, usize, f32)> {
+    // Room for the first step times up front (a long run's vector grows outside the steps).
+    let (mut times, mut allocs, mut last) = (Vec::with_capacity(total.min(1 << 16)), 0, f32::NAN);
+    for _ in 0..total {
+        let (x, y) = batcher.next_batch();
+        let (n0, t0) = (ALLOC.allocations(), Instant::now());
+        let s = t.step(x, y)?;
+        let dt = t0.elapsed().as_secs_f64();
+        allocs += ALLOC.allocations() - n0;
+        times.push(dt * 1e3);
+        last = s.loss;
+        bar.set_message(format!(
+            "loss {:.3}  {:.0} img/s",
+            s.loss,
+            y.len() as f64 / dt
+        ));
+        bar.inc(1);
+    }
+    Ok((times, allocs, last))
+}
+
+/// Loss and accuracy over the test set.
+fn test_on(t: &mut impl Train, test: &Dataset, batch: usize) -> dropit::Result<EvalStats> {
+    let mut stats = EvalStats::default();
+    let mut loss_sum = 0.0f64;
+    Batcher::in_order(test, batch, &[MEAN], &[STD], |x, y| {
+        let e = t.evaluate(x, y)?;
+        loss_sum += e.loss as f64 * e.samples as f64;
+        stats.correct += e.correct;
+        stats.samples += e.samples;
+        Ok(())
+    })?;
+    stats.loss = (loss_sum / stats.samples.max(1) as f64) as f32;
+    Ok(stats)
+}
+
+/// The GPU trainer (a type without values where the build has no GPU path).
+#[cfg(feature = "cuda")]
+type GpuTrainer = dropit::device::DeviceTrainer<dropit::cuda::Gpu>;
+#[cfg(not(feature = "cuda"))]
+enum GpuTrainer {}
+
+#[cfg(not(feature = "cuda"))]
+impl Train for GpuTrainer {
+    fn step(&mut self, _: &[f32], _: &[u32]) -> dropit::Result<StepStats> {
+        match *self {}
+    }
+    fn evaluate(&mut self, _: &[f32], _: &[u32]) -> dropit::Result<EvalStats> {
+        match *self {}
+    }
+}
+
+/// A GPU trainer in the CPU trainer's state (its model, policy, configuration and step).
+#[cfg(feature = "cuda")]
+fn to_gpu(t: &Trainer<'_>) -> Result<GpuTrainer, Box<dyn std::error::Error>> {
+    let gpu = dropit::cuda::Gpu::new(0)?;
+    let mut d = GpuTrainer::new(gpu, t.model().clone(), *t.config())?;
+    d.load_cpu(t)?;
+    Ok(d)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn to_gpu(_: &Trainer<'_>) -> Result<GpuTrainer, Box<dyn std::error::Error>> {
+    Err("--device cuda: this build has no GPU path; build it with \
+        `cargo run --release --features cuda --example train -- --device cuda`"
+        .into())
+}
+
+/// The test results, memory report and trained CPU state of a GPU run.
+#[cfg(feature = "cuda")]
+fn finish_gpu(
+    mut d: GpuTrainer,
+    test: &Dataset,
+    batch: usize,
+) -> Result<(EvalStats, dropit::MemoryReport, Trainer<'static>), Box<dyn std::error::Error>> {
+    Ok((
+        test_on(&mut d, test, batch)?,
+        d.memory_report(),
+        d.to_cpu()?,
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn finish_gpu(
+    d: GpuTrainer,
+    _: &Dataset,
+    _: usize,
+) -> Result<(EvalStats, dropit::MemoryReport, Trainer<'static>), Box<dyn std::error::Error>> {
+    match d {}
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -206,43 +331,29 @@ fn train_one(
         policy.gamma,
         if policy.lean { " lean" } else { "" }
     ));
-    // Room for the first step times up front (a long run's vector grows outside the steps).
-    let (mut times, mut allocs, mut last) = (Vec::with_capacity(total.min(1 << 16)), 0, f32::NAN);
-    // The loop runs on the trainer's workers, so steps hand no jobs over (and allocate nothing).
-    t.with_workers(|t| -> dropit::Result<()> {
-        for _ in 0..total {
-            let (x, y) = batcher.next_batch();
-            let (n0, t0) = (ALLOC.allocations(), Instant::now());
-            let s = t.step(x, y)?;
-            let dt = t0.elapsed().as_secs_f64();
-            allocs += ALLOC.allocations() - n0;
-            times.push(dt * 1e3);
-            last = s.loss;
-            bar.set_message(format!(
-                "loss {:.3}  {:.0} img/s",
-                s.loss,
-                y.len() as f64 / dt
-            ));
-            bar.inc(1);
-        }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    let peak = ALLOC.peak() - before;
-    let mut test_stats = EvalStats::default();
     if test.is_empty() {
         return Err("the test set has no samples".into());
     }
-    let mut loss_sum = 0.0f64;
-    Batcher::in_order(test, batch, &[MEAN], &[STD], |x, y| {
-        let e = t.evaluate(x, y)?;
-        loss_sum += e.loss as f64 * e.samples as f64;
-        test_stats.correct += e.correct;
-        test_stats.samples += e.samples;
-        Ok(())
-    })?;
-    test_stats.loss = (loss_sum / test_stats.samples.max(1) as f64) as f32;
-    let report = t.memory_report();
+    let mut gpu = match a.device.as_str() {
+        "cuda" => Some(to_gpu(&t)?),
+        _ => None,
+    };
+    let (mut times, allocs, last) = match gpu.as_mut() {
+        Some(d) => run_steps(d, &mut batcher, total, &bar)?,
+        // The loop runs on the trainer's workers, so steps hand no jobs over (and allocate
+        // nothing).
+        None => t.with_workers(|t| run_steps(t, &mut batcher, total, &bar))?,
+    };
+    bar.finish_and_clear();
+    let peak = ALLOC.peak() - before;
+    let (test_stats, report) = match gpu {
+        Some(d) => {
+            let (stats, report, cpu) = finish_gpu(d, test, batch)?;
+            t = cpu;
+            (stats, report)
+        }
+        None => (test_on(&mut t, test, batch)?, t.memory_report()),
+    };
     let run = Run {
         gamma: policy.gamma,
         lean: policy.lean,
@@ -327,6 +438,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     "dense_saved_bytes": r.dense_saved,
                     "step_ms_median": step_ms,
                     "allocs_in_steps": r.allocs,
+                    "device": a.device,
                     "final_loss": round(r.final_loss as f64, 4),
                     "threads": a.threads(),
                     "seed": a.seed,

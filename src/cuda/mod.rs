@@ -10,6 +10,7 @@
 //! feature builds without a CUDA toolkit or driver; [`available`] says whether this machine can
 //! run it, without touching anything that would fail (loading a missing library aborts).
 
+mod backend;
 mod mask;
 mod optim;
 mod pack;
@@ -84,6 +85,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     blas: Option<cudarc::cublas::CudaBlas>,
+    /// The device trainer's one allocation (as a [`crate::device::Backend`]).
+    block: Option<CudaSlice<u8>>,
 }
 
 impl core::fmt::Debug for Gpu {
@@ -117,6 +120,7 @@ impl Gpu {
             stream,
             module,
             blas,
+            block: None,
         })
     }
 

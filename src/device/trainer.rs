@@ -183,6 +183,13 @@ impl<B: Backend> DeviceTrainer<B> {
         self.bytes
     }
 
+    /// Every buffer of the plan, per layer and by category, as [`Trainer::memory_report`]
+    /// gives it (the device allocation is this plan's total plus the select's few buffers,
+    /// [`DeviceTrainer::device_bytes`]).
+    pub fn memory_report(&self) -> crate::report::MemoryReport {
+        crate::report::MemoryReport::new(&self.planned, &self.plan)
+    }
+
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
