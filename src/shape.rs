@@ -2,7 +2,9 @@ use core::fmt;
 
 /// The shape of one sample, channels last (NHWC without the N). A feature vector is `[1, 1, F]`;
 /// a sequence of tokens is `[1, T, D]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Shape {
     /// Height (rows).
     pub h: usize,

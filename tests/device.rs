@@ -31,13 +31,19 @@ fn library() -> Option<&'static std::path::Path> {
 const BATCH: usize = 32;
 const STEPS: usize = 30;
 
-/// Batch `s` of a fixed set of four (the loss falls as they are learnt).
-fn batch(s: usize) -> (Vec<f32>, Vec<u32>) {
+/// Batch `s` of a fixed set of four for `model` (the loss falls as they are learnt).
+fn batch_for(model: &Model, s: usize) -> (Vec<f32>, Vec<u32>) {
     let seed = (s % 4) as u64;
+    let per = model.input_shape().numel();
     (
-        common::data(BATCH * 784, 100 + seed),
-        common::labels(BATCH, 10, 200 + seed),
+        common::data(BATCH * per, 100 + seed),
+        common::labels(BATCH, model.classes(), 200 + seed),
     )
+}
+
+/// An mlp batch.
+fn batch(s: usize) -> (Vec<f32>, Vec<u32>) {
+    batch_for(&Model::mlp().unwrap(), s)
 }
 
 fn config(optimizer: Optimizer, lr: f32) -> TrainerConfig {
@@ -66,6 +72,24 @@ fn compare(model: Model, cfg: TrainerConfig, what: &str) -> Option<()> {
         cpu.params(),
         "{what}: initial parameters"
     );
+    let m = cpu.model().clone();
+    let batch = |s| batch_for(&m, s);
+    // Every gradient of the first batch, node by node, within f32 rounding of the CPU's.
+    let (x, y) = batch(0);
+    cpu.loss_and_grads(&x, &y).unwrap();
+    dev.loss_and_grads(&x, &y).unwrap();
+    let (gc, gd) = (cpu.grads().to_vec(), dev.grads().unwrap());
+    for (i, node) in m.nodes().iter().enumerate() {
+        let r = cpu.param_range(i);
+        let (c, d) = (&gc[r.clone()], &gd[r]);
+        let scale = c.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let worst = c.iter().zip(d).fold(0f32, |a, (c, d)| a.max((c - d).abs()));
+        assert!(
+            worst <= 1e-3 * scale + 1e-7,
+            "{what}: {} gradient apart by {worst} (largest {scale})",
+            node.name
+        );
+    }
     let (mut a, mut b) = (0.0, 0.0);
     for s in 0..STEPS {
         let (x, y) = batch(s);
@@ -139,6 +163,30 @@ fn mlp_dropit_bf16_scatter_and_adamw_match_the_cpu() {
         .with_dropit(&DropIt::new(0.9).lean(true))
         .unwrap();
     compare(m, config(Optimizer::adamw(0.05), 1e-3), "γ 0.9 lean AdamW");
+}
+
+#[test]
+fn vit_dense_and_dropit_match_the_cpu() {
+    let vit = Model::vision_transformer(&common::small_vit()).unwrap();
+    // The CPU keeps every input too (it would rebuild those after a norm, and compute their
+    // weight gradients exactly).
+    let cfg = TrainerConfig {
+        rebuild_inputs: false,
+        ..config(Optimizer::adamw(0.05), 1e-3)
+    };
+    compare(vit.clone(), cfg, "vit dense AdamW");
+    let sparse = vit.with_dropit(&DropIt::new(0.9)).unwrap();
+    compare(sparse, cfg, "vit γ 0.9 AdamW");
+    let heads4 = Model::vision_transformer(&dropit::VitConfig {
+        heads: 4,
+        ..common::small_vit()
+    })
+    .unwrap();
+    compare(
+        heads4,
+        config(Optimizer::sgd(0.9, 5e-4), 0.02),
+        "vit 4 heads SGD",
+    );
 }
 
 #[test]

@@ -134,10 +134,14 @@ impl Backend for Gpu {
             false => cublasOperation_t::CUBLAS_OP_N,
         };
         let (alpha, beta) = (g.alpha, g.beta);
-        // SAFETY: the caller's contract (every matrix inside the allocation under its leading
-        // dimension); the handle is this stream's.
+        let stride = |v: usize| {
+            i64::try_from(v).map_err(|_| Error::Gpu(format!("gemm: stride {v} is too large")))
+        };
+        let [sa, sb, sc] = g.strides;
+        // SAFETY: the caller's contract (every matrix of every product inside the allocation
+        // under its leading dimension and strides); the handle is this stream's.
         unsafe {
-            cudarc::cublas::result::sgemm(
+            cudarc::cublas::result::sgemm_strided_batched(
                 *blas.handle(),
                 op(g.trans_a),
                 op(g.trans_b),
@@ -147,11 +151,15 @@ impl Backend for Gpu {
                 &alpha,
                 g.a.0 as *const f32,
                 int(g.a.1.max(1))?,
+                stride(sa)?,
                 g.b.0 as *const f32,
                 int(g.b.1.max(1))?,
+                stride(sb)?,
                 &beta,
                 g.c.0 as *mut f32,
                 int(g.c.1.max(1))?,
+                stride(sc)?,
+                int(g.batch)?,
             )
         }
         .map_err(|e| Error::Gpu(format!("cuBLAS sgemm: {e}")))

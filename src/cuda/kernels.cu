@@ -324,3 +324,215 @@ extern "C" __global__ void sum_squares(const float* x, u64 n, double* partial) {
         partial[blockIdx.x] = t;
     }
 }
+
+// Layer norm over rows of c channels (`src/layers/layernorm.rs`): per row the mean and variance
+// in f64, inv = 1/√(var + eps); y = γ·x̂ + β with x̂ = (x − mean)·inv, kept with inv where
+// `xhat` is given. One thread per row (y may be x itself).
+extern "C" __global__ void ln_forward(const float* x, float* y, u64 rows, u64 c, float eps,
+                                      const float* gamma, const float* beta, float* inv,
+                                      float* xhat) {
+    u64 r = word_index();
+    if (r >= rows) return;
+    const float* xr = x + r * c;
+    double s = 0.0;
+    for (u64 i = 0; i < c; i++) s += (double)xr[i];
+    double mean = s / (double)c, v = 0.0;
+    for (u64 i = 0; i < c; i++) v += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+    float m = (float)mean, iv = (float)(1.0 / sqrt(v / (double)c + (double)eps));
+    if (inv) inv[r] = iv;
+    for (u64 i = 0; i < c; i++) {
+        float h = (xr[i] - m) * iv;
+        if (xhat) xhat[r * c + i] = h;
+        y[r * c + i] = gamma[i] * h + beta[i];
+    }
+}
+
+// Layer norm's input gradient per row: with g = dy·γ, dx = inv/c·(c·g − Σg − x̂·Σg·x̂), the
+// sums in f64 (with `acc`, added to dx).
+extern "C" __global__ void ln_backward_rows(const float* dy, const float* xhat,
+                                            const float* gamma, const float* inv, u64 rows,
+                                            u64 c, float* dx, int acc) {
+    u64 r = word_index();
+    if (r >= rows) return;
+    double sg = 0.0, sgx = 0.0;
+    for (u64 i = 0; i < c; i++) {
+        float g = dy[r * c + i] * gamma[i];
+        sg += (double)g;
+        sgx += (double)(g * xhat[r * c + i]);
+    }
+    float cf = (float)c, sgf = (float)sg, sgxf = (float)sgx, k = inv[r] / cf;
+    for (u64 i = 0; i < c; i++) {
+        float g = dy[r * c + i] * gamma[i];
+        float v = k * (cf * g - sgf - xhat[r * c + i] * sgxf);
+        float* d = dx + r * c + i;
+        *d = acc ? *d + v : v;
+    }
+}
+
+// Layer norm's parameter gradients per channel: dγ += Σ_r dy·x̂, dβ += Σ_r dy (rows in order,
+// in f64).
+extern "C" __global__ void ln_backward_params(const float* dy, const float* xhat, u64 rows,
+                                              u64 c, float* dgamma, float* dbeta) {
+    u64 i = word_index();
+    if (i >= c) return;
+    double g = 0.0, b = 0.0;
+    for (u64 r = 0; r < rows; r++) {
+        float d = dy[r * c + i];
+        g += (double)(d * xhat[r * c + i]);
+        b += (double)d;
+    }
+    dgamma[i] += (float)g;
+    dbeta[i] += (float)b;
+}
+
+// GELU's value and slope at x, in f64 (erf, or the tanh form), as `dropit_simd::reference::gelu`.
+__device__ __forceinline__ void gelu_at(float x, int tanh_form, float* value, float* slope) {
+    double z = (double)x;
+    if (tanh_form) {
+        double k = sqrt(2.0 / 3.14159265358979323846);
+        double t = tanh(k * (z + 0.044715 * z * z * z)), du = k * (1.0 + 3.0 * 0.044715 * z * z);
+        *value = (float)(0.5 * z * (1.0 + t));
+        *slope = (float)(0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du);
+    } else {
+        double cdf = 0.5 * (1.0 + erf(z / 1.41421356237309504880));
+        double pdf = exp(-0.5 * z * z) / sqrt(2.0 * 3.14159265358979323846);
+        *value = (float)(z * cdf);
+        *slope = (float)(cdf + z * pdf);
+    }
+}
+
+// y = GELU(x), the input kept where `keep` is given (y may be x itself).
+extern "C" __global__ void gelu_forward(const float* x, float* y, u64 n, int tanh_form,
+                                        float* keep) {
+    u64 e = word_index();
+    if (e >= n) return;
+    float v = x[e], out, slope;
+    if (keep) keep[e] = v;
+    gelu_at(v, tanh_form, &out, &slope);
+    y[e] = out;
+}
+
+// dx = dy·GELU'(x) from the kept input (with `acc`, added; dx may be dy itself).
+extern "C" __global__ void gelu_backward(const float* dy, const float* kept, float* dx, u64 n,
+                                         int tanh_form, int acc) {
+    u64 e = word_index();
+    if (e >= n) return;
+    float out, slope;
+    gelu_at(kept[e], tanh_form, &out, &slope);
+    float v = dy[e] * slope;
+    dx[e] = acc ? dx[e] + v : v;
+}
+
+// y = a + b (y may be a itself).
+extern "C" __global__ void add(const float* a, const float* b, float* y, u64 n) {
+    u64 e = word_index();
+    if (e < n) y[e] = a[e] + b[e];
+}
+
+// Tokens from patches: y[s, t, :] = (t < cls ? cls_token : x[s, t − cls, :]) + pos[t, :], for
+// `n` samples of `tokens` tokens of width d (`cls` 0 or 1).
+extern "C" __global__ void pos_embed_forward(const float* x, const float* cls_token,
+                                             const float* pos, float* y, u64 n, u64 tokens,
+                                             u64 d, u64 cls) {
+    u64 e = word_index();
+    if (e >= n * tokens * d) return;
+    u64 s = e / (tokens * d), t = (e / d) % tokens, c = e % d;
+    float v = t < cls ? cls_token[c] : x[(s * (tokens - cls) + t - cls) * d + c];
+    y[e] = v + pos[t * d + c];
+}
+
+// Its parameters' gradients: g[j] += Σ_s dy[s, j] over the first `len` elements of each
+// sample's tokens (the cls token's then the positions', each a separate call), samples in order.
+extern "C" __global__ void sample_sums(const float* dy, u64 n, u64 per, u64 len, float* g) {
+    u64 j = word_index();
+    if (j >= len) return;
+    float s = g[j];
+    for (u64 i = 0; i < n; i++) s += dy[i * per + j];
+    g[j] = s;
+}
+
+// Rows of `width` floats copied from every `from`-long block of x (from offset `skip`) into
+// every `to`-long block of y (at offset `at`), `blocks` of them; with `acc`, added. Token
+// selection, the positions' input gradient.
+extern "C" __global__ void copy_blocks(const float* x, u64 from, u64 skip, float* y, u64 to,
+                                       u64 at, u64 width, u64 blocks, int acc) {
+    u64 e = word_index();
+    if (e >= blocks * width) return;
+    u64 b = e / width, i = e % width;
+    float v = x[b * from + skip + i];
+    float* d = y + b * to + at + i;
+    *d = acc ? *d + v : v;
+}
+
+// Token selection's input gradient: dx[s, t, :] = (t == index ? dy[s, :] : 0), or added with
+// `acc`.
+extern "C" __global__ void token_select_backward(const float* dy, float* dx, u64 n, u64 tokens,
+                                                 u64 d, u64 index, int acc) {
+    u64 e = word_index();
+    if (e >= n * tokens * d) return;
+    u64 s = e / (tokens * d), t = (e / d) % tokens, c = e % d;
+    float v = t == index ? dy[s * d + c] : 0.0f;
+    dx[e] = acc ? dx[e] + v : 0.0f + v;
+}
+
+// Non-overlapping patches (kernel = stride = k, no padding) of NHWC images as rows:
+// p[(s, oy, ox), (ky, kx, ci)] = x[s, oy·k + ky, ox·k + kx, ci]; with `back`, the other way
+// round (dx from dP, added with `acc`; pixels no patch covers get 0).
+extern "C" __global__ void patches(float* x, float* p, u64 n, u64 h, u64 w, u64 c, u64 k,
+                                   int back, int acc) {
+    u64 oh = h / k, ow = w / k, row = k * k * c;
+    if (!back) {
+        u64 e = word_index();
+        if (e >= n * oh * ow * row) return;
+        u64 r = e / row, j = e % row;
+        u64 s = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
+        u64 ky = j / (k * c), kx = (j / c) % k, ci = j % c;
+        p[e] = x[((s * h + oy * k + ky) * w + ox * k + kx) * c + ci];
+        return;
+    }
+    u64 e = word_index();
+    if (e >= n * h * w * c) return;
+    u64 s = e / (h * w * c), y = (e / (w * c)) % h, xx = (e / c) % w, ci = e % c;
+    float v = 0.0f;
+    if (y < oh * k && xx < ow * k) {
+        u64 r = (s * oh + y / k) * ow + xx / k, j = ((y % k) * k + xx % k) * c + ci;
+        v = p[r * row + j];
+    }
+    x[e] = acc ? x[e] + v : v;
+}
+
+// Attention's softmax over each row of `rows` rows of t scores (in place): p = e^(s − max)/Σ,
+// and the row's log-sum-exp into lse[(sample·heads + head)·t + r] where `lse` is given.
+extern "C" __global__ void softmax_rows(float* p, u64 rows, u64 t, float* lse, u64 heads,
+                                        u64 head) {
+    u64 r = word_index();
+    if (r >= rows) return;
+    float* row = p + r * t;
+    float m = -INFINITY, sum = 0.0f;
+    for (u64 j = 0; j < t; j++) m = fmaxf(m, row[j]);
+    for (u64 j = 0; j < t; j++) {
+        row[j] = expf(row[j] - m);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (u64 j = 0; j < t; j++) row[j] *= inv;
+    if (lse) lse[((r / t) * heads + head) * t + r % t] = m + logf(sum);
+}
+
+// The probabilities again from the scores and the kept log-sum-exp: p = e^(s − lse).
+extern "C" __global__ void exp_rows(float* p, u64 rows, u64 t, const float* lse, u64 heads,
+                                    u64 head) {
+    u64 e = word_index();
+    if (e >= rows * t) return;
+    u64 r = e / t;
+    p[e] = expf(p[e] - lse[((r / t) * heads + head) * t + r % t]);
+}
+
+// Through the softmax: dS = P ∘ (dP − Σ_j dP·P) per row (over dP in place).
+extern "C" __global__ void softmax_backward_rows(float* dp, const float* p, u64 rows, u64 t) {
+    u64 r = word_index();
+    if (r >= rows) return;
+    float dot = 0.0f;
+    for (u64 j = 0; j < t; j++) dot += dp[r * t + j] * p[r * t + j];
+    for (u64 j = 0; j < t; j++) dp[r * t + j] = p[r * t + j] * (dp[r * t + j] - dot);
+}

@@ -7,6 +7,7 @@
 //! few buffers only the device needs (histograms and per-word counts of the top-k select); every
 //! tensor, saved context and packed copy is an offset into it.
 
+mod layers;
 mod ops;
 mod trainer;
 
@@ -32,15 +33,16 @@ pub enum Arg {
 pub enum Grid {
     /// At least one thread per item of this many (threads past the end return at once).
     Items(usize),
-    /// Any number of blocks, each thread striding over this many items; the kernel
-    /// synchronizes its block's threads (`__syncthreads`).
+    /// At most 1024 blocks of at most 1024 threads, each thread striding over this many
+    /// items; the kernel synchronizes its block's threads (`__syncthreads`).
     Strided(usize),
     /// One block of up to 1024 threads, which it synchronizes.
     OneBlock,
 }
 
 /// A dense product `C = α·op(A)·op(B) + β·C` with matrices in column-major order, as cuBLAS's
-/// `sgemm` takes them; addresses in device memory.
+/// `sgemm` takes them, addresses in device memory; or `batch` such products, matrix `i` of each
+/// operand `i` strides (in floats) after the first (`sgemmStridedBatched`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gemm {
     /// `op(A) = Aᵀ`.
@@ -63,6 +65,10 @@ pub struct Gemm {
     pub beta: f32,
     /// C and its leading dimension.
     pub c: (u64, usize),
+    /// Products (1: one).
+    pub batch: usize,
+    /// Floats from one product's A, B and C to the next's.
+    pub strides: [usize; 3],
 }
 
 /// What [`DeviceTrainer`] needs of a device: one block of memory, copies in and out of it,

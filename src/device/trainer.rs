@@ -7,18 +7,20 @@ use std::vec::Vec;
 
 use dropit_simd::format::{Format, PosForm};
 
+use super::layers::{self, Call};
 use super::ops::{self, PackedAt, Work, ptr, run};
-use super::{Arg, Backend, Gemm, Grid};
+use super::{Arg, Backend, Grid};
 use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
-use crate::layers::Layer;
+use crate::layers::{Layer, Linear};
 use crate::model::Model;
 use crate::plan::{Plan, plan};
 use crate::saved::{InputSave, Positions, Scope};
 use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
 
 /// The layers a [`DeviceTrainer`] runs.
-const SUPPORTED: &str = "Flatten, Linear (dense or DropIT) and ReLU";
+pub(super) const SUPPORTED: &str = "Linear (dense or DropIT), ReLU, GELU, LayerNorm, attention, \
+    Add, Flatten, positions and token selection, and a patch-embedding Conv2d";
 
 /// Trains a [`Model`] on a [`Backend`]: the CPU [`Trainer`]'s plan in one device allocation,
 /// each step a sequence of kernel launches. Parameters start as the CPU trainer's for the same
@@ -41,6 +43,8 @@ pub struct DeviceTrainer<B: Backend> {
     work: Work,
     /// Labels (u32), per-row losses (f32) and per-row hits (u32), `batch` each.
     rows: [usize; 3],
+    /// The layers' own scratch.
+    scratch: usize,
     bytes: usize,
     step: u64,
 }
@@ -69,71 +73,34 @@ fn for_device(model: &Model, batch: usize) -> Result<Model> {
     for i in 0..m.nodes.len() {
         let (xs, _) = m.shapes_of(i);
         let node = &mut m.nodes[i];
-        match &mut node.layer {
-            Layer::Linear(l) => {
-                if let InputSave::Sparse(sp) = &mut l.save {
-                    if sp.scope != Scope::Tensor {
-                        return config_err(
-                            &node.name,
-                            "DropIT on the device selects over the whole tensor (Scope::Tensor)",
-                        );
-                    }
-                    let (n, k) = (batch * xs.numel(), sp.kept(batch, xs.numel()));
-                    if sp.positions == Positions::Auto {
-                        let [bitmap, u32s] =
-                            [PosForm::Bitmap, PosForm::U32].map(|p| Format::new(sp.values, p));
-                        let pick = match bitmap.bytes(n, k) <= u32s.bytes(n, k) {
-                            true => PosForm::Bitmap,
-                            false => PosForm::U32,
-                        };
-                        sp.positions = Positions::Fixed(pick);
-                    }
-                    if let Err(e) = ops::value_code(sp.format(batch, xs.numel())) {
-                        return config_err(&node.name, format!("{e}"));
-                    }
-                }
-            }
-            Layer::Flatten(_) | Layer::Relu(_) => {}
-            other => {
-                return config_err(
-                    &node.name,
-                    format!(
-                        "{} layers do not run on the device yet (it runs {SUPPORTED})",
-                        other.kind()
-                    ),
-                );
-            }
+        layers::check(&node.name, &node.layer)?;
+        let Layer::Linear(Linear {
+            save: InputSave::Sparse(sp),
+            ..
+        }) = &mut node.layer
+        else {
+            continue;
+        };
+        if sp.scope != Scope::Tensor {
+            return config_err(
+                &node.name,
+                "DropIT on the device selects over the whole tensor (Scope::Tensor)",
+            );
+        }
+        let (n, k) = (batch * xs.numel(), sp.kept(batch, xs.numel()));
+        if sp.positions == Positions::Auto {
+            let [bitmap, u32s] = [PosForm::Bitmap, PosForm::U32].map(|p| Format::new(sp.values, p));
+            let pick = match bitmap.bytes(n, k) <= u32s.bytes(n, k) {
+                true => PosForm::Bitmap,
+                false => PosForm::U32,
+            };
+            sp.positions = Positions::Fixed(pick);
+        }
+        if let Err(e) = ops::value_code(sp.format(batch, xs.numel())) {
+            return config_err(&node.name, format!("{e}"));
         }
     }
     Ok(m)
-}
-
-/// A dense product of row-major matrices, `C (m × n) = op(A)·op(B) + β·C`, with `A` stored
-/// `m × k` (or `k × m` when `ta`) and `B` stored `k × n` (or `n × k` when `tb`): cuBLAS's
-/// column-major product of the transposes.
-fn gemm_rows<B: Backend>(
-    b: &mut B,
-    (m, n, k): (usize, usize, usize),
-    (a, ta): (usize, bool),
-    (bm, tb): (usize, bool),
-    (c, beta): (usize, f32),
-) -> Result<()> {
-    let base = b.base();
-    let g = Gemm {
-        trans_a: tb,
-        trans_b: ta,
-        m: n,
-        n: m,
-        k,
-        alpha: 1.0,
-        a: (base + bm as u64, if tb { k } else { n }),
-        b: (base + a as u64, if ta { m } else { k }),
-        beta,
-        c: (base + c as u64, n),
-    };
-    // SAFETY: every caller passes offsets of planned buffers of these shapes (A, B and C of
-    // m·k, k·n and m·n floats), so each matrix lies inside the block.
-    unsafe { b.gemm(&g) }
 }
 
 impl<B: Backend> DeviceTrainer<B> {
@@ -154,8 +121,18 @@ impl<B: Backend> DeviceTrainer<B> {
         let tail = 8 * plan.total_words;
         let work = Work::at(tail, words);
         let rows_at = tail + Work::bytes(words);
-        let rows = [0, 1, 2].map(|j| rows_at + j * (4 * cfg.batch).next_multiple_of(8));
-        let bytes = rows[2] + (4 * cfg.batch).next_multiple_of(8);
+        let per_row = (4 * cfg.batch).next_multiple_of(8);
+        let rows = [0, 1, 2].map(|j| rows_at + j * per_row);
+        // The layers' own scratch (patches, attention's probabilities, an unpacked input).
+        let scratch = rows[2] + per_row;
+        let floats = (0..planned.nodes.len())
+            .map(|i| {
+                let xs = planned.shapes_of(i).0;
+                layers::scratch_floats(&planned.nodes[i].layer, cfg.batch, xs)
+            })
+            .max()
+            .unwrap_or(0);
+        let bytes = scratch + (4 * floats).next_multiple_of(8);
         backend.allocate(bytes)?;
         let mut t = DeviceTrainer {
             backend,
@@ -165,6 +142,7 @@ impl<B: Backend> DeviceTrainer<B> {
             plan,
             work,
             rows,
+            scratch,
             bytes,
             step: 0,
         };
@@ -175,6 +153,8 @@ impl<B: Backend> DeviceTrainer<B> {
             n.layer.init(&mut p[pr], &mut s[sr], &mut r);
         }
         t.set_params(&p)?;
+        let state = at(&t.plan.regions.state);
+        t.backend.write(state, bytemuck::cast_slice(&s))?;
         Ok(t)
     }
 
@@ -322,65 +302,63 @@ impl<B: Backend> DeviceTrainer<B> {
         (at(&r.params) + 4 * p, at(&r.grads) + 4 * g)
     }
 
+    /// Node `i`'s call on `n` samples: its shapes, parameters, saved entries, packed input
+    /// and scratch (the tensors are filled in by forward and backward).
+    fn call(&self, i: usize, n: usize) -> Call {
+        let node = &self.planned.nodes[i];
+        let (xs, ys) = self.planned.shapes_of(i);
+        let (p, g) = self.param_at(i);
+        let mut saved = [0; 4];
+        let mut off = at(&self.plan.ctx[i]);
+        for (s, e) in saved.iter_mut().zip(&node.layer.needs(n, xs, ys, 1).saved) {
+            *s = off;
+            off += 8 * e.words();
+        }
+        let packed = match (&node.layer, &self.plan.packed[i]) {
+            (Layer::Linear(l), Some(pk)) => l.save.sparse().map(|sp| {
+                let p = PackedAt {
+                    format: pk.format,
+                    n: n * xs.numel(),
+                    k: sp.kept(n, xs.numel()),
+                    at: at(&pk.words),
+                };
+                (p, pk.packs)
+            }),
+            _ => None,
+        };
+        Call {
+            n,
+            xs,
+            ys,
+            p,
+            g,
+            saved,
+            packed,
+            scratch: self.scratch,
+            ..Call::default()
+        }
+    }
+
     fn forward(&mut self, x: &[f32], n: usize, train: bool) -> Result<()> {
         let x0 = self.tensor(0);
         self.backend.write(x0, bytemuck::cast_slice(x))?;
         for i in 0..self.planned.nodes.len() {
-            let saves = train && i >= self.plan.frozen;
             let node = &self.planned.nodes[i];
-            let (xs, ys) = self.planned.shapes_of(i);
             let y = self.tensor(node.output);
-            let xi = match self.plan.inplace[i] {
-                true => y,
-                false => self.tensor(node.inputs[0]),
+            let c = Call {
+                x: match self.plan.inplace[i] {
+                    true => y,
+                    false => self.tensor(node.inputs[0]),
+                },
+                x2: match node.layer.arity() {
+                    2 => self.tensor(node.inputs[1]),
+                    _ => 0,
+                },
+                y,
+                saves: train && i >= self.plan.frozen,
+                ..self.call(i, n)
             };
-            let (xl, yl) = (n * xs.numel(), n * ys.numel());
-            let (w, _) = self.param_at(i);
-            let b = &mut self.backend;
-            match &node.layer {
-                Layer::Flatten(_) => {
-                    if xi != y {
-                        let args = [ptr(b, xi), ptr(b, y), Arg::U64(xl as u64), Arg::I32(0)];
-                        run(b, "copy_acc", Grid::Items(xl), &args)?;
-                    }
-                }
-                Layer::Relu(_) => {
-                    let bits = match saves {
-                        true => ptr(b, at(&self.plan.ctx[i])),
-                        false => Arg::Ptr(0),
-                    };
-                    let words = yl.div_ceil(64);
-                    let args = [ptr(b, xi), ptr(b, y), Arg::U64(yl as u64), bits];
-                    let args = [&args[..], &[Arg::U64(words as u64)]].concat();
-                    // x and y: n floats; the mask (in the planned context) a word per 64.
-                    run(b, "relu_forward", Grid::Items(words), &args)?;
-                }
-                Layer::Linear(l) => {
-                    let rows = n * xs.rows();
-                    let beta = match l.bias {
-                        true => {
-                            let bias = w + 4 * l.inp * l.out;
-                            let args = [
-                                ptr(b, bias),
-                                ptr(b, y),
-                                Arg::U64(rows as u64),
-                                Arg::U64(l.out as u64),
-                            ];
-                            run(b, "bias_rows", Grid::Items(yl), &args)?;
-                            1.0
-                        }
-                        false => 0.0,
-                    };
-                    gemm_rows(b, (rows, l.out, l.inp), (xi, false), (w, false), (y, beta))?;
-                    let packs = self.plan.packed[i].as_ref().filter(|p| p.packs);
-                    if let (true, Some(sp), Some(pk)) = (saves, l.save.sparse(), packs) {
-                        let k = sp.kept(n, xs.numel());
-                        let t = ops::threshold(b, xi, xl, k, &self.work)?;
-                        ops::pack(b, (xi, xl), &t, pk.format, at(&pk.words), &self.work)?;
-                    }
-                }
-                _ => unreachable!("refused by for_device"),
-            }
+            layers::forward(&mut self.backend, &node.layer, &c, &self.work)?;
         }
         Ok(())
     }
@@ -393,74 +371,22 @@ impl<B: Backend> DeviceTrainer<B> {
             if !inplace && plan.grads[node.output].is_empty() {
                 continue;
             }
-            let (xs, ys) = self.planned.shapes_of(i);
-            let (xl, yl) = (n * xs.numel(), n * ys.numel());
             let grad = |t: usize| Some(at(&plan.grads[t])).filter(|_| !plan.grads[t].is_empty());
             let dx = grad(node.inputs[0]);
-            let dy = match inplace {
-                true => dx.ok_or_else(|| Error::Gpu("in-place backward without dX".into()))?,
-                false => at(&plan.grads[node.output]),
+            let c = Call {
+                x: self.tensor(node.inputs[0]),
+                dy: match inplace {
+                    true => dx.ok_or_else(|| Error::Gpu("in-place backward without dX".into()))?,
+                    false => at(&plan.grads[node.output]),
+                },
+                dx,
+                dx2: (node.layer.arity() == 2)
+                    .then(|| grad(node.inputs[1]))
+                    .flatten(),
+                acc: plan.acc[i],
+                ..self.call(i, n)
             };
-            let acc = Arg::I32(plan.acc[i][0] as i32);
-            let (w, gw) = self.param_at(i);
-            let b = &mut self.backend;
-            match &node.layer {
-                Layer::Flatten(_) => {
-                    if let Some(dx) = dx.filter(|&d| d != dy) {
-                        let args = [ptr(b, dy), ptr(b, dx), Arg::U64(xl as u64), acc];
-                        run(b, "copy_acc", Grid::Items(xl), &args)?;
-                    }
-                }
-                Layer::Relu(_) => {
-                    if let Some(dx) = dx {
-                        let bits = ptr(b, at(&plan.ctx[i]));
-                        let args = [ptr(b, dy), bits, ptr(b, dx), Arg::U64(yl as u64), acc];
-                        run(b, "apply_mask", Grid::Items(yl), &args)?;
-                    }
-                }
-                Layer::Linear(l) => {
-                    let rows = n * xs.rows();
-                    if l.bias {
-                        let gb = gw + 4 * l.inp * l.out;
-                        let args = [
-                            ptr(b, dy),
-                            Arg::U64(rows as u64),
-                            Arg::U64(l.out as u64),
-                            ptr(b, gb),
-                        ];
-                        run(b, "column_sums", Grid::Items(l.out), &args)?;
-                    }
-                    match (l.save.sparse(), &plan.packed[i]) {
-                        (Some(sp), Some(pk)) => {
-                            let p = PackedAt {
-                                format: pk.format,
-                                n: xl,
-                                k: sp.kept(n, xs.numel()),
-                                at: at(&pk.words),
-                            };
-                            if sp.direct(false) {
-                                ops::linear_grad_w(b, &p, (l.inp, l.out), dy, gw, &self.work)?;
-                            } else {
-                                let dense = at(&plan.regions.scratch);
-                                ops::unpack(b, &p, dense, &self.work)?;
-                                let shape = (l.inp, l.out, rows);
-                                gemm_rows(b, shape, (dense, true), (dy, false), (gw, 1.0))?;
-                            }
-                        }
-                        _ => {
-                            let x = at(&plan.tensors[node.inputs[0]]);
-                            let shape = (l.inp, l.out, rows);
-                            gemm_rows(b, shape, (x, true), (dy, false), (gw, 1.0))?;
-                        }
-                    }
-                    if let Some(dx) = dx {
-                        let beta = if plan.acc[i][0] { 1.0 } else { 0.0 };
-                        let shape = (rows, l.inp, l.out);
-                        gemm_rows(b, shape, (dy, false), (w, true), (dx, beta))?;
-                    }
-                }
-                _ => unreachable!("refused by for_device"),
-            }
+            layers::backward(&mut self.backend, &node.layer, &c, &self.work)?;
         }
         Ok(())
     }

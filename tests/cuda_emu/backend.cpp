@@ -70,6 +70,20 @@ extern "C" int emu_launch(const char* name, unsigned grid, unsigned block,
     K(bias_rows, false)
     K(column_sums, false)
     K(softmax_ce, false)
+    K(ln_forward, false)
+    K(ln_backward_rows, false)
+    K(ln_backward_params, false)
+    K(gelu_forward, false)
+    K(gelu_backward, false)
+    K(add, false)
+    K(pos_embed_forward, false)
+    K(sample_sums, false)
+    K(copy_blocks, false)
+    K(token_select_backward, false)
+    K(patches, false)
+    K(softmax_rows, false)
+    K(exp_rows, false)
+    K(softmax_backward_rows, false)
 #undef K
     return 1;
 }

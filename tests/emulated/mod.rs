@@ -167,31 +167,38 @@ impl Backend for Emulated {
     }
 
     unsafe fn gemm(&mut self, g: &Gemm) -> Result<()> {
-        let (a, b, c) = (self.f32_at(g.a.0), self.f32_at(g.b.0), self.f32_at(g.c.0));
-        for j in 0..g.n {
-            for i in 0..g.m {
-                let mut s = 0f32;
-                for p in 0..g.k {
-                    let ai = if g.trans_a {
-                        p + i * g.a.1
+        for at in 0..g.batch {
+            let [sa, sb, sc] = g.strides.map(|s| s * at);
+            let (a, b) = (
+                self.f32_at(g.a.0).wrapping_add(sa),
+                self.f32_at(g.b.0).wrapping_add(sb),
+            );
+            let c = self.f32_at(g.c.0).wrapping_add(sc);
+            for j in 0..g.n {
+                for i in 0..g.m {
+                    let mut s = 0f32;
+                    for p in 0..g.k {
+                        let ai = if g.trans_a {
+                            p + i * g.a.1
+                        } else {
+                            i + p * g.a.1
+                        };
+                        let bi = if g.trans_b {
+                            j + p * g.b.1
+                        } else {
+                            p + j * g.b.1
+                        };
+                        // SAFETY: the caller's contract (each matrix inside the block).
+                        s += unsafe { *a.add(ai) * *b.add(bi) };
+                    }
+                    // SAFETY: as above.
+                    let cij = unsafe { &mut *c.add(i + j * g.c.1) };
+                    *cij = if g.beta == 0.0 {
+                        g.alpha * s
                     } else {
-                        i + p * g.a.1
+                        g.alpha * s + g.beta * *cij
                     };
-                    let bi = if g.trans_b {
-                        j + p * g.b.1
-                    } else {
-                        p + j * g.b.1
-                    };
-                    // SAFETY: the caller's contract (each matrix inside the block).
-                    s += unsafe { *a.add(ai) * *b.add(bi) };
                 }
-                // SAFETY: as above.
-                let cij = unsafe { &mut *c.add(i + j * g.c.1) };
-                *cij = if g.beta == 0.0 {
-                    g.alpha * s
-                } else {
-                    g.alpha * s + g.beta * *cij
-                };
             }
         }
         Ok(())
