@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU path on a machine with an NVIDIA GPU, in one go (under 5 minutes):
 #   targets/gpu-check.sh
-# builds with `--features cuda`, runs the GPU tests (every kernel against its CPU twin) and
+# builds with `--features cuda`, runs the GPU tests (every kernel against its CPU twin, and the
+# GPU trainer against the CPU trainer: 30 steps of the mlp and the vit, dense and γ = 0.9) and
 # prints one table: top-k against PyTorch's torch.topk on the same GPU where PyTorch with CUDA
 # is installed (else against our CPU radix select), packing, the sparse Linear grad_W against
-# cuBLAS's dense one. Whatever it cannot find (driver, NVRTC, cuBLAS, PyTorch) it names in a
-# line starting with MISSING; without a driver it stops there, status 0.
+# cuBLAS's dense one, and the mlp's and vit's step time and device memory, dense and γ = 0.9.
+# Whatever it cannot find (driver, NVRTC, cuBLAS, PyTorch) it names in a line starting with
+# MISSING; without a driver it stops there, status 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -29,8 +31,8 @@ done
 echo "== build (--features cuda)"
 timeout 180 cargo build -q --release --features cuda --example gpu_bench || { echo "FAIL: the cuda build"; exit 1; }
 
-echo "== GPU tests: every kernel against its CPU twin"
-timeout 120 cargo test -q --release --features cuda --test cuda -- --nocapture --test-threads=1
+echo "== GPU tests: every kernel against its CPU twin, the GPU trainer against the CPU's"
+timeout 150 cargo test -q --release --features cuda --test cuda -- --nocapture --test-threads=1
 tests=$?
 [ $tests -eq 0 ] || echo "FAIL: GPU tests (status $tests)"
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 impl Gpu {
     /// The allocation's bytes `at..at + len`, or an error saying they are outside it.
     fn span(&self, at: usize, len: usize) -> Result<core::ops::Range<usize>> {
-        let size = self.block.as_ref().map_or(0, |b| b.len());
+        let size = Backend::len(self);
         match at.checked_add(len) {
             Some(end) if end <= size => Ok(at..end),
             _ => Err(Error::Gpu(format!(
@@ -52,6 +52,10 @@ impl Backend for Gpu {
         self.block
             .as_ref()
             .map_or(0, |b| b.device_ptr(&self.stream).0)
+    }
+
+    fn len(&self) -> usize {
+        self.block.as_ref().map_or(0, |b| b.len())
     }
 
     fn write(&mut self, at: usize, bytes: &[u8]) -> Result<()> {

@@ -180,16 +180,6 @@ extern "C" __global__ void linear_grad_w_u32(const u32* idx, const unsigned char
     for (u64 j = 0; j < out; j++) atomicAdd(&gwt[i * out + j], v * dy[r * out + j]);
 }
 
-// ReLU's mask: bit e set when x[e] > 0 (NaN and ±0 give 0); one thread per word.
-extern "C" __global__ void positive_mask(const float* x, u64 n, u64* bits, u64 words) {
-    u64 w = word_index();
-    if (w >= words) return;
-    u64 end = min(n, 64 * w + 64), word = 0;
-    for (u64 e = 64 * w; e < end; e++)
-        if (x[e] > 0.0f) word |= 1ull << (e - 64 * w);
-    bits[w] = word;
-}
-
 // dx[e] = dy[e] where bit e is set, else 0; with `acc`, dx[e] += dy[e] where it is set. (dx may
 // be dy itself.)
 extern "C" __global__ void apply_mask(const float* dy, const u64* bits, float* dx, u64 n, int acc) {

@@ -1,32 +1,35 @@
-//! The GPU path (feature `cuda`): DropIT's kernels on an NVIDIA GPU, the twins of
-//! `dropit_simd`'s — exact top-k selection ([`Gpu::topk_threshold`]), packing into the CPU's
-//! formats byte for byte and back ([`Gpu::pack`], [`Gpu::unpack`]), the sparse Linear weight
-//! gradient ([`Gpu::linear_grad_w`]), ReLU's 1-bit masks ([`Gpu::positive_mask`],
-//! [`Gpu::apply_mask`]) and the optimizers' updates ([`Gpu::optimizer_update`], bitwise the
-//! CPU's).
+//! The GPU path (feature `cuda`): [`Gpu`] is a [`Backend`](crate::device::Backend) of the
+//! device trainer ([`DeviceTrainer`](crate::device::DeviceTrainer)) and of DropIT's device
+//! kernels ([`crate::device::ops`]) — one allocation, the kernels launched by name, dense
+//! products through cuBLAS.
 //!
 //! The kernels are CUDA C in this crate (`src/cuda/kernels.cu`), compiled once per process with
-//! NVRTC when the first [`Gpu`] is made. CUDA's libraries are loaded at run time, so the
-//! feature builds without a CUDA toolkit or driver; [`available`] says whether this machine can
-//! run it, without touching anything that would fail (loading a missing library aborts).
+//! NVRTC when the first [`Gpu`] is made, without contracting a multiply and an add and with
+//! IEEE division and square root (so the optimizers' updates are bitwise the CPU's). CUDA's
+//! libraries are loaded at run time, so the feature builds without a CUDA toolkit or driver;
+//! [`available`] says whether this machine can run it, without touching anything that would
+//! fail (loading a missing library aborts).
+//!
+//! ```no_run
+//! use dropit::device::DeviceTrainer;
+//! use dropit::{Model, TrainerConfig};
+//!
+//! let gpu = dropit::cuda::Gpu::new(0)?;
+//! let mut t = DeviceTrainer::new(gpu, Model::mlp()?, TrainerConfig::sgd_recipe(128, 1000))?;
+//! let (x, y) = (vec![0.1f32; 128 * 784], vec![3u32; 128]);
+//! let stats = t.step(&x, &y)?;
+//! println!("loss {}", stats.loss);
+//! # Ok::<(), dropit::Error>(())
+//! ```
 
 mod backend;
-mod mask;
-mod optim;
-mod pack;
-mod select;
-mod spmm;
-
-pub use pack::GpuPacked;
-pub use select::GpuThreshold;
 
 use std::format;
 use std::string::{String, ToString};
 use std::sync::{Arc, OnceLock};
-use std::vec::Vec;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
-use cudarc::driver::{LaunchConfig, ValidAsZeroBits};
+use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -137,27 +140,6 @@ impl Gpu {
     /// Waits until everything queued has run.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(gpu_err("synchronizing"))
-    }
-
-    /// A copy of `host` on the device.
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
-        self.stream
-            .clone_htod(host)
-            .map_err(gpu_err("copying to the device"))
-    }
-
-    /// A copy of `dev` on the host.
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream
-            .clone_dtoh(dev)
-            .map_err(gpu_err("copying from the device"))
-    }
-
-    /// `n` zeros on the device.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.stream
-            .alloc_zeros(n.max(1))
-            .map_err(gpu_err("allocating device memory"))
     }
 
     /// A kernel of `kernels.cu`.

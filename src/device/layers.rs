@@ -193,16 +193,20 @@ pub(super) fn forward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wor
             true => Ok(()),
             false => copy(b, c.x, c.y, c.x_len(), false),
         },
-        Layer::Relu(_) => {
-            let bits = match c.saves {
-                true => ptr(b, c.saved[0]),
-                false => Arg::Ptr(0),
-            };
-            let (n, words) = (c.y_len(), c.y_len().div_ceil(64));
-            let args = [ptr(b, c.x), ptr(b, c.y), u(n), bits, u(words)];
-            // x and y: n floats; the mask a word per 64.
-            run(b, "relu_forward", Grid::Items(words), &args)
-        }
+        Layer::Relu(_) => match c.saves {
+            true => ops::relu_forward(b, (c.x, c.y, c.y_len()), c.saved[0]),
+            false => {
+                let n = c.y_len();
+                let args = [
+                    ptr(b, c.x),
+                    ptr(b, c.y),
+                    u(n),
+                    Arg::Ptr(0),
+                    u(n.div_ceil(64)),
+                ];
+                run(b, "relu_forward", Grid::Items(n.div_ceil(64)), &args)
+            }
+        },
         Layer::Gelu(g) => {
             let keep = match c.saves {
                 true => ptr(b, c.saved[0]),
@@ -250,17 +254,7 @@ pub(super) fn backward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wo
             None => Ok(()),
         },
         Layer::Relu(_) => match c.dx {
-            Some(dx) => {
-                let n = c.y_len();
-                let args = [
-                    ptr(b, c.dy),
-                    ptr(b, c.saved[0]),
-                    ptr(b, dx),
-                    u(n),
-                    flag(acc),
-                ];
-                run(b, "apply_mask", Grid::Items(n), &args)
-            }
+            Some(dx) => ops::apply_mask(b, (c.dy, dx, c.y_len()), c.saved[0], acc),
             None => Ok(()),
         },
         Layer::Gelu(g) => match c.dx {

@@ -8,7 +8,7 @@
 //! tensor, saved context and packed copy is an offset into it.
 
 mod layers;
-mod ops;
+pub mod ops;
 mod trainer;
 
 pub use trainer::DeviceTrainer;
@@ -80,6 +80,14 @@ pub trait Backend {
 
     /// The device address of the block's first byte.
     fn base(&self) -> u64;
+
+    /// Bytes of the block (0 before [`Backend::allocate`]).
+    fn len(&self) -> usize;
+
+    /// Whether there is no block yet, or an empty one.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 
     /// Copies `bytes` into the block at byte offset `at`.
     fn write(&mut self, at: usize, bytes: &[u8]) -> Result<()>;

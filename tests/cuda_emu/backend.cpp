@@ -60,7 +60,6 @@ extern "C" int emu_launch(const char* name, unsigned grid, unsigned block,
     K(unpack_u32, false)
     K(linear_grad_w_bitmap, false)
     K(linear_grad_w_u32, false)
-    K(positive_mask, false)
     K(apply_mask, false)
     K(relu_forward, false)
     K(sgd_update, false)

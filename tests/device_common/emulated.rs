@@ -60,6 +60,23 @@ pub fn build(dir: &Path) -> std::result::Result<PathBuf, String> {
     Ok(out)
 }
 
+/// The emulated backend, its library built once per test binary; `None` (having printed one
+/// SKIP line) where there is no C++20 compiler.
+pub fn backend() -> Option<Emulated> {
+    static LIB: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let lib = LIB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dropit-device-emu-{}", std::process::id()));
+        match build(&dir) {
+            Ok(lib) => Some(lib),
+            Err(why) => {
+                println!("SKIP the device under emulation: {why}");
+                None
+            }
+        }
+    });
+    lib.as_deref().map(Emulated::new)
+}
+
 impl Emulated {
     /// The backend over the library at `lib` (from [`build`]).
     pub fn new(lib: &Path) -> Emulated {
@@ -102,6 +119,10 @@ impl Backend for Emulated {
 
     fn base(&self) -> u64 {
         self.base as u64
+    }
+
+    fn len(&self) -> usize {
+        self.bytes
     }
 
     fn write(&mut self, at: usize, bytes: &[u8]) -> Result<()> {
