@@ -123,20 +123,21 @@ fn grad_w(gpu: &mut Gpu) -> Res<()> {
     Ok(())
 }
 
-/// A training step of the mlp (batch 128, SGD) and the vit (batch 64, AdamW), dense and at
-/// γ = 0.9: median time and the device allocation.
+/// A training step of the mlp (batch 128, SGD), the vit (batch 64, AdamW) and the cnn (batch
+/// 64, SGD), dense and at γ = 0.9: median time and the device allocation.
 fn steps() -> Res<()> {
-    for (name, batch) in [("mlp", 128usize), ("vit", 64)] {
+    for (name, batch) in [("mlp", 128usize), ("vit", 64), ("cnn", 64)] {
         let mut dense = None;
         for gamma in [0.0f32, 0.9] {
             let model = match name {
                 "mlp" => Model::mlp()?,
+                "cnn" => Model::cnn()?,
                 _ => Model::vit()?,
             }
             .with_dropit(&DropIt::new(gamma))?;
             let cfg = match name {
-                "mlp" => TrainerConfig::sgd_recipe(batch, 1000),
-                _ => TrainerConfig::adamw_recipe(batch, 1000),
+                "vit" => TrainerConfig::adamw_recipe(batch, 1000),
+                _ => TrainerConfig::sgd_recipe(batch, 1000),
             };
             let per = model.input_shape().numel();
             let mut t = DeviceTrainer::new(Gpu::new(0)?, model, cfg)?;

@@ -465,30 +465,204 @@ extern "C" __global__ void token_select_backward(const float* dy, float* dx, u64
     dx[e] = acc ? dx[e] + v : 0.0f + v;
 }
 
-// Non-overlapping patches (kernel = stride = k, no padding) of NHWC images as rows:
-// p[(s, oy, ox), (ky, kx, ci)] = x[s, oy·k + ky, ox·k + kx, ci]; with `back`, the other way
-// round (dx from dP, added with `acc`; pixels no patch covers get 0).
-extern "C" __global__ void patches(float* x, float* p, u64 n, u64 h, u64 w, u64 c, u64 k,
-                                   int back, int acc) {
-    u64 oh = h / k, ow = w / k, row = k * k * c;
-    if (!back) {
-        u64 e = word_index();
-        if (e >= n * oh * ow * row) return;
-        u64 r = e / row, j = e % row;
-        u64 s = r / (oh * ow), oy = (r / ow) % oh, ox = r % ow;
-        u64 ky = j / (k * c), kx = (j / c) % k, ci = j % c;
-        p[e] = x[((s * h + oy * k + ky) * w + ox * k + kx) * c + ci];
-        return;
-    }
-    u64 e = word_index();
-    if (e >= n * h * w * c) return;
-    u64 s = e / (h * w * c), y = (e / (w * c)) % h, xx = (e / c) % w, ci = e % c;
+// A convolution's geometry (NHWC input h × w × c, output oh × ow, kernel kh × kw, stride, zero
+// padding), passed as one array of 11 counts.
+struct Geom {
+    u64 h, w, c, oh, ow, kh, kw, sy, sx, py, px;
+};
+
+__device__ __forceinline__ Geom geom_of(const u64* g) {
+    Geom r = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]};
+    return r;
+}
+
+// The input rows of samples s0 .. s0 + ns as the columns of a product (im2col):
+// cols[(s, oy, ox), (ky, kx, ci)] = x[s0 + s, oy·sy + ky − py, ox·sx + kx − px, ci], 0 outside.
+extern "C" __global__ void im2col(const float* x, float* cols, u64 s0, u64 ns, const u64* g) {
+    Geom q = geom_of(g);
+    u64 row = q.kh * q.kw * q.c, e = word_index();
+    if (e >= ns * q.oh * q.ow * row) return;
+    u64 r = e / row, j = e % row;
+    u64 s = s0 + r / (q.oh * q.ow), oy = (r / q.ow) % q.oh, ox = r % q.ow;
+    u64 ky = j / (q.kw * q.c), kx = (j / q.c) % q.kw, ci = j % q.c;
+    long long y = (long long)(oy * q.sy + ky) - (long long)q.py;
+    long long xx = (long long)(ox * q.sx + kx) - (long long)q.px;
     float v = 0.0f;
-    if (y < oh * k && xx < ow * k) {
-        u64 r = (s * oh + y / k) * ow + xx / k, j = ((y % k) * k + xx % k) * c + ci;
-        v = p[r * row + j];
+    if (y >= 0 && xx >= 0 && y < (long long)q.h && xx < (long long)q.w)
+        v = x[((s * q.h + y) * q.w + xx) * q.c + ci];
+    cols[e] = v;
+}
+
+// The other way round for the input gradient of samples s0 .. s0 + ns: each input element
+// gathers the columns' gradients of every output position its kernel taps cover (with `acc`,
+// added to dx).
+extern "C" __global__ void col2im(const float* dcols, float* dx, u64 s0, u64 ns, const u64* g,
+                                  int acc) {
+    Geom q = geom_of(g);
+    u64 e = word_index();
+    if (e >= ns * q.h * q.w * q.c) return;
+    u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ci = e % q.c;
+    u64 row = q.kh * q.kw * q.c;
+    float v = 0.0f;
+    for (u64 ky = 0; ky < q.kh; ky++) {
+        long long ty = (long long)(y + q.py) - (long long)ky;
+        if (ty < 0 || ty % (long long)q.sy) continue;
+        u64 oy = (u64)ty / q.sy;
+        if (oy >= q.oh) continue;
+        for (u64 kx = 0; kx < q.kw; kx++) {
+            long long tx = (long long)(x + q.px) - (long long)kx;
+            if (tx < 0 || tx % (long long)q.sx) continue;
+            u64 ox = (u64)tx / q.sx;
+            if (ox >= q.ow) continue;
+            v += dcols[((s * q.oh + oy) * q.ow + ox) * row + (ky * q.kw + kx) * q.c + ci];
+        }
     }
-    x[e] = acc ? x[e] + v : v;
+    float* d = dx + (s0 * q.h * q.w * q.c) + e;
+    *d = acc ? *d + v : v;
+}
+
+// grad_W [kh, kw, c, cout] += x[s, y, x, ci] · dY[s, oy, ox, :] over every tap of a kept input
+// element e (value v) — the CPU's `spmm::conv_grad_w`, added atomically.
+__device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, const Geom& q, float* gw) {
+    u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ci = e % q.c;
+    for (u64 ky = 0; ky < q.kh; ky++) {
+        long long ty = (long long)(y + q.py) - (long long)ky;
+        if (ty < 0 || ty % (long long)q.sy) continue;
+        u64 oy = (u64)ty / q.sy;
+        if (oy >= q.oh) continue;
+        for (u64 kx = 0; kx < q.kw; kx++) {
+            long long tx = (long long)(x + q.px) - (long long)kx;
+            if (tx < 0 || tx % (long long)q.sx) continue;
+            u64 ox = (u64)tx / q.sx;
+            if (ox >= q.ow) continue;
+            const float* d = dy + ((s * q.oh + oy) * q.ow + ox) * cout;
+            float* gr = gw + ((ky * q.kw + kx) * q.c + ci) * cout;
+            for (u64 o = 0; o < cout; o++) atomicAdd(&gr[o], v * d[o]);
+        }
+    }
+}
+
+// The sparse convolution grad_W from a bitmap-packed input: one thread per word.
+extern "C" __global__ void conv_grad_w_bitmap(const u64* bits, const u64* at,
+                                              const unsigned char* values, int form,
+                                              const float* dy, u64 cout, const u64* g, float* gw,
+                                              u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    Geom q = geom_of(g);
+    u64 word = bits[w], o = at[w];
+    while (word) {
+        int b = __ffsll((long long)word) - 1;
+        word &= word - 1;
+        conv_tap(64 * w + b, value_at(values, form, o++), dy, cout, q, gw);
+    }
+}
+
+// The same from u32 positions: one thread per kept element.
+extern "C" __global__ void conv_grad_w_u32(const u32* idx, const unsigned char* values, int form,
+                                           const float* dy, u64 cout, const u64* g, float* gw,
+                                           u64 k) {
+    u64 t = word_index();
+    if (t >= k) return;
+    conv_tap(idx[t], value_at(values, form, t), dy, cout, geom_of(g), gw);
+}
+
+// Batch norm's statistics per channel over `rows` rows (f64, the CPU's order): 1/σ into inv,
+// and the staged batch mean and unbiased variance (f32) into staged[0..c], staged[c..2c].
+extern "C" __global__ void bn_stats(const float* x, u64 rows, u64 c, float eps, float* inv,
+                                    float* staged) {
+    u64 i = word_index();
+    if (i >= c) return;
+    double s = 0.0, v = 0.0, m = (double)rows;
+    for (u64 r = 0; r < rows; r++) s += (double)x[r * c + i];
+    double mean = s / m;
+    for (u64 r = 0; r < rows; r++) {
+        double d = (double)x[r * c + i] - mean;
+        v += d * d;
+    }
+    double var = v / m;
+    inv[i] = (float)(1.0 / sqrt(var + (double)eps));
+    staged[i] = (float)mean;
+    staged[c + i] = (float)(m > 1.0 ? var * m / (m - 1.0) : var);
+}
+
+// y = γ·x̂ + β with x̂ = (x − mean)·inv, x̂ kept (y may be x itself).
+extern "C" __global__ void bn_normalize(const float* x, float* y, u64 n, u64 c, const float* mean,
+                                        const float* inv, const float* gamma, const float* beta,
+                                        float* xhat) {
+    u64 e = word_index();
+    if (e >= n) return;
+    u64 i = e % c;
+    float h = (x[e] - mean[i]) * inv[i];
+    xhat[e] = h;
+    y[e] = gamma[i] * h + beta[i];
+}
+
+// Evaluation: the running statistics instead of the batch's.
+extern "C" __global__ void bn_eval(const float* x, float* y, u64 n, u64 c, const float* rmean,
+                                   const float* rvar, float eps, const float* gamma,
+                                   const float* beta) {
+    u64 e = word_index();
+    if (e >= n) return;
+    u64 i = e % c;
+    float inv = 1.0f / sqrtf(rvar[i] + eps);
+    y[e] = gamma[i] * (x[e] - rmean[i]) * inv + beta[i];
+}
+
+// Batch norm's parameter gradients per channel (dβ += Σ dy, dγ += Σ dy·x̂, in f64 over the rows
+// in order), and the constants of its input gradient: k = γ·inv/m, dβ and dγ as f32.
+extern "C" __global__ void bn_backward_params(const float* dy, const float* xhat, u64 rows, u64 c,
+                                              const float* gamma, const float* inv, float* g,
+                                              float* consts) {
+    u64 i = word_index();
+    if (i >= c) return;
+    double db = 0.0, dg = 0.0;
+    for (u64 r = 0; r < rows; r++) {
+        float d = dy[r * c + i];
+        db += (double)d;
+        dg += (double)(d * xhat[r * c + i]);
+    }
+    g[i] += (float)dg;
+    g[c + i] += (float)db;
+    consts[i] = gamma[i] * inv[i] / (float)rows;
+    consts[c + i] = (float)db;
+    consts[2 * c + i] = (float)dg;
+}
+
+// dx = k·(m·dy − dβ − x̂·dγ) (with `acc`, added; dx may be dy itself).
+extern "C" __global__ void bn_grad_x(const float* dy, float* dx, const float* xhat, u64 n, u64 c,
+                                     const float* consts, float m, int acc) {
+    u64 e = word_index();
+    if (e >= n) return;
+    u64 i = e % c;
+    float v = consts[i] * (m * dy[e] - consts[c + i] - xhat[e] * consts[2 * c + i]);
+    dx[e] = acc ? dx[e] + v : v;
+}
+
+// The running statistics moved towards the staged batch ones.
+extern "C" __global__ void bn_commit(float* state, const float* staged, u64 c, float momentum) {
+    u64 i = word_index();
+    if (i >= 2 * c) return;
+    state[i] = (1.0f - momentum) * state[i] + momentum * staged[i];
+}
+
+// Global average pooling: y[s, ci] = Σ_rows x[s, r, ci] · (1/rows), the rows in order.
+extern "C" __global__ void avgpool(const float* x, float* y, u64 n, u64 rows, u64 c, float scale) {
+    u64 e = word_index();
+    if (e >= n * c) return;
+    u64 s = e / c, i = e % c;
+    float acc = 0.0f;
+    for (u64 r = 0; r < rows; r++) acc += x[(s * rows + r) * c + i];
+    y[e] = acc * scale;
+}
+
+// Its input gradient: dx[s, r, ci] = dy[s, ci] · (1/rows) (with `acc`, added).
+extern "C" __global__ void avgpool_backward(const float* dy, float* dx, u64 n, u64 rows, u64 c,
+                                            float scale, int acc) {
+    u64 e = word_index();
+    if (e >= n * rows * c) return;
+    float v = dy[(e / (rows * c)) * c + e % c] * scale;
+    dx[e] = acc ? dx[e] + v : v;
 }
 
 // Attention's softmax over each row of `rows` rows of t scores (in place): p = e^(s − max)/Σ,

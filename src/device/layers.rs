@@ -4,7 +4,7 @@
 //! its saved context), so the plan's sizes hold.
 
 use crate::error::{Result, config_err};
-use crate::layers::{Attention, Conv2d, Layer, LayerNorm, Linear, PosEmbed};
+use crate::layers::{Attention, BatchNorm2d, Conv2d, Layer, LayerNorm, Linear, PosEmbed};
 use crate::shape::Shape;
 
 use super::ops::{self, PackedAt, Work, ptr, run};
@@ -38,6 +38,10 @@ pub(super) struct Call {
     pub acc: [bool; 2],
     /// The device's own scratch (see [`scratch_floats`]).
     pub scratch: usize,
+    /// Running statistics (batch norm).
+    pub state: usize,
+    /// A convolution's geometry ([`geometry`], 11 u64).
+    pub geom: usize,
 }
 
 impl Call {
@@ -135,19 +139,10 @@ pub(super) fn check(name: &str, layer: &Layer) -> Result<()> {
         Layer::LayerNorm(l) => l.lean,
         Layer::Gelu(g) => g.lean,
         Layer::Attention(a) => a.lean,
-        Layer::Conv2d(c) => {
-            let patch =
-                c.k == c.stride && c.k.0 == c.k.1 && c.pad == (0, 0) && c.save.sparse().is_none();
-            if !patch {
-                return config_err(
-                    name,
-                    "on the device a Conv2d runs as a patch embedding only (kernel = stride, \
-                     no padding, input kept dense)",
-                );
-            }
-            false
-        }
+        Layer::BatchNorm2d(bn) => bn.lean,
         Layer::Flatten(_)
+        | Layer::Conv2d(_)
+        | Layer::GlobalAvgPool(_)
         | Layer::Relu(_)
         | Layer::Linear(_)
         | Layer::Add(_)
@@ -176,12 +171,16 @@ pub(super) fn check(name: &str, layer: &Layer) -> Result<()> {
 
 /// Floats of the device's own scratch a layer uses for the planned batch: a Linear's unpacked
 /// input (DropIT through a dense product), attention's probabilities and their gradient for
-/// one head, a patch embedding's patches.
-pub(super) fn scratch_floats(layer: &Layer, n: usize, xs: Shape) -> usize {
+/// one head, a convolution's columns for a chunk of samples, batch norm's backward constants.
+pub(super) fn scratch_floats(layer: &Layer, n: usize, (xs, ys): (Shape, Shape)) -> usize {
     match layer {
         Layer::Linear(l) if l.save.sparse().is_some_and(|s| !s.direct(false)) => n * xs.numel(),
         Layer::Attention(_) => 2 * n * xs.rows() * xs.rows(),
-        Layer::Conv2d(_) => n * xs.numel(),
+        Layer::Conv2d(conv) => {
+            let (chunk, per) = conv_chunk(conv, n, ys);
+            chunk * per
+        }
+        Layer::BatchNorm2d(bn) => 3 * bn.c,
         _ => 0,
     }
 }
@@ -240,7 +239,9 @@ pub(super) fn forward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wor
             ];
             run(b, "copy_blocks", Grid::Items(c.n * d), &args)
         }
-        Layer::Conv2d(conv) => patch_forward(b, conv, c),
+        Layer::Conv2d(conv) => conv_forward(b, conv, c, work),
+        Layer::BatchNorm2d(bn) => batchnorm_forward(b, bn, c),
+        Layer::GlobalAvgPool(_) => avgpool(b, c, false),
         _ => config_err(layer.kind(), "not run on the device"),
     }
 }
@@ -302,7 +303,9 @@ pub(super) fn backward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wo
             }
             None => Ok(()),
         },
-        Layer::Conv2d(conv) => patch_backward(b, conv, c),
+        Layer::Conv2d(conv) => conv_backward(b, conv, c, work),
+        Layer::BatchNorm2d(bn) => batchnorm_backward(b, bn, c),
+        Layer::GlobalAvgPool(_) => avgpool(b, c, true),
         _ => config_err(layer.kind(), "not run on the device"),
     }
 }
@@ -536,58 +539,209 @@ fn pos_embed_backward<B: Backend>(b: &mut B, pe: &PosEmbed, c: &Call) -> Result<
     run(b, "copy_blocks", Grid::Items(c.x_len()), &args)
 }
 
-/// The image's patches as rows into the scratch (`back`: dX from dP there).
-fn patches<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call, x: usize, back: bool) -> Result<()> {
-    let (xs, k) = (c.xs, conv.k.0);
-    let len = match back {
-        true => c.x_len(),
-        false => c.n * c.ys.rows() * k * k * xs.c,
-    };
-    let args = [
-        ptr(b, x),
-        ptr(b, c.scratch),
-        u(c.n),
-        u(xs.h),
-        u(xs.w),
-        u(xs.c),
-        u(k),
-        flag(back),
-        flag(c.acc[0]),
-    ];
-    run(b, "patches", Grid::Items(len), &args)
+/// Floats of columns (im2col) a convolution's chunk of samples may take at most (one sample's
+/// columns when those are more).
+const COLS_MAX: usize = 1 << 22;
+
+/// Samples per chunk of a convolution's columns, and the floats of one sample's.
+fn conv_chunk(conv: &Conv2d, n: usize, ys: Shape) -> (usize, usize) {
+    let per = ys.rows() * conv.k.0 * conv.k.1 * conv.cin;
+    ((COLS_MAX / per.max(1)).clamp(1, n.max(1)), per)
 }
 
-/// A patch embedding: patches × W (kh·kw·cin × cout) + bias.
-fn patch_forward<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call) -> Result<()> {
-    let (rows, kk, o) = (c.n * c.ys.rows(), conv.k.0 * conv.k.1 * conv.cin, conv.cout);
-    patches(b, conv, c, c.x, false)?;
-    let beta = match conv.bias {
-        true => {
-            let args = [ptr(b, c.p + 4 * kk * o), ptr(b, c.y), u(rows), u(o)];
+/// A convolution's geometry as the kernels take it (11 counts).
+pub(super) fn geometry(conv: &Conv2d, xs: Shape, ys: Shape) -> [u64; 11] {
+    [
+        xs.h,
+        xs.w,
+        xs.c,
+        ys.h,
+        ys.w,
+        conv.k.0,
+        conv.k.1,
+        conv.stride.0,
+        conv.stride.1,
+        conv.pad.0,
+        conv.pad.1,
+    ]
+    .map(|v| v as u64)
+}
+
+/// Forward as products over chunks of samples: the chunk's columns (im2col) × W, onto the
+/// bias. Under DropIT the input's largest elements are packed first: the output may be written
+/// over the input (in place, sample by sample: each chunk's columns are taken before its rows
+/// are written).
+fn conv_forward<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call, work: &Work) -> Result<()> {
+    if let (true, Some((p, true))) = (c.saves, c.packed) {
+        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
+        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
+    }
+    let (chunk, per) = conv_chunk(conv, c.n, c.ys);
+    let (o, rows1) = (conv.cout, c.ys.rows());
+    let kk = per / rows1.max(1);
+    for s0 in (0..c.n).step_by(chunk) {
+        let ns = chunk.min(c.n - s0);
+        let args = [ptr(b, c.x), ptr(b, c.scratch), u(s0), u(ns), ptr(b, c.geom)];
+        run(b, "im2col", Grid::Items(ns * per), &args)?;
+        let (y, rows) = (c.y + 4 * s0 * rows1 * o, ns * rows1);
+        if conv.bias {
+            let args = [ptr(b, c.p + 4 * kk * o), ptr(b, y), u(rows), u(o)];
             run(b, "bias_rows", Grid::Items(rows * o), &args)?;
-            1.0
         }
-        false => 0.0,
-    };
-    gemm1(
-        b,
-        (rows, o, kk),
-        mat(c.scratch, kk),
-        mat(c.p, o),
-        (c.y, o, beta),
-    )
+        let beta = if conv.bias { 1.0 } else { 0.0 };
+        gemm1(
+            b,
+            (rows, o, kk),
+            mat(c.scratch, kk),
+            mat(c.p, o),
+            (y, o, beta),
+        )?;
+    }
+    Ok(())
 }
 
-fn patch_backward<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call) -> Result<()> {
-    let (rows, kk, o) = (c.n * c.ys.rows(), conv.k.0 * conv.k.1 * conv.cin, conv.cout);
+/// grad_b; grad_W from the held input (chunk by chunk: columnsᵀ × dY) or straight from the
+/// packed one (every kept element's taps); dX by chunks (dY × Wᵀ into the columns, gathered
+/// back by col2im).
+fn conv_backward<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call, work: &Work) -> Result<()> {
+    let (chunk, per) = conv_chunk(conv, c.n, c.ys);
+    let (o, rows1) = (conv.cout, c.ys.rows());
+    let kk = per / rows1.max(1);
     if conv.bias {
+        let rows = c.n * rows1;
         let args = [ptr(b, c.dy), u(rows), u(o), ptr(b, c.g + 4 * kk * o)];
         run(b, "column_sums", Grid::Items(o), &args)?;
     }
-    patches(b, conv, c, c.x, false)?;
-    let dy = mat(c.dy, o);
-    gemm1(b, (kk, o, rows), tr(c.scratch, kk), dy, (c.g, o, 1.0))?;
+    if let Some((p, _)) = c.packed {
+        ops::conv_grad_w(b, &p, (c.dy, o), c.geom, c.g, work)?;
+    }
+    for s0 in (0..c.n).step_by(chunk) {
+        let ns = chunk.min(c.n - s0);
+        let dy = mat(c.dy + 4 * s0 * rows1 * o, o);
+        if c.packed.is_none() {
+            let args = [ptr(b, c.x), ptr(b, c.scratch), u(s0), u(ns), ptr(b, c.geom)];
+            run(b, "im2col", Grid::Items(ns * per), &args)?;
+            gemm1(b, (kk, o, ns * rows1), tr(c.scratch, kk), dy, (c.g, o, 1.0))?;
+        }
+        if let Some(dx) = c.dx {
+            gemm1(b, (ns * rows1, kk, o), dy, tr(c.p, o), (c.scratch, kk, 0.0))?;
+            let len = ns * c.xs.numel();
+            let args = [
+                ptr(b, c.scratch),
+                ptr(b, dx),
+                u(s0),
+                u(ns),
+                ptr(b, c.geom),
+                flag(c.acc[0]),
+            ];
+            run(b, "col2im", Grid::Items(len), &args)?;
+        }
+    }
+    Ok(())
+}
+
+/// Batch norm in training: the batch's statistics (1/σ in entry 0, the staged mean and
+/// unbiased variance in entry 2), x̂ kept (entry 1); otherwise the running statistics.
+fn batchnorm_forward<B: Backend>(b: &mut B, bn: &BatchNorm2d, c: &Call) -> Result<()> {
+    let (ch, n) = (bn.c, c.y_len());
+    let (gamma, beta) = (ptr(b, c.p), ptr(b, c.p + 4 * ch));
+    if !c.saves {
+        let args = [
+            ptr(b, c.x),
+            ptr(b, c.y),
+            u(n),
+            u(ch),
+            ptr(b, c.state),
+            ptr(b, c.state + 4 * ch),
+            Arg::F32(bn.eps),
+            gamma,
+            beta,
+        ];
+        return run(b, "bn_eval", Grid::Items(n), &args);
+    }
+    let [inv, xhat, staged, _] = c.saved;
+    let args = [
+        ptr(b, c.x),
+        u(n / ch),
+        u(ch),
+        Arg::F32(bn.eps),
+        ptr(b, inv),
+        ptr(b, staged),
+    ];
+    run(b, "bn_stats", Grid::Items(ch), &args)?;
+    let args = [
+        ptr(b, c.x),
+        ptr(b, c.y),
+        u(n),
+        u(ch),
+        ptr(b, staged),
+        ptr(b, inv),
+        gamma,
+        beta,
+        ptr(b, xhat),
+    ];
+    run(b, "bn_normalize", Grid::Items(n), &args)
+}
+
+fn batchnorm_backward<B: Backend>(b: &mut B, bn: &BatchNorm2d, c: &Call) -> Result<()> {
+    let (ch, n) = (bn.c, c.y_len());
+    let [inv, xhat, _, _] = c.saved;
+    let args = [
+        ptr(b, c.dy),
+        ptr(b, xhat),
+        u(n / ch),
+        u(ch),
+        ptr(b, c.p),
+        ptr(b, inv),
+        ptr(b, c.g),
+        ptr(b, c.scratch),
+    ];
+    run(b, "bn_backward_params", Grid::Items(ch), &args)?;
     let Some(dx) = c.dx else { return Ok(()) };
-    gemm1(b, (rows, kk, o), dy, tr(c.p, o), (c.scratch, kk, 0.0))?;
-    patches(b, conv, c, dx, true)
+    let args = [
+        ptr(b, c.dy),
+        ptr(b, dx),
+        ptr(b, xhat),
+        u(n),
+        u(ch),
+        ptr(b, c.scratch),
+        Arg::F32((n / ch) as f32),
+        flag(c.acc[0] && dx != c.dy),
+    ];
+    run(b, "bn_grad_x", Grid::Items(n), &args)
+}
+
+/// The running statistics moved towards a training step's staged ones.
+pub(super) fn batchnorm_commit<B: Backend>(b: &mut B, bn: &BatchNorm2d, c: &Call) -> Result<()> {
+    let args = [
+        ptr(b, c.state),
+        ptr(b, c.saved[2]),
+        u(bn.c),
+        Arg::F32(bn.momentum),
+    ];
+    run(b, "bn_commit", Grid::Items(2 * bn.c), &args)
+}
+
+fn avgpool<B: Backend>(b: &mut B, c: &Call, back: bool) -> Result<()> {
+    let (rows, ch) = (c.xs.rows(), c.xs.c);
+    let scale = Arg::F32(1.0 / rows as f32);
+    match (back, c.dx) {
+        (false, _) => {
+            let args = [ptr(b, c.x), ptr(b, c.y), u(c.n), u(rows), u(ch), scale];
+            run(b, "avgpool", Grid::Items(c.n * ch), &args)
+        }
+        (true, Some(dx)) => {
+            let args = [
+                ptr(b, c.dy),
+                ptr(b, dx),
+                u(c.n),
+                u(rows),
+                u(ch),
+                scale,
+                flag(c.acc[0]),
+            ];
+            run(b, "avgpool_backward", Grid::Items(c.x_len()), &args)
+        }
+        (true, None) => Ok(()),
+    }
 }

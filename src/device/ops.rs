@@ -482,6 +482,39 @@ pub fn linear_grad_w<B: Backend>(
     }
 }
 
+/// The sparse convolution grad_W (`[kh, kw, cin, cout]`) from a packed NHWC input, every kept
+/// element's taps against dY (`cout` channels) added atomically — the CPU's
+/// `spmm::conv_grad_w` within f32 rounding. `geom` holds the layer's 11-count geometry; the
+/// trainer plans every buffer.
+pub(crate) fn conv_grad_w<B: Backend>(
+    b: &mut B,
+    p: &PackedAt,
+    (dy, cout): (usize, usize),
+    geom: usize,
+    gw: usize,
+    work: &Work,
+) -> Result<()> {
+    let form = Arg::I32(value_code(p.format)?);
+    if p.n == 0 || p.k == 0 {
+        return Ok(());
+    }
+    let tail = [ptr(b, dy), u(cout), ptr(b, geom), ptr(b, gw)];
+    match p.format.positions {
+        PosForm::U32 => {
+            let head = [ptr(b, p.at), ptr(b, p.values()), form];
+            let args = [&head[..], &tail, &[u(p.k)]].concat();
+            run(b, "conv_grad_w_u32", Grid::Items(p.k), &args)
+        }
+        _ => {
+            bitmap_offsets(b, p, work)?;
+            let words = p.n.div_ceil(64);
+            let head = [ptr(b, p.at), ptr(b, work.sums[1]), ptr(b, p.values()), form];
+            let args = [&head[..], &tail, &[u(words)]].concat();
+            run(b, "conv_grad_w_bitmap", Grid::Items(words), &args)
+        }
+    }
+}
+
 /// ReLU forward (`dropit_simd::mask::relu_forward`): `y = x` where `x > 0` or NaN, else 0, and
 /// bit `i` of the `⌈n/64⌉` words at `bits` (8-byte aligned) set when `x[i] > 0`; `y` may be
 /// `x`.

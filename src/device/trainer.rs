@@ -12,25 +12,30 @@ use super::ops::{self, PackedAt, Work, ptr, run};
 use super::{Arg, Backend, Grid};
 use crate::error::{Error, Result, config_err, shape_err};
 use crate::init::rng;
-use crate::layers::{Layer, Linear};
+use crate::layers::Layer;
 use crate::model::Model;
 use crate::plan::{Plan, plan};
 use crate::saved::{InputSave, Positions, Scope};
 use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
 
 /// The layers a [`DeviceTrainer`] runs.
-pub(super) const SUPPORTED: &str = "Linear (dense or DropIT), ReLU, GELU, LayerNorm, attention, \
-    Add, Flatten, positions and token selection, and a patch-embedding Conv2d";
+pub(super) const SUPPORTED: &str = "Linear and Conv2d (dense or DropIT), BatchNorm2d, ReLU, \
+    GELU, LayerNorm, attention, Add, global average pooling, Flatten, positions and token \
+    selection";
 
 /// Trains a [`Model`] on a [`Backend`]: the CPU [`Trainer`]'s plan in one device allocation,
 /// each step a sequence of kernel launches. Parameters start as the CPU trainer's for the same
 /// seed, and a step computes what the CPU's does (the dense products and the atomic sparse
-/// weight gradient round differently; the optimizers' updates are bitwise the CPU's).
+/// weight gradients round differently; the optimizers' updates are bitwise the CPU's).
 ///
-/// Runs the layers of the `mlp` workload — Flatten, Linear (dense, or DropIT with tensor-wide
-/// top-k, f32 or bf16 values, bitmap or u32 positions) and ReLU — with softmax cross-entropy,
-/// SGD or AdamW, gradient clipping and skipped non-finite steps; other layers are refused by
-/// [`DeviceTrainer::new`] with an error naming them.
+/// Runs the layers of the `mlp`, `cnn` and `vit` workloads — Linear and Conv2d (dense, or
+/// DropIT with a tensor-wide top-k, f32 or bf16 values, bitmap or u32 positions), BatchNorm2d,
+/// ReLU, GELU, LayerNorm, attention, residual adds, pooling, positions and token selection —
+/// with softmax cross-entropy, SGD or AdamW, gradient clipping and skipped non-finite steps.
+/// Every input a backward reads is kept (as with [`TrainerConfig::rebuild_inputs`] off, which
+/// the CPU trainer must use to compute the same DropIT gradients). Other layers, and the lean
+/// forms of norms, GELU and attention, are refused by [`DeviceTrainer::new`] with an error
+/// naming the layer.
 pub struct DeviceTrainer<B: Backend> {
     backend: B,
     /// The model as given (what [`DeviceTrainer::to_cpu`] rebuilds).
@@ -43,6 +48,8 @@ pub struct DeviceTrainer<B: Backend> {
     work: Work,
     /// Labels (u32), per-row losses (f32) and per-row hits (u32), `batch` each.
     rows: [usize; 3],
+    /// The convolutions' geometries, 11 u64 a node.
+    geoms: usize,
     /// The layers' own scratch.
     scratch: usize,
     bytes: usize,
@@ -74,11 +81,7 @@ fn for_device(model: &Model, batch: usize) -> Result<Model> {
         let (xs, _) = m.shapes_of(i);
         let node = &mut m.nodes[i];
         layers::check(&node.name, &node.layer)?;
-        let Layer::Linear(Linear {
-            save: InputSave::Sparse(sp),
-            ..
-        }) = &mut node.layer
-        else {
+        let Some(InputSave::Sparse(sp)) = node.layer.input_save_mut() else {
             continue;
         };
         if sp.scope != Scope::Tensor {
@@ -123,12 +126,14 @@ impl<B: Backend> DeviceTrainer<B> {
         let rows_at = tail + Work::bytes(words);
         let per_row = (4 * cfg.batch).next_multiple_of(8);
         let rows = [0, 1, 2].map(|j| rows_at + j * per_row);
-        // The layers' own scratch (patches, attention's probabilities, an unpacked input).
-        let scratch = rows[2] + per_row;
+        // The convolutions' geometries (11 counts a node), then the layers' own scratch
+        // (columns, attention's probabilities, an unpacked input).
+        let geoms = rows[2] + per_row;
+        let scratch = geoms + 88 * planned.nodes.len();
         let floats = (0..planned.nodes.len())
             .map(|i| {
-                let xs = planned.shapes_of(i).0;
-                layers::scratch_floats(&planned.nodes[i].layer, cfg.batch, xs)
+                let shapes = planned.shapes_of(i);
+                layers::scratch_floats(&planned.nodes[i].layer, cfg.batch, shapes)
             })
             .max()
             .unwrap_or(0);
@@ -142,6 +147,7 @@ impl<B: Backend> DeviceTrainer<B> {
             plan,
             work,
             rows,
+            geoms,
             scratch,
             bytes,
             step: 0,
@@ -155,6 +161,14 @@ impl<B: Backend> DeviceTrainer<B> {
         t.set_params(&p)?;
         let state = at(&t.plan.regions.state);
         t.backend.write(state, bytemuck::cast_slice(&s))?;
+        for (i, node) in t.planned.nodes.iter().enumerate() {
+            if let Layer::Conv2d(conv) = &node.layer {
+                let (xs, ys) = t.planned.shapes_of(i);
+                let g = layers::geometry(conv, xs, ys);
+                t.backend
+                    .write(t.geoms + 88 * i, bytemuck::cast_slice(&g))?;
+            }
+        }
         Ok(t)
     }
 
@@ -314,8 +328,8 @@ impl<B: Backend> DeviceTrainer<B> {
             *s = off;
             off += 8 * e.words();
         }
-        let packed = match (&node.layer, &self.plan.packed[i]) {
-            (Layer::Linear(l), Some(pk)) => l.save.sparse().map(|sp| {
+        let packed = match (node.layer.input_save(), &self.plan.packed[i]) {
+            (Some(InputSave::Sparse(sp)), Some(pk)) => Some({
                 let p = PackedAt {
                     format: pk.format,
                     n: n * xs.numel(),
@@ -335,6 +349,8 @@ impl<B: Backend> DeviceTrainer<B> {
             saved,
             packed,
             scratch: self.scratch,
+            state: at(&self.plan.regions.state) + 4 * self.plan.state[i].start,
+            geom: self.geoms + 88 * i,
             ..Call::default()
         }
     }
@@ -426,6 +442,27 @@ impl<B: Backend> DeviceTrainer<B> {
         Ok(((total / n as f64) as f32, correct))
     }
 
+    /// Batch norms' staged statistics into their running ones (`apply`), or only whether they
+    /// are all finite.
+    fn commit(&mut self, n: usize, apply: bool) -> Result<bool> {
+        for i in self.plan.frozen..self.planned.nodes.len() {
+            let Layer::BatchNorm2d(bn) = &self.planned.nodes[i].layer else {
+                continue;
+            };
+            let c = self.call(i, n);
+            if apply {
+                layers::batchnorm_commit(&mut self.backend, bn, &c)?;
+            } else if !self
+                .read_f32(c.saved[2], 2 * bn.c)?
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Forward and backward without an update: the loss, and the gradients left for
     /// [`DeviceTrainer::grads`].
     pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
@@ -456,11 +493,16 @@ impl<B: Backend> DeviceTrainer<B> {
         let count = self.trained();
         let ss = ops::sum_of_squares(&mut self.backend, g, count, &self.work)?;
         let norm = libm::sqrt(ss);
+        // A non-finite gradient, or batch statistics that cannot be committed, skips the step.
+        let skipped = !norm.is_finite() || !self.commit(n, false)?;
+        if !skipped {
+            self.commit(n, true)?;
+        }
         Ok(StepStats {
             loss,
             correct,
             lr,
-            skipped: !norm.is_finite(),
+            skipped,
             grad_norm: norm as f32,
         })
     }
