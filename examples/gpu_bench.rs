@@ -123,15 +123,22 @@ fn grad_w(gpu: &mut Gpu) -> Res<()> {
     Ok(())
 }
 
-/// A training step of the mlp (batch 128, SGD), the vit (batch 64, AdamW) and the cnn (batch
-/// 64, SGD), dense and at γ = 0.9: median time and the device allocation.
+/// A training step of each workload — the mlp (batch 128, SGD), the vit (batch 64, AdamW), the
+/// cnn and the mobilenet (batch 64, SGD) — dense and at γ = 0.9: median time and the device
+/// allocation.
 fn steps() -> Res<()> {
-    for (name, batch) in [("mlp", 128usize), ("vit", 64), ("cnn", 64)] {
+    for (name, batch) in [
+        ("mlp", 128usize),
+        ("vit", 64),
+        ("cnn", 64),
+        ("mobilenet", 64),
+    ] {
         let mut dense = None;
         for gamma in [0.0f32, 0.9] {
             let model = match name {
                 "mlp" => Model::mlp()?,
                 "cnn" => Model::cnn()?,
+                "mobilenet" => Model::mobilenet()?,
                 _ => Model::vit()?,
             }
             .with_dropit(&DropIt::new(gamma))?;

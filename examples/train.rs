@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example train` trains the cnn on the bundled subset with γ = 0 and 0.9.
 //! `--help` lists the flags; `--save PATH` writes each run's checkpoint, `--load PATH` continues
-//! one. `--device cuda` (built with `--features cuda`) trains the mlp, cnn or vit on an NVIDIA GPU.
+//! one. `--device cuda` (built with `--features cuda`) trains on an NVIDIA GPU.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,7 +64,8 @@ struct Args {
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
-    /// Where to train: the CPU, or an NVIDIA GPU (needs `--features cuda`; the mlp, cnn and vit).
+    /// Where to train: the CPU, or an NVIDIA GPU (needs `--features cuda`; the norms' x̂ and
+    /// attention's q, k, v stay f32 there, so not with --lean).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
     /// Seed of initialisation and shuffling.

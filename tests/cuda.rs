@@ -1,7 +1,7 @@
 //! On a GPU (feature `cuda`): every device kernel against its CPU twin (the checks
 //! `tests/device_kernels.rs` runs under emulation, here on the real thing), and the device
-//! trainer against the CPU trainer — 30 fixed-seed steps of the mlp, the vit and the cnn, dense
-//! and DropIT, to the final loss's 3 significant digits. Without a usable GPU each test prints one
+//! trainer against the CPU trainer — 30 fixed-seed steps of the four workloads, dense and
+//! DropIT, to the final loss's 3 significant digits. Without a usable GPU each test prints one
 //! line saying what is missing and checks nothing else; the last checks that a missing GPU is an
 //! error that says so, never a panic.
 #![cfg(feature = "cuda")]
@@ -58,9 +58,11 @@ fn gpu_trainer_matches_the_cpu() {
         checks::compare(make, mlp, sgd, &format!("mlp γ {gamma}"));
         let vit = Model::vit().unwrap().with_dropit(&p).unwrap();
         checks::compare(make, vit, adamw, &format!("vit γ {gamma}"));
-        let cnn = Model::cnn().unwrap().with_dropit(&p).unwrap();
         let cnn_cfg = config(Optimizer::sgd(0.9, 5e-4), 0.05, 64);
+        let cnn = Model::cnn().unwrap().with_dropit(&p).unwrap();
         checks::compare(make, cnn, cnn_cfg, &format!("cnn γ {gamma}"));
+        let mobile = Model::mobilenet().unwrap().with_dropit(&p).unwrap();
+        checks::compare(make, mobile, cnn_cfg, &format!("mobilenet γ {gamma}"));
     }
     let lean = Model::mlp()
         .unwrap()

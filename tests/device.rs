@@ -108,6 +108,33 @@ fn cnn_dense_and_dropit_match_the_cpu() {
     compare(cnn().with_dropit(&bf16).unwrap(), cfg, "cnn γ 0.5 bf16 SGD");
 }
 
+#[test]
+fn mobilenet_dense_and_dropit_match_the_cpu() {
+    // MobileNetV2's pieces at a test's size: stem, two inverted residuals (expansion 2, one
+    // strided), 8×8 images, 4 classes.
+    let net = || {
+        let mut b = dropit::ModelBuilder::new(dropit::Shape::new(8, 8, 1));
+        let x = b.conv2d("features.0.0", b.input(), 8, 3, 2, 1).unwrap();
+        let x = b.batchnorm2d("features.0.1", x).unwrap();
+        let x = b.relu6("features.0.2", x).unwrap();
+        let x = b.inverted_residual("features.1", x, 8, 1, 2).unwrap();
+        let x = b.inverted_residual("features.2", x, 12, 2, 2).unwrap();
+        let x = b.global_avgpool("avgpool", x).unwrap();
+        let x = b.linear("classifier", x, 4).unwrap();
+        b.build(x).unwrap()
+    };
+    let cfg = TrainerConfig {
+        rebuild_inputs: false,
+        ..config(Optimizer::sgd(0.9, 5e-4), 0.05)
+    };
+    compare(net(), cfg, "mobilenet dense SGD");
+    compare(
+        net().with_dropit(&DropIt::new(0.9)).unwrap(),
+        cfg,
+        "mobilenet γ 0.9 SGD",
+    );
+}
+
 /// An mlp batch.
 fn batch(s: usize) -> (Vec<f32>, Vec<u32>) {
     let seed = (s % 4) as u64;
@@ -158,10 +185,27 @@ fn state_crosses_to_the_cpu_and_back_through_a_checkpoint() {
 fn bad_input_and_layers_it_does_not_run_are_errors() {
     let Some(b) = emulated::backend() else { return };
     let cfg = config(Optimizer::sgd(0.9, 0.0), 0.05);
-    let err = DeviceTrainer::new(b, Model::mobilenet().unwrap(), cfg).unwrap_err();
+    let mut pool = dropit::ModelBuilder::new(dropit::Shape::new(8, 8, 2));
+    let x = pool.maxpool2d("pool", pool.input(), 2, 2, 0).unwrap();
+    let x = pool.global_avgpool("avg", x).unwrap();
+    let x = pool.linear("fc", x, 4).unwrap();
+    let err = DeviceTrainer::new(b, pool.build(x).unwrap(), cfg).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("features.0.2") && text.contains("ReLU6"),
+        text.contains("pool") && text.contains("MaxPool2d"),
+        "{text}"
+    );
+    // Selection per sample is not on the device.
+    let per_sample = DropIt {
+        scope: dropit::saved::Scope::PerSample,
+        ..DropIt::new(0.9)
+    };
+    let m = Model::mlp().unwrap().with_dropit(&per_sample).unwrap();
+    let text = DeviceTrainer::new(emulated::backend().unwrap(), m, cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("fc2") && text.contains("Scope::Tensor"),
         "{text}"
     );
     let lean = Model::vision_transformer(&common::small_vit())

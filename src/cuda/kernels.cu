@@ -522,8 +522,11 @@ extern "C" __global__ void col2im(const float* dcols, float* dx, u64 s0, u64 ns,
 }
 
 // grad_W [kh, kw, c, cout] += x[s, y, x, ci] · dY[s, oy, ox, :] over every tap of a kept input
-// element e (value v) — the CPU's `spmm::conv_grad_w`, added atomically.
-__device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, const Geom& q, float* gw) {
+// element e (value v) — the CPU's `spmm::conv2d_grad_w`, added atomically; for a depthwise
+// convolution (`dw`), grad_W [kh, kw, c] += x[s, y, x, ci] · dY[s, oy, ox, ci]
+// (`spmm::depthwise_grad_w`).
+__device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, int dw, const Geom& q,
+                         float* gw) {
     u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ci = e % q.c;
     for (u64 ky = 0; ky < q.kh; ky++) {
         long long ty = (long long)(y + q.py) - (long long)ky;
@@ -535,8 +538,13 @@ __device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, const Geom& 
             if (tx < 0 || tx % (long long)q.sx) continue;
             u64 ox = (u64)tx / q.sx;
             if (ox >= q.ow) continue;
-            const float* d = dy + ((s * q.oh + oy) * q.ow + ox) * cout;
-            float* gr = gw + ((ky * q.kw + kx) * q.c + ci) * cout;
+            u64 pos = (s * q.oh + oy) * q.ow + ox, tap = ky * q.kw + kx;
+            if (dw) {
+                atomicAdd(&gw[tap * q.c + ci], v * dy[pos * q.c + ci]);
+                continue;
+            }
+            const float* d = dy + pos * cout;
+            float* gr = gw + (tap * q.c + ci) * cout;
             for (u64 o = 0; o < cout; o++) atomicAdd(&gr[o], v * d[o]);
         }
     }
@@ -545,8 +553,8 @@ __device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, const Geom& 
 // The sparse convolution grad_W from a bitmap-packed input: one thread per word.
 extern "C" __global__ void conv_grad_w_bitmap(const u64* bits, const u64* at,
                                               const unsigned char* values, int form,
-                                              const float* dy, u64 cout, const u64* g, float* gw,
-                                              u64 words) {
+                                              const float* dy, u64 cout, int dw, const u64* g,
+                                              float* gw, u64 words) {
     u64 w = word_index();
     if (w >= words) return;
     Geom q = geom_of(g);
@@ -554,17 +562,100 @@ extern "C" __global__ void conv_grad_w_bitmap(const u64* bits, const u64* at,
     while (word) {
         int b = __ffsll((long long)word) - 1;
         word &= word - 1;
-        conv_tap(64 * w + b, value_at(values, form, o++), dy, cout, q, gw);
+        conv_tap(64 * w + b, value_at(values, form, o++), dy, cout, dw, q, gw);
     }
 }
 
 // The same from u32 positions: one thread per kept element.
 extern "C" __global__ void conv_grad_w_u32(const u32* idx, const unsigned char* values, int form,
-                                           const float* dy, u64 cout, const u64* g, float* gw,
-                                           u64 k) {
+                                           const float* dy, u64 cout, int dw, const u64* g,
+                                           float* gw, u64 k) {
     u64 t = word_index();
     if (t >= k) return;
-    conv_tap(idx[t], value_at(values, form, t), dy, cout, geom_of(g), gw);
+    conv_tap(idx[t], value_at(values, form, t), dy, cout, dw, geom_of(g), gw);
+}
+
+// A depthwise convolution's output: y[s, oy, ox, ch] = Σ_taps x·w[ky, kx, ch] (+ bias).
+extern "C" __global__ void dw_forward(const float* x, const float* w, const float* bias, float* y,
+                                      u64 n, const u64* g) {
+    Geom q = geom_of(g);
+    u64 e = word_index();
+    if (e >= n * q.oh * q.ow * q.c) return;
+    u64 s = e / (q.oh * q.ow * q.c), oy = (e / (q.ow * q.c)) % q.oh, ox = (e / q.c) % q.ow;
+    u64 ch = e % q.c;
+    float acc = bias ? bias[ch] : 0.0f;
+    for (u64 ky = 0; ky < q.kh; ky++) {
+        long long iy = (long long)(oy * q.sy + ky) - (long long)q.py;
+        if (iy < 0 || iy >= (long long)q.h) continue;
+        for (u64 kx = 0; kx < q.kw; kx++) {
+            long long ix = (long long)(ox * q.sx + kx) - (long long)q.px;
+            if (ix < 0 || ix >= (long long)q.w) continue;
+            acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
+        }
+    }
+    y[e] = acc;
+}
+
+// Its input gradient: each input element gathers dY·w over the taps that cover it (with `acc`,
+// added).
+extern "C" __global__ void dw_backward_input(const float* dy, const float* w, float* dx, u64 n,
+                                             const u64* g, int acc) {
+    Geom q = geom_of(g);
+    u64 e = word_index();
+    if (e >= n * q.h * q.w * q.c) return;
+    u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ch = e % q.c;
+    float v = 0.0f;
+    for (u64 ky = 0; ky < q.kh; ky++) {
+        long long ty = (long long)(y + q.py) - (long long)ky;
+        if (ty < 0 || ty % (long long)q.sy) continue;
+        u64 oy = (u64)ty / q.sy;
+        if (oy >= q.oh) continue;
+        for (u64 kx = 0; kx < q.kw; kx++) {
+            long long tx = (long long)(x + q.px) - (long long)kx;
+            if (tx < 0 || tx % (long long)q.sx) continue;
+            u64 ox = (u64)tx / q.sx;
+            if (ox >= q.ow) continue;
+            v += dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
+        }
+    }
+    dx[e] = acc ? dx[e] + v : v;
+}
+
+// Its weight gradient from the held input: one thread per weight, Σ over samples and output
+// positions of x·dY.
+extern "C" __global__ void dw_grad_w(const float* x, const float* dy, u64 n, const u64* g,
+                                     float* gw) {
+    Geom q = geom_of(g);
+    u64 e = word_index();
+    if (e >= q.kh * q.kw * q.c) return;
+    u64 ky = e / (q.kw * q.c), kx = (e / q.c) % q.kw, ch = e % q.c;
+    float acc = 0.0f;
+    for (u64 s = 0; s < n; s++)
+        for (u64 oy = 0; oy < q.oh; oy++) {
+            long long iy = (long long)(oy * q.sy + ky) - (long long)q.py;
+            if (iy < 0 || iy >= (long long)q.h) continue;
+            for (u64 ox = 0; ox < q.ow; ox++) {
+                long long ix = (long long)(ox * q.sx + kx) - (long long)q.px;
+                if (ix < 0 || ix >= (long long)q.w) continue;
+                acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] *
+                       dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch];
+            }
+        }
+    gw[e] += acc;
+}
+
+// ReLU6 (`dropit_simd::mask::relu6_forward`): y = min(max(x, 0), 6) (NaN passes), bit e set
+// when 0 < x < 6; one thread per word (y may be x itself; no mask where `bits` is null).
+extern "C" __global__ void relu6_forward(const float* x, float* y, u64 n, u64* bits, u64 words) {
+    u64 w = word_index();
+    if (w >= words) return;
+    u64 end = min(n, 64 * w + 64), word = 0;
+    for (u64 e = 64 * w; e < end; e++) {
+        float v = x[e];
+        if (v > 0.0f && v < 6.0f) word |= 1ull << (e - 64 * w);
+        y[e] = v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v);
+    }
+    if (bits) bits[w] = word;
 }
 
 // Batch norm's statistics per channel over `rows` rows (f64, the CPU's order): 1/σ into inv,

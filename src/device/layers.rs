@@ -4,7 +4,9 @@
 //! its saved context), so the plan's sizes hold.
 
 use crate::error::{Result, config_err};
-use crate::layers::{Attention, BatchNorm2d, Conv2d, Layer, LayerNorm, Linear, PosEmbed};
+use crate::layers::{
+    Attention, BatchNorm2d, Conv2d, DepthwiseConv2d, Layer, LayerNorm, Linear, PosEmbed,
+};
 use crate::shape::Shape;
 
 use super::ops::{self, PackedAt, Work, ptr, run};
@@ -142,6 +144,8 @@ pub(super) fn check(name: &str, layer: &Layer) -> Result<()> {
         Layer::BatchNorm2d(bn) => bn.lean,
         Layer::Flatten(_)
         | Layer::Conv2d(_)
+        | Layer::DepthwiseConv2d(_)
+        | Layer::Relu6(_)
         | Layer::GlobalAvgPool(_)
         | Layer::Relu(_)
         | Layer::Linear(_)
@@ -240,6 +244,17 @@ pub(super) fn forward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wor
             run(b, "copy_blocks", Grid::Items(c.n * d), &args)
         }
         Layer::Conv2d(conv) => conv_forward(b, conv, c, work),
+        Layer::DepthwiseConv2d(dw) => depthwise_forward(b, dw, c, work),
+        Layer::Relu6(_) => {
+            let (n, words) = (c.y_len(), c.y_len().div_ceil(64));
+            let bits = match c.saves {
+                true => ptr(b, c.saved[0]),
+                false => Arg::Ptr(0),
+            };
+            let args = [ptr(b, c.x), ptr(b, c.y), u(n), bits, u(words)];
+            // x and y: n floats; the mask (its planned context) a word per 64.
+            run(b, "relu6_forward", Grid::Items(words), &args)
+        }
         Layer::BatchNorm2d(bn) => batchnorm_forward(b, bn, c),
         Layer::GlobalAvgPool(_) => avgpool(b, c, false),
         _ => config_err(layer.kind(), "not run on the device"),
@@ -254,7 +269,7 @@ pub(super) fn backward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wo
             Some(dx) => copy(b, c.dy, dx, c.x_len(), acc),
             None => Ok(()),
         },
-        Layer::Relu(_) => match c.dx {
+        Layer::Relu(_) | Layer::Relu6(_) => match c.dx {
             Some(dx) => ops::apply_mask(b, (c.dy, dx, c.y_len()), c.saved[0], acc),
             None => Ok(()),
         },
@@ -304,6 +319,7 @@ pub(super) fn backward<B: Backend>(b: &mut B, layer: &Layer, c: &Call, work: &Wo
             None => Ok(()),
         },
         Layer::Conv2d(conv) => conv_backward(b, conv, c, work),
+        Layer::DepthwiseConv2d(dw) => depthwise_backward(b, dw, c, work),
         Layer::BatchNorm2d(bn) => batchnorm_backward(b, bn, c),
         Layer::GlobalAvgPool(_) => avgpool(b, c, true),
         _ => config_err(layer.kind(), "not run on the device"),
@@ -549,22 +565,86 @@ fn conv_chunk(conv: &Conv2d, n: usize, ys: Shape) -> (usize, usize) {
     ((COLS_MAX / per.max(1)).clamp(1, n.max(1)), per)
 }
 
-/// A convolution's geometry as the kernels take it (11 counts).
-pub(super) fn geometry(conv: &Conv2d, xs: Shape, ys: Shape) -> [u64; 11] {
-    [
-        xs.h,
-        xs.w,
-        xs.c,
-        ys.h,
-        ys.w,
-        conv.k.0,
-        conv.k.1,
-        conv.stride.0,
-        conv.stride.1,
-        conv.pad.0,
-        conv.pad.1,
-    ]
-    .map(|v| v as u64)
+/// A convolution's geometry as the kernels take it (11 counts), for the convolutions.
+pub(super) fn geometry(layer: &Layer, xs: Shape, ys: Shape) -> Option<[u64; 11]> {
+    let (k, stride, pad) = match layer {
+        Layer::Conv2d(c) => (c.k, c.stride, c.pad),
+        Layer::DepthwiseConv2d(d) => (d.k, d.stride, d.pad),
+        _ => return None,
+    };
+    let g = [
+        xs.h, xs.w, xs.c, ys.h, ys.w, k.0, k.1, stride.0, stride.1, pad.0, pad.1,
+    ];
+    Some(g.map(|v| v as u64))
+}
+
+/// A depthwise convolution, one thread per output; under DropIT the input packed first.
+fn depthwise_forward<B: Backend>(
+    b: &mut B,
+    dw: &DepthwiseConv2d,
+    c: &Call,
+    work: &Work,
+) -> Result<()> {
+    if let (true, Some((p, true))) = (c.saves, c.packed) {
+        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
+        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
+    }
+    let bias = match dw.bias {
+        true => ptr(b, c.p + 4 * dw.k.0 * dw.k.1 * dw.c),
+        false => Arg::Ptr(0),
+    };
+    let args = [
+        ptr(b, c.x),
+        ptr(b, c.p),
+        bias,
+        ptr(b, c.y),
+        u(c.n),
+        ptr(b, c.geom),
+    ];
+    run(b, "dw_forward", Grid::Items(c.y_len()), &args)
+}
+
+/// grad_b; grad_W from the held input (one thread per weight) or the packed one (every kept
+/// element's taps); dX gathered per input element.
+fn depthwise_backward<B: Backend>(
+    b: &mut B,
+    dw: &DepthwiseConv2d,
+    c: &Call,
+    work: &Work,
+) -> Result<()> {
+    let wl = dw.k.0 * dw.k.1 * dw.c;
+    if dw.bias {
+        let args = [
+            ptr(b, c.dy),
+            u(c.y_len() / dw.c),
+            u(dw.c),
+            ptr(b, c.g + 4 * wl),
+        ];
+        run(b, "column_sums", Grid::Items(dw.c), &args)?;
+    }
+    match c.packed {
+        Some((p, _)) => ops::conv_grad_w(b, &p, (c.dy, 1, true), c.geom, c.g, work)?,
+        None => {
+            let args = [
+                ptr(b, c.x),
+                ptr(b, c.dy),
+                u(c.n),
+                ptr(b, c.geom),
+                ptr(b, c.g),
+            ];
+            run(b, "dw_grad_w", Grid::Items(wl), &args)?;
+        }
+    }
+    let Some(dx) = c.dx else { return Ok(()) };
+    let args = [
+        ptr(b, c.dy),
+        ptr(b, c.p),
+        ptr(b, dx),
+        u(c.n),
+        ptr(b, c.geom),
+        flag(c.acc[0]),
+    ];
+    run(b, "dw_backward_input", Grid::Items(c.x_len()), &args)
 }
 
 /// Forward as products over chunks of samples: the chunk's columns (im2col) × W, onto the
@@ -613,7 +693,7 @@ fn conv_backward<B: Backend>(b: &mut B, conv: &Conv2d, c: &Call, work: &Work) ->
         run(b, "column_sums", Grid::Items(o), &args)?;
     }
     if let Some((p, _)) = c.packed {
-        ops::conv_grad_w(b, &p, (c.dy, o), c.geom, c.g, work)?;
+        ops::conv_grad_w(b, &p, (c.dy, o, false), c.geom, c.g, work)?;
     }
     for s0 in (0..c.n).step_by(chunk) {
         let ns = chunk.min(c.n - s0);

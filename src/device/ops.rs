@@ -482,14 +482,14 @@ pub fn linear_grad_w<B: Backend>(
     }
 }
 
-/// The sparse convolution grad_W (`[kh, kw, cin, cout]`) from a packed NHWC input, every kept
-/// element's taps against dY (`cout` channels) added atomically — the CPU's
-/// `spmm::conv_grad_w` within f32 rounding. `geom` holds the layer's 11-count geometry; the
-/// trainer plans every buffer.
+/// The sparse convolution grad_W (`[kh, kw, cin, cout]`, or `[kh, kw, c]` when `depthwise`)
+/// from a packed NHWC input, every kept element's taps against dY (`cout` channels) added
+/// atomically — the CPU's `spmm::conv2d_grad_w` or `spmm::depthwise_grad_w` within f32
+/// rounding. `geom` holds the layer's 11-count geometry; the trainer plans every buffer.
 pub(crate) fn conv_grad_w<B: Backend>(
     b: &mut B,
     p: &PackedAt,
-    (dy, cout): (usize, usize),
+    (dy, cout, depthwise): (usize, usize, bool),
     geom: usize,
     gw: usize,
     work: &Work,
@@ -498,7 +498,8 @@ pub(crate) fn conv_grad_w<B: Backend>(
     if p.n == 0 || p.k == 0 {
         return Ok(());
     }
-    let tail = [ptr(b, dy), u(cout), ptr(b, geom), ptr(b, gw)];
+    let dw = Arg::I32(depthwise as i32);
+    let tail = [ptr(b, dy), u(cout), dw, ptr(b, geom), ptr(b, gw)];
     match p.format.positions {
         PosForm::U32 => {
             let head = [ptr(b, p.at), ptr(b, p.values()), form];

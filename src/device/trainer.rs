@@ -19,18 +19,19 @@ use crate::saved::{InputSave, Positions, Scope};
 use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
 
 /// The layers a [`DeviceTrainer`] runs.
-pub(super) const SUPPORTED: &str = "Linear and Conv2d (dense or DropIT), BatchNorm2d, ReLU, \
-    GELU, LayerNorm, attention, Add, global average pooling, Flatten, positions and token \
-    selection";
+pub(super) const SUPPORTED: &str = "Linear, Conv2d and depthwise Conv2d (dense or DropIT), \
+    BatchNorm2d, ReLU, ReLU6, GELU, LayerNorm, attention, Add, global average pooling, Flatten, \
+    positions and token selection";
 
 /// Trains a [`Model`] on a [`Backend`]: the CPU [`Trainer`]'s plan in one device allocation,
 /// each step a sequence of kernel launches. Parameters start as the CPU trainer's for the same
 /// seed, and a step computes what the CPU's does (the dense products and the atomic sparse
 /// weight gradients round differently; the optimizers' updates are bitwise the CPU's).
 ///
-/// Runs the layers of the `mlp`, `cnn` and `vit` workloads — Linear and Conv2d (dense, or
-/// DropIT with a tensor-wide top-k, f32 or bf16 values, bitmap or u32 positions), BatchNorm2d,
-/// ReLU, GELU, LayerNorm, attention, residual adds, pooling, positions and token selection —
+/// Runs the layers of the four reference workloads (`mlp`, `cnn`, `vit`, `mobilenet`) — Linear,
+/// Conv2d and depthwise Conv2d (dense, or DropIT with a tensor-wide top-k, f32 or bf16 values,
+/// bitmap or u32 positions), BatchNorm2d, ReLU, ReLU6, GELU, LayerNorm, attention, residual
+/// adds, global average pooling, positions and token selection —
 /// with softmax cross-entropy, SGD or AdamW, gradient clipping and skipped non-finite steps.
 /// Every input a backward reads is kept (as with [`TrainerConfig::rebuild_inputs`] off, which
 /// the CPU trainer must use to compute the same DropIT gradients). Other layers, and the lean
@@ -162,9 +163,8 @@ impl<B: Backend> DeviceTrainer<B> {
         let state = at(&t.plan.regions.state);
         t.backend.write(state, bytemuck::cast_slice(&s))?;
         for (i, node) in t.planned.nodes.iter().enumerate() {
-            if let Layer::Conv2d(conv) = &node.layer {
-                let (xs, ys) = t.planned.shapes_of(i);
-                let g = layers::geometry(conv, xs, ys);
+            let (xs, ys) = t.planned.shapes_of(i);
+            if let Some(g) = layers::geometry(&node.layer, xs, ys) {
                 t.backend
                     .write(t.geoms + 88 * i, bytemuck::cast_slice(&g))?;
             }
