@@ -1,6 +1,6 @@
 //! A [`Backend`] that runs the device kernels on the host: `src/cuda/kernels.cu` compiled with
 //! the host's C++ compiler against an emulation of CUDA's thread model (`tests/cuda_emu/`), the
-//! dense products as plain loops. It checks the device trainer's launch sequences, offsets and
+//! dense products by matrixmultiply. It checks the device trainer's launch sequences, offsets and
 //! kernels' logic on any machine; not CUDA's memory model or speed.
 
 use std::ffi::CString;
@@ -159,11 +159,12 @@ impl Backend for Emulated {
     }
 
     unsafe fn launch(&mut self, name: &str, grid: Grid, args: &[Arg]) -> Result<()> {
-        // Small blocks where the threads synchronize (each is an OS thread here).
+        // Small blocks, and few, where the threads synchronize: each is an OS thread here,
+        // started per launch (the kernels take any block and grid size).
         let (g, b) = match grid {
             Grid::Items(n) => (n.div_ceil(256).max(1) as u32, 256),
-            Grid::Strided(n) => (n.div_ceil(32).clamp(1, 8) as u32, 32),
-            Grid::OneBlock => (1, 32),
+            Grid::Strided(n) => (n.div_ceil(8).clamp(1, 3) as u32, 8),
+            Grid::OneBlock => (1, 8),
         };
         let words: Vec<u64> = args
             .iter()
@@ -188,39 +189,34 @@ impl Backend for Emulated {
     }
 
     unsafe fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        // Column-major with leading dimensions, as strides (a transposed operand swaps them).
+        let strides = |t: bool, ld: usize| match t {
+            true => (ld as isize, 1),
+            false => (1, ld as isize),
+        };
+        let ((rsa, csa), (rsb, csb)) = (strides(g.trans_a, g.a.1), strides(g.trans_b, g.b.1));
         for at in 0..g.batch {
             let [sa, sb, sc] = g.strides.map(|s| s * at);
-            let (a, b) = (
-                self.f32_at(g.a.0).wrapping_add(sa),
-                self.f32_at(g.b.0).wrapping_add(sb),
-            );
-            let c = self.f32_at(g.c.0).wrapping_add(sc);
-            for j in 0..g.n {
-                for i in 0..g.m {
-                    let mut s = 0f32;
-                    for p in 0..g.k {
-                        let ai = if g.trans_a {
-                            p + i * g.a.1
-                        } else {
-                            i + p * g.a.1
-                        };
-                        let bi = if g.trans_b {
-                            j + p * g.b.1
-                        } else {
-                            p + j * g.b.1
-                        };
-                        // SAFETY: the caller's contract (each matrix inside the block).
-                        s += unsafe { *a.add(ai) * *b.add(bi) };
-                    }
-                    // SAFETY: as above.
-                    let cij = unsafe { &mut *c.add(i + j * g.c.1) };
-                    *cij = if g.beta == 0.0 {
-                        g.alpha * s
-                    } else {
-                        g.alpha * s + g.beta * *cij
-                    };
-                }
-            }
+            // SAFETY: the caller's contract (every matrix of every product inside the block
+            // under its leading dimension and strides).
+            unsafe {
+                matrixmultiply::sgemm(
+                    g.m,
+                    g.k,
+                    g.n,
+                    g.alpha,
+                    self.f32_at(g.a.0).add(sa),
+                    rsa,
+                    csa,
+                    self.f32_at(g.b.0).add(sb),
+                    rsb,
+                    csb,
+                    g.beta,
+                    self.f32_at(g.c.0).add(sc),
+                    1,
+                    g.c.1 as isize,
+                )
+            };
         }
         Ok(())
     }
