@@ -533,6 +533,32 @@ impl<B: Backend> DeviceTrainer<B> {
         Ok(stats)
     }
 
+    /// The logits of a batch (`x`: `n` samples NHWC), with running statistics and nothing
+    /// saved for backward, written into `out` (`n × classes`, row by row), as
+    /// [`Trainer::predict`].
+    pub fn predict(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let per = self.model.input_shape().numel();
+        let n = x.len() / per.max(1);
+        if n == 0 || n > self.plan.batch || n * per != x.len() {
+            return shape_err(
+                "predict: input batch",
+                format!("1 to {} samples of {per} floats", self.plan.batch),
+                format!("{} floats", x.len()),
+            );
+        }
+        let classes = self.model.classes;
+        if out.len() != n * classes {
+            return shape_err(
+                "predict: logits",
+                format!("{n} × {classes} = {} floats", n * classes),
+                format!("{} floats", out.len()),
+            );
+        }
+        self.forward(x, n, false)?;
+        let logits = self.tensor(self.model.logits);
+        self.backend.read(logits, bytemuck::cast_slice_mut(out))
+    }
+
     /// Loss and accuracy on a batch, nothing saved for backward.
     pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
         let n = self.check_batch(x, labels)?;

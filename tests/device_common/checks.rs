@@ -386,6 +386,20 @@ pub fn compare<B: Backend>(make: impl Fn() -> B, model: Model, cfg: TrainerConfi
         .map(|(c, d)| (c - d).abs())
         .fold(0f32, f32::max);
     assert!(worst < 1e-3, "{what}: parameters apart by {worst}");
+    let classes = model.classes();
+    let (mut lc, mut ld) = (vec![0f32; 3 * classes], vec![0f32; 3 * classes]);
+    cpu.predict(&x[..3 * per], &mut lc).unwrap();
+    dev.predict(&x[..3 * per], &mut ld).unwrap();
+    let worst = lc
+        .iter()
+        .zip(&ld)
+        .map(|(c, d)| (c - d).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "{what}: logits apart by {worst}");
+    assert!(
+        dev.predict(&x[..per], &mut ld).is_err(),
+        "{what}: logits of the wrong size"
+    );
     let (e, f) = (cpu.evaluate(&x, &y).unwrap(), dev.evaluate(&x, &y).unwrap());
     assert!(
         (e.loss - f.loss).abs() <= 1e-3 * e.loss,
