@@ -1,4 +1,4 @@
-//! The device kernels' logic, checked on any machine: `src/cuda/kernels.cu` compiled with the
+//! The device kernels' logic, checked on any machine: `src/cuda/kernels/` compiled with the
 //! host's C++ compiler against an emulation of CUDA's thread model (tests/device_common),
 //! launched by the same sequences as on a GPU (`dropit::device::ops`), must give the CPU's
 //! thresholds, packed bytes (bitmap or u32 × f32 or bf16), dense tensors and ReLU masks exactly

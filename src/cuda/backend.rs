@@ -1,5 +1,5 @@
 //! The GPU as a [`Backend`] of the device trainer: one device allocation, the kernels of
-//! `kernels.cu` launched by name, products through cuBLAS.
+//! `kernels/` launched by name, products through cuBLAS.
 
 use std::format;
 use std::vec::Vec;

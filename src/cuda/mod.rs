@@ -3,7 +3,7 @@
 //! kernels ([`crate::device::ops`]) — one allocation, the kernels launched by name, dense
 //! products through cuBLAS.
 //!
-//! The kernels are CUDA C in this crate (`src/cuda/kernels.cu`), compiled once per process with
+//! The kernels are CUDA C in this crate (`src/cuda/kernels/`), compiled once per process with
 //! NVRTC when the first [`Gpu`] is made, without contracting a multiply and an add and with
 //! IEEE division and square root (so the optimizers' updates are bitwise the CPU's). CUDA's
 //! libraries are loaded at run time, so the feature builds without a CUDA toolkit or driver;
@@ -34,8 +34,15 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 
-/// The kernels' source.
-const SOURCE: &str = include_str!("kernels.cu");
+/// The kernels' source: what they share, then each file.
+const SOURCE: &str = concat!(
+    include_str!("kernels/common.cuh"),
+    include_str!("kernels/dropit.cu"),
+    include_str!("kernels/step.cu"),
+    include_str!("kernels/norm.cu"),
+    include_str!("kernels/conv.cu"),
+    include_str!("kernels/layers.cu"),
+);
 
 /// Threads per block of the kernels that take one thread per word or element.
 const BLOCK: u32 = 256;
@@ -142,7 +149,7 @@ impl Gpu {
         self.stream.synchronize().map_err(gpu_err("synchronizing"))
     }
 
-    /// A kernel of `kernels.cu`.
+    /// A kernel of `kernels/`.
     fn kernel(&self, name: &str) -> Result<CudaFunction> {
         self.module
             .load_function(name)

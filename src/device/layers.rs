@@ -1,5 +1,5 @@
 //! Each layer's forward and backward on a [`Backend`], side by side: the launches of the
-//! kernels of `src/cuda/kernels.cu` and the dense products, over the buffers the plan gave the
+//! kernels of `src/cuda/kernels/` and the dense products, over the buffers the plan gave the
 //! node ([`Call`]). What each layer keeps is what it declares for the CPU (the same entries of
 //! its saved context), so the plan's sizes hold.
 

@@ -1,5 +1,5 @@
 //! Training on an accelerator: [`DeviceTrainer`] runs a step as launches of the kernels in
-//! `src/cuda/kernels.cu` and dense products, on any [`Backend`] — a CUDA GPU
+//! `src/cuda/kernels/` and dense products, on any [`Backend`] — a CUDA GPU
 //! (`dropit::cuda::Gpu`, feature `cuda`), or anything else that runs those kernels.
 //!
 //! The trainer plans the step as the CPU [`Trainer`](crate::Trainer) does (the same planner and
@@ -72,7 +72,7 @@ pub struct Gemm {
 }
 
 /// What [`DeviceTrainer`] needs of a device: one block of memory, copies in and out of it,
-/// launches of the kernels of `src/cuda/kernels.cu` by name, and dense products.
+/// launches of the kernels of `src/cuda/kernels/` by name, and dense products.
 pub trait Backend {
     /// Makes the one block of `bytes` bytes (zeroed, 8-byte aligned) that everything lives in,
     /// replacing any earlier one; an error (not an abort) where the device has no room.
@@ -98,7 +98,7 @@ pub trait Backend {
     /// Zeroes `len` bytes of the block from byte offset `at`.
     fn zero(&mut self, at: usize, len: usize) -> Result<()>;
 
-    /// Runs kernel `name` of `kernels.cu` over `grid` with these arguments.
+    /// Runs kernel `name` of `kernels/` over `grid` with these arguments.
     ///
     /// # Safety
     /// The arguments must be the kernel's parameters, in order and of their types, and every

@@ -1,9 +1,14 @@
-// The kernels of `src/cuda/kernels.cu` as a host library under the emulation of emu.h, for the
+// The kernels of `src/cuda/kernels/` as a host library under the emulation of emu.h, for the
 // emulated backend of `dropit::device` (tests/emulated/mod.rs): `emu_launch` runs a kernel by
 // name over `grid` blocks of `block` threads, its arguments given as 64-bit words (addresses,
 // integers, and floats by their bits), in the kernel's parameter order.
 #include "emu.h"
-#include "../../src/cuda/kernels.cu"
+#include "../../src/cuda/kernels/common.cuh"
+#include "../../src/cuda/kernels/dropit.cu"
+#include "../../src/cuda/kernels/step.cu"
+#include "../../src/cuda/kernels/norm.cu"
+#include "../../src/cuda/kernels/conv.cu"
+#include "../../src/cuda/kernels/layers.cu"
 #include <mutex>
 #include <string>
 #include <tuple>

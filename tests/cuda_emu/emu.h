@@ -1,4 +1,4 @@
-// A host emulation of the CUDA thread model, enough to run `src/cuda/kernels.cu` on the CPU
+// A host emulation of the CUDA thread model, enough to run `src/cuda/kernels/` on the CPU
 // (tests/cuda_emulated.rs): each block's threads are OS threads, blocks run one after another
 // (so `__shared__` arrays may be function statics), `__syncthreads` is a barrier and atomics
 // are `std::atomic_ref`. It checks the kernels' logic, not CUDA's memory model or speed.

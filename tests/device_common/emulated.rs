@@ -1,4 +1,4 @@
-//! A [`Backend`] that runs the device kernels on the host: `src/cuda/kernels.cu` compiled with
+//! A [`Backend`] that runs the device kernels on the host: `src/cuda/kernels/` compiled with
 //! the host's C++ compiler against an emulation of CUDA's thread model (`tests/cuda_emu/`), the
 //! dense products by matrixmultiply. It checks the device trainer's launch sequences, offsets and
 //! kernels' logic on any machine; not CUDA's memory model or speed.
