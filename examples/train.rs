@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use dropit::data::{Batcher, Dataset, fashion_mnist};
+use dropit::device::{AnyTrainer, Device};
 use dropit::memory::PeakAlloc;
-use dropit::{DropIt, EvalStats, Model, StepStats, Trainer, TrainerConfig};
+use dropit::{DropIt, EvalStats, Model, Trainer, TrainerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[global_allocator]
@@ -64,10 +65,10 @@ struct Args {
     /// Worker threads [default: all cores].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
-    /// Where to train: the CPU, or an NVIDIA GPU (needs `--features cuda`; the norms' x̂ and
-    /// attention's q, k, v stay f32 there, so not with --lean).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    device: String,
+    /// Where to train: cpu, or an NVIDIA GPU, cuda or cuda:N (needs `--features cuda`; the
+    /// norms' x̂ and attention's q, k, v stay f32 there, so not with --lean).
+    #[arg(long, default_value = "cpu", value_parser = device)]
+    device: Device,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -81,6 +82,10 @@ struct Args {
     /// --model, --gamma, --lean, --batch and --budget are then ignored).
     #[arg(long, value_name = "PATH")]
     load: Option<PathBuf>,
+}
+
+fn device(s: &str) -> Result<Device, String> {
+    s.parse().map_err(|e: dropit::Error| e.to_string())
 }
 
 fn gamma(s: &str) -> Result<f32, String> {
@@ -130,36 +135,13 @@ struct Run {
     step_ms: f64,
     allocs: usize,
     final_loss: f32,
-}
-
-/// What the training loop needs of a trainer, on the CPU or a device.
-trait Train {
-    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats>;
-    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats>;
-}
-
-impl Train for Trainer<'_> {
-    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats> {
-        Trainer::step(self, x, y)
-    }
-    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats> {
-        Trainer::evaluate(self, x, y)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Train for dropit::device::DeviceTrainer<dropit::cuda::Gpu> {
-    fn step(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<StepStats> {
-        dropit::device::DeviceTrainer::step(self, x, y)
-    }
-    fn evaluate(&mut self, x: &[f32], y: &[u32]) -> dropit::Result<EvalStats> {
-        dropit::device::DeviceTrainer::evaluate(self, x, y)
-    }
+    /// Bytes of the GPU's one allocation (on a GPU).
+    device_bytes: Option<usize>,
 }
 
 /// Step times (ms), allocations in steps and the last loss of `total` steps.
 fn run_steps(
-    t: &mut impl Train,
+    t: &mut AnyTrainer,
     batcher: &mut Batcher<'_>,
     total: usize,
     bar: &ProgressBar,
@@ -185,7 +167,7 @@ fn run_steps(
 }
 
 /// Loss and accuracy over the test set.
-fn test_on(t: &mut impl Train, test: &Dataset, batch: usize) -> dropit::Result<EvalStats> {
+fn test_on(t: &mut AnyTrainer, test: &Dataset, batch: usize) -> dropit::Result<EvalStats> {
     let mut stats = EvalStats::default();
     let mut loss_sum = 0.0f64;
     Batcher::in_order(test, batch, &[MEAN], &[STD], |x, y| {
@@ -197,61 +179,6 @@ fn test_on(t: &mut impl Train, test: &Dataset, batch: usize) -> dropit::Result<E
     })?;
     stats.loss = (loss_sum / stats.samples.max(1) as f64) as f32;
     Ok(stats)
-}
-
-/// The GPU trainer (a type without values where the build has no GPU path).
-#[cfg(feature = "cuda")]
-type GpuTrainer = dropit::device::DeviceTrainer<dropit::cuda::Gpu>;
-#[cfg(not(feature = "cuda"))]
-enum GpuTrainer {}
-
-#[cfg(not(feature = "cuda"))]
-impl Train for GpuTrainer {
-    fn step(&mut self, _: &[f32], _: &[u32]) -> dropit::Result<StepStats> {
-        match *self {}
-    }
-    fn evaluate(&mut self, _: &[f32], _: &[u32]) -> dropit::Result<EvalStats> {
-        match *self {}
-    }
-}
-
-/// A GPU trainer in the CPU trainer's state (its model, policy, configuration and step).
-#[cfg(feature = "cuda")]
-fn to_gpu(t: &Trainer<'_>) -> Result<GpuTrainer, Box<dyn std::error::Error>> {
-    let gpu = dropit::cuda::Gpu::new(0)?;
-    let mut d = GpuTrainer::new(gpu, t.model().clone(), *t.config())?;
-    d.load_cpu(t)?;
-    Ok(d)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn to_gpu(_: &Trainer<'_>) -> Result<GpuTrainer, Box<dyn std::error::Error>> {
-    Err("--device cuda: this build has no GPU path; build it with \
-        `cargo run --release --features cuda --example train -- --device cuda`"
-        .into())
-}
-
-/// The test results, memory report and trained CPU state of a GPU run.
-#[cfg(feature = "cuda")]
-fn finish_gpu(
-    mut d: GpuTrainer,
-    test: &Dataset,
-    batch: usize,
-) -> Result<(EvalStats, dropit::MemoryReport, Trainer<'static>), Box<dyn std::error::Error>> {
-    Ok((
-        test_on(&mut d, test, batch)?,
-        d.memory_report(),
-        d.to_cpu()?,
-    ))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn finish_gpu(
-    d: GpuTrainer,
-    _: &Dataset,
-    _: usize,
-) -> Result<(EvalStats, dropit::MemoryReport, Trainer<'static>), Box<dyn std::error::Error>> {
-    match d {}
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -296,7 +223,7 @@ fn train_one(
     cfg.threads = a.threads();
     cfg.seed = a.seed;
     cfg.rebuild_inputs = !a.no_rebuild;
-    let (mut t, policy) = match (loaded, a.budget) {
+    let (t, policy) = match (loaded, a.budget) {
         (Some(t), _) => {
             // Continue the data order where the checkpoint stopped.
             for _ in 0..t.steps() {
@@ -335,26 +262,15 @@ fn train_one(
     if test.is_empty() {
         return Err("the test set has no samples".into());
     }
-    let mut gpu = match a.device.as_str() {
-        "cuda" => Some(to_gpu(&t)?),
-        _ => None,
-    };
-    let (mut times, allocs, last) = match gpu.as_mut() {
-        Some(d) => run_steps(d, &mut batcher, total, &bar)?,
-        // The loop runs on the trainer's workers, so steps hand no jobs over (and allocate
-        // nothing).
-        None => t.with_workers(|t| run_steps(t, &mut batcher, total, &bar))?,
-    };
+    // The state moves to the device (for the GPU) and back to the CPU at the end (to save).
+    let mut t = AnyTrainer::from_cpu(a.device, t)?;
+    // The loop runs on the CPU trainer's workers, so steps hand no jobs over (and allocate
+    // nothing).
+    let (mut times, allocs, last) = t.with_workers(|t| run_steps(t, &mut batcher, total, &bar))?;
     bar.finish_and_clear();
     let peak = ALLOC.peak() - before;
-    let (test_stats, report) = match gpu {
-        Some(d) => {
-            let (stats, report, cpu) = finish_gpu(d, test, batch)?;
-            t = cpu;
-            (stats, report)
-        }
-        None => (test_on(&mut t, test, batch)?, t.memory_report()),
-    };
+    let test_stats = test_on(&mut t, test, batch)?;
+    let report = t.memory_report();
     let run = Run {
         gamma: policy.gamma,
         lean: policy.lean,
@@ -369,8 +285,9 @@ fn train_one(
         step_ms: median(&mut times),
         allocs,
         final_loss: last,
+        device_bytes: t.device_bytes(),
     };
-    Ok((run, t))
+    Ok((run, t.into_cpu()?))
 }
 
 fn main() {
@@ -439,7 +356,8 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     "dense_saved_bytes": r.dense_saved,
                     "step_ms_median": step_ms,
                     "allocs_in_steps": r.allocs,
-                    "device": a.device,
+                    "device": a.device.to_string(),
+                    "device_bytes": r.device_bytes,
                     "final_loss": round(r.final_loss as f64, 4),
                     "threads": a.threads(),
                     "seed": a.seed,

@@ -731,14 +731,29 @@ impl<'a> Trainer<'a> {
     /// # Ok::<(), dropit::Error>(())
     /// ```
     pub fn with_workers<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+        Self::workers_for(self, |t| Some(t), f)
+    }
+
+    /// [`Trainer::with_workers`] for a value `c` that may hold a trainer (`get` finds it):
+    /// `f(c)` runs on that trainer's workers, or right here.
+    #[allow(unused_mut)]
+    pub(crate) fn workers_for<C: Send + ?Sized, R: Send>(
+        mut c: &mut C,
+        get: fn(&mut C) -> Option<&mut Self>,
+        f: impl FnOnce(&mut C) -> R + Send,
+    ) -> R {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = self.pool.take() {
-            let awake = self.cfg.threads > 1;
-            let r = pool.install(|| crate::layers::par::with_helper(awake, || f(self)));
-            self.pool = Some(pool);
+        if let Some(t) = get(c)
+            && let Some(pool) = t.pool.take()
+        {
+            let awake = t.cfg.threads > 1;
+            let r = pool.install(|| crate::layers::par::with_helper(awake, || f(&mut *c)));
+            if let Some(t) = get(c) {
+                t.pool = Some(pool);
+            }
             return r;
         }
-        f(self)
+        f(c)
     }
 
     fn loss_and_grads_here(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {

@@ -8,7 +8,7 @@ mod common;
 mod device_common;
 
 use device_common::{checks, emulated};
-use dropit::device::DeviceTrainer;
+use dropit::device::{AnyTrainer, Device, DeviceTrainer};
 use dropit::{DropIt, Error, Model, Optimizer, Schedule, Trainer, TrainerConfig};
 
 const BATCH: usize = 32;
@@ -247,4 +247,41 @@ fn bad_input_and_layers_it_does_not_run_are_errors() {
         .with_dropit(&DropIt::new(0.5))
         .unwrap();
     assert!(dev.load_cpu(&Trainer::new(other, cfg).unwrap()).is_err());
+}
+
+#[test]
+fn the_device_option_on_the_cpu_is_the_cpu_trainer() {
+    let mut cfg = config(Optimizer::sgd(0.9, 5e-4), 0.05);
+    cfg.threads = 2;
+    let m = Model::mlp()
+        .unwrap()
+        .with_dropit(&DropIt::new(0.9))
+        .unwrap();
+    let mut any = AnyTrainer::new(Device::Cpu, m.clone(), cfg).unwrap();
+    let mut cpu = Trainer::new(m, cfg).unwrap();
+    for s in 0..3 {
+        let (x, y) = batch(s);
+        let a = any.with_workers(|t| t.step(&x, &y)).unwrap();
+        assert_eq!(a, cpu.step(&x, &y).unwrap(), "step {s}");
+    }
+    assert_eq!(any.steps(), 3);
+    assert_eq!(any.device_bytes(), None);
+    let back = Trainer::from_checkpoint(&any.checkpoint().unwrap()).unwrap();
+    assert_eq!((back.steps(), back.params()), (3, cpu.params()));
+    assert_eq!(any.into_cpu().unwrap().params(), cpu.params());
+    // Where: parsed and printed back.
+    for (s, d) in [
+        ("cpu", Device::Cpu),
+        ("cuda", Device::Cuda(0)),
+        ("cuda:3", Device::Cuda(3)),
+    ] {
+        assert_eq!(s.parse::<Device>().unwrap(), d);
+        assert_eq!(d.to_string().parse::<Device>().unwrap(), d);
+    }
+    for bad in ["gpu", "cuda:", "cuda:x", ""] {
+        assert!(bad.parse::<Device>().is_err(), "{bad:?}");
+    }
+    // A GPU this build or machine cannot drive is an error that says why.
+    let gpu = AnyTrainer::new(Device::Cuda(0), Model::mlp().unwrap(), cfg).unwrap_err();
+    assert!(matches!(gpu, Error::Gpu(_)), "{gpu}");
 }

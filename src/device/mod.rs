@@ -7,10 +7,12 @@
 //! few buffers only the device needs (histograms and per-word counts of the top-k select); every
 //! tensor, saved context and packed copy is an offset into it.
 
+mod any;
 mod layers;
 pub mod ops;
 mod trainer;
 
+pub use any::{AnyTrainer, Device};
 pub use trainer::DeviceTrainer;
 
 use crate::error::Result;
