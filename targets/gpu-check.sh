@@ -29,23 +29,25 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
 done
 
 echo "== build (--features cuda)"
-timeout 180 cargo build -q --release --features cuda --example gpu_bench || { echo "FAIL: the cuda build"; exit 1; }
+# The bench and the test binary in one build (the time limits below add up to under 5 minutes).
+timeout 120 cargo test -q --release --features cuda --test cuda --no-run &&
+  timeout 40 cargo build -q --release --features cuda --example gpu_bench || { echo "FAIL: the cuda build"; exit 1; }
 
 echo "== GPU tests: every kernel against its CPU twin, the GPU trainer against the CPU's"
-timeout 150 cargo test -q --release --features cuda --test cuda -- --nocapture --test-threads=1
+timeout 60 cargo test -q --release --features cuda --test cuda -- --nocapture --test-threads=1
 tests=$?
 [ $tests -eq 0 ] || echo "FAIL: GPU tests (status $tests)"
 
 echo "== timings"
-table=$(timeout 90 target/release/examples/gpu_bench) || { echo "$table"; echo "FAIL: gpu_bench"; exit 1; }
+table=$(timeout 40 target/release/examples/gpu_bench) || { echo "$table"; echo "FAIL: gpu_bench"; exit 1; }
 echo "$table"
 case "$table" in SKIP*) exit "$tests" ;; esac
 
 # PyTorch's top-k on the same GPU, the same sizes.
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
-if timeout 60 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  timeout 60 "$py" - <<'EOF'
+if timeout 10 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  timeout 20 "$py" - <<'EOF'
 import torch
 for e in (20, 22):
     n = 1 << e

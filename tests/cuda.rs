@@ -40,6 +40,8 @@ fn config(optimizer: Optimizer, lr: f32, batch: usize) -> TrainerConfig {
         clip_grad_norm: Some(5.0),
         // The device keeps every input a backward reads; so does the CPU here.
         rebuild_inputs: false,
+        // The CPU's results do not depend on its workers: four keep the test short.
+        threads: 4,
         ..common::config(batch)
     }
 }
