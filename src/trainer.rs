@@ -510,37 +510,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
-        let n = labels.len();
-        if n == 0 || n > self.plan.batch {
-            return Err(Error::Batch {
-                given: n,
-                planned: self.plan.batch,
-            });
-        }
-        let per = self.model.input_shape().numel();
-        if x.len() != n * per {
-            return shape_err(
-                "input batch",
-                msg!(
-                    "{n} samples of {} = {} floats",
-                    self.model.input_shape(),
-                    n * per
-                ),
-                msg!("{} floats", x.len()),
-            );
-        }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l as usize >= self.model.classes)
-        {
-            return Err(Error::Label {
-                index,
-                label,
-                classes: self.model.classes,
-            });
-        }
-        Ok(n)
+        check_batch(&self.model, self.plan.batch, x, labels)
     }
 
     fn forward(&mut self, x: &[f32], n: usize, train: bool) -> Result<()> {
@@ -882,27 +852,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn predict_here(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let per = self.model.input_shape().numel();
-        let n = x.len() / per.max(1);
-        if n == 0 || n > self.plan.batch || n * per != x.len() {
-            return shape_err(
-                "predict: input batch",
-                msg!(
-                    "1 to {} samples of {} ({per} floats each)",
-                    self.plan.batch,
-                    self.model.input_shape()
-                ),
-                msg!("{} floats", x.len()),
-            );
-        }
-        let classes = self.model.classes;
-        if out.len() != n * classes {
-            return shape_err(
-                "predict: logits",
-                msg!("{n} × {classes} = {} floats", n * classes),
-                msg!("{} floats", out.len()),
-            );
-        }
+        let n = check_predict(&self.model, self.plan.batch, x, out)?;
         self.forward(x, n, false)?;
         out.copy_from_slice(self.logits(n));
         Ok(())
@@ -931,6 +881,67 @@ impl Drop for Trainer<'_> {
             std::thread::yield_now();
         }
     }
+}
+
+/// The samples of a batch for a model planned for `batch`: 1 to `batch` labels, as many
+/// inputs, every label a class — or an error saying which is wrong.
+pub(crate) fn check_batch(model: &Model, batch: usize, x: &[f32], labels: &[u32]) -> Result<usize> {
+    let n = labels.len();
+    if n == 0 || n > batch {
+        return Err(Error::Batch {
+            given: n,
+            planned: batch,
+        });
+    }
+    let per = model.input_shape().numel();
+    if x.len() != n * per {
+        return shape_err(
+            "input batch",
+            msg!(
+                "{n} samples of {} = {} floats",
+                model.input_shape(),
+                n * per
+            ),
+            msg!("{} floats", x.len()),
+        );
+    }
+    if let Some((index, &label)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l as usize >= model.classes)
+    {
+        return Err(Error::Label {
+            index,
+            label,
+            classes: model.classes,
+        });
+    }
+    Ok(n)
+}
+
+/// The samples of a batch to predict, and that `out` holds their logits.
+pub(crate) fn check_predict(model: &Model, batch: usize, x: &[f32], out: &[f32]) -> Result<usize> {
+    let per = model.input_shape().numel();
+    let n = x.len() / per.max(1);
+    if n == 0 || n > batch || n * per != x.len() {
+        return shape_err(
+            "predict: input batch",
+            msg!(
+                "1 to {batch} samples of {} ({per} floats each)",
+                model.input_shape()
+            ),
+            msg!("{} floats", x.len()),
+        );
+    }
+    let classes = model.classes;
+    if out.len() != n * classes {
+        return shape_err(
+            "predict: logits",
+            msg!("{n} × {classes} = {} floats", n * classes),
+            msg!("{} floats", out.len()),
+        );
+    }
+    Ok(n)
 }
 
 /// One node's call, forward or backward, on `n` samples: its shapes and its declaration for

@@ -106,6 +106,14 @@ fn cnn_dense_and_dropit_match_the_cpu() {
         ..DropIt::new(0.5)
     };
     compare(cnn().with_dropit(&bf16).unwrap(), cfg, "cnn γ 0.5 bf16 SGD");
+    // Fine-tuning: the stem and the first block frozen (their batch norms on running
+    // statistics, nothing kept for them).
+    let tuned = cnn().freeze_until("layer1").unwrap();
+    compare(
+        tuned.with_dropit(&DropIt::new(0.9)).unwrap(),
+        cfg,
+        "cnn fine-tuning γ 0.9",
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::layers::Layer;
 use crate::model::Model;
 use crate::plan::{Plan, plan};
 use crate::saved::{InputSave, Positions, Scope};
-use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig};
+use crate::trainer::{EvalStats, StepStats, Trainer, TrainerConfig, check_batch, check_predict};
 
 /// The layers a [`DeviceTrainer`] runs.
 pub(super) const SUPPORTED: &str = "Linear, Conv2d and depthwise Conv2d (dense or DropIT), \
@@ -138,7 +138,11 @@ impl<B: Backend> DeviceTrainer<B> {
             })
             .max()
             .unwrap_or(0);
-        let bytes = scratch + (4 * floats).next_multiple_of(8);
+        // Sizes past usize are refused as memory the device cannot give.
+        let bytes = floats
+            .checked_mul(4)
+            .and_then(|b| scratch.checked_add(b.checked_next_multiple_of(8)?))
+            .ok_or(Error::OutOfMemory { bytes: usize::MAX })?;
         backend.allocate(bytes)?;
         let mut t = DeviceTrainer {
             backend,
@@ -178,8 +182,8 @@ impl<B: Backend> DeviceTrainer<B> {
     }
 
     /// Every buffer of the plan, per layer and by category, as [`Trainer::memory_report`]
-    /// gives it (the device allocation is this plan's total plus the select's few buffers,
-    /// [`DeviceTrainer::device_bytes`]).
+    /// gives it (the device allocation, [`DeviceTrainer::device_bytes`], is this plan's total
+    /// plus the device's own buffers: the select's, the loss's rows, the layers' scratch).
     pub fn memory_report(&self) -> crate::report::MemoryReport {
         crate::report::MemoryReport::new(&self.planned, &self.plan)
     }
@@ -271,36 +275,6 @@ impl<B: Backend> DeviceTrainer<B> {
         self.backend.write(opt, bytemuck::cast_slice(o))?;
         self.step = cpu.steps();
         Ok(())
-    }
-
-    fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
-        let n = labels.len();
-        if n == 0 || n > self.plan.batch {
-            return Err(Error::Batch {
-                given: n,
-                planned: self.plan.batch,
-            });
-        }
-        let per = self.model.input_shape().numel();
-        if x.len() != n * per {
-            return shape_err(
-                "input batch",
-                format!("{n} samples of {per} floats"),
-                format!("{} floats", x.len()),
-            );
-        }
-        if let Some((index, &label)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l as usize >= self.model.classes)
-        {
-            return Err(Error::Label {
-                index,
-                label,
-                classes: self.model.classes,
-            });
-        }
-        Ok(n)
     }
 
     /// Tensor `t`'s buffer (byte offset).
@@ -466,7 +440,7 @@ impl<B: Backend> DeviceTrainer<B> {
     /// Forward and backward without an update: the loss, and the gradients left for
     /// [`DeviceTrainer::grads`].
     pub fn loss_and_grads(&mut self, x: &[f32], labels: &[u32]) -> Result<StepStats> {
-        let n = self.check_batch(x, labels)?;
+        let n = check_batch(&self.model, self.plan.batch, x, labels)?;
         self.forward(x, n, true)?;
         if self.planned.logits != self.planned.nodes[self.planned.nodes.len() - 1].output
             || self.plan.grads[self.planned.logits] != self.plan.tensors[self.planned.logits]
@@ -537,23 +511,7 @@ impl<B: Backend> DeviceTrainer<B> {
     /// saved for backward, written into `out` (`n × classes`, row by row), as
     /// [`Trainer::predict`].
     pub fn predict(&mut self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let per = self.model.input_shape().numel();
-        let n = x.len() / per.max(1);
-        if n == 0 || n > self.plan.batch || n * per != x.len() {
-            return shape_err(
-                "predict: input batch",
-                format!("1 to {} samples of {per} floats", self.plan.batch),
-                format!("{} floats", x.len()),
-            );
-        }
-        let classes = self.model.classes;
-        if out.len() != n * classes {
-            return shape_err(
-                "predict: logits",
-                format!("{n} × {classes} = {} floats", n * classes),
-                format!("{} floats", out.len()),
-            );
-        }
+        let n = check_predict(&self.model, self.plan.batch, x, out)?;
         self.forward(x, n, false)?;
         let logits = self.tensor(self.model.logits);
         self.backend.read(logits, bytemuck::cast_slice_mut(out))
@@ -561,7 +519,7 @@ impl<B: Backend> DeviceTrainer<B> {
 
     /// Loss and accuracy on a batch, nothing saved for backward.
     pub fn evaluate(&mut self, x: &[f32], labels: &[u32]) -> Result<EvalStats> {
-        let n = self.check_batch(x, labels)?;
+        let n = check_batch(&self.model, self.plan.batch, x, labels)?;
         self.forward(x, n, false)?;
         let (loss, correct) = self.loss(labels, false)?;
         Ok(EvalStats {

@@ -349,8 +349,14 @@ pub fn compare<B: Backend>(make: impl Fn() -> B, model: Model, cfg: TrainerConfi
     cpu.loss_and_grads(&x, &y).unwrap();
     dev.loss_and_grads(&x, &y).unwrap();
     let (gc, gd) = (cpu.grads().to_vec(), dev.grads().unwrap());
+    // Gradients cover the trained parameters only (from the first unfrozen node on).
+    let ts = cpu.params().len() - gc.len();
     for (i, node) in model.nodes().iter().enumerate() {
         let r = cpu.param_range(i);
+        if r.start < ts {
+            continue;
+        }
+        let r = r.start - ts..r.end - ts;
         let (c, d) = (&gc[r.clone()], &gd[r]);
         let scale = c.iter().fold(0f32, |a, v| a.max(v.abs()));
         let worst = c.iter().zip(d).fold(0f32, |a, (c, d)| a.max((c - d).abs()));
