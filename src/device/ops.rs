@@ -52,20 +52,23 @@ pub struct Work {
 }
 
 impl Work {
-    /// Bytes of the buffers for tensors of up to `64·words` elements.
+    /// Bytes of the buffers for tensors of up to `64·words` elements (`usize::MAX` past it).
     pub fn bytes(words: usize) -> usize {
-        1024 + 32 * words + 8 * MAX_PARTIALS
+        words
+            .saturating_mul(32)
+            .saturating_add(1024 + 8 * MAX_PARTIALS)
     }
 
     /// The buffers from byte offset `at` (rounded up to 8 bytes) for tensors of up to
-    /// `64·words` elements; [`Work::bytes`]`(words)` (+ 7) bytes from `at` must be in the block.
+    /// `64·words` elements; [`Work::bytes`]`(words)` (+ 7) bytes from `at` must be in the block
+    /// (each kernel here checks that before it runs).
     pub fn at(at: usize, words: usize) -> Work {
-        let hist = at.next_multiple_of(8);
-        let c0 = hist + 1024;
-        let c1 = c0 + 4 * words;
-        let s0 = c1 + 4 * words;
-        let s1 = s0 + 8 * words;
-        let bits = s1 + 8 * words;
+        // Saturating: buffers past usize fail the check, and are never used.
+        let hist = at.saturating_add(7) / 8 * 8;
+        let next = |from: usize, bytes: usize| from.saturating_add(words.saturating_mul(bytes));
+        let c0 = hist.saturating_add(1024);
+        let (c1, s0) = (next(c0, 4), next(c0, 8));
+        let (s1, bits) = (next(s0, 8), next(s0, 16));
         Work {
             words,
             start: hist,
@@ -73,7 +76,7 @@ impl Work {
             counts: [c0, c1],
             sums: [s0, s1],
             bits,
-            partials: bits + 8 * words,
+            partials: next(bits, 8),
         }
     }
 
