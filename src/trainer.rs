@@ -706,9 +706,9 @@ impl<'a> Trainer<'a> {
 
     /// [`Trainer::with_workers`] for a value `c` that may hold a trainer (`get` finds it):
     /// `f(c)` runs on that trainer's workers, or right here.
-    #[allow(unused_mut)]
+    #[cfg_attr(not(feature = "parallel"), allow(unused_variables))]
     pub(crate) fn workers_for<C: Send + ?Sized, R: Send>(
-        mut c: &mut C,
+        c: &mut C,
         get: fn(&mut C) -> Option<&mut Self>,
         f: impl FnOnce(&mut C) -> R + Send,
     ) -> R {

@@ -558,7 +558,8 @@ pub fn apply_mask<B: Backend>(
     run(b, "apply_mask", Grid::Items(n), &args)
 }
 
-fn u(v: usize) -> Arg {
+/// A count as a kernel's 64-bit argument.
+pub(crate) fn u(v: usize) -> Arg {
     Arg::U64(v as u64)
 }
 

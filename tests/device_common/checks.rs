@@ -289,7 +289,10 @@ pub fn wrong_sizes<B: Backend>(b: &mut B) {
         "work past the block"
     );
     let huge = Work::at(usize::MAX - 3, usize::MAX / 3);
-    assert!(ops::threshold(b, l.x, n, 10, &huge).is_err(), "work sizes past usize");
+    assert!(
+        ops::threshold(b, l.x, n, 10, &huge).is_err(),
+        "work sizes past usize"
+    );
     let small = Work::at(l.x, 1);
     assert!(
         ops::threshold(b, l.x, n, 10, &small).is_err(),

@@ -42,6 +42,18 @@ pub fn build(dir: &Path) -> std::result::Result<PathBuf, String> {
     if !cxx20.status.success() {
         return Err(format!("{cxx} has no C++20 <barrier>"));
     }
+    // The library is loaded into this process: it must be built for this architecture (not so
+    // under qemu, where the host's compiler builds for the host).
+    let machine = Command::new(&cxx).arg("-dumpmachine").output();
+    let machine = machine.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Ok(m) = machine
+        && !m.starts_with(std::env::consts::ARCH)
+    {
+        return Err(format!(
+            "{cxx} builds for {m}, this test runs on {}",
+            std::env::consts::ARCH
+        ));
+    }
     let out = dir.join("libdropit_emu.so");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/backend.cpp");
     let built = Command::new(&cxx)

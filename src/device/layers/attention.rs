@@ -5,8 +5,8 @@ use crate::error::Result;
 use crate::layers::{Attention, PosEmbed};
 use crate::shape::Shape;
 
-use super::{Call, beta, flag, gemm, mat, tr, u};
-use crate::device::ops::{ptr, run};
+use super::{Call, beta, flag, gemm, mat, tr};
+use crate::device::ops::{ptr, run, u};
 use crate::device::{Arg, Backend, Grid};
 
 /// The attention's geometry: tokens, width, heads, head width, and per sample the floats of

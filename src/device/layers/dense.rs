@@ -5,8 +5,8 @@ use crate::error::Result;
 use crate::layers::{Conv2d, DepthwiseConv2d, Layer, Linear};
 use crate::shape::Shape;
 
-use super::{Call, beta, flag, gemm1, mat, tr, u};
-use crate::device::ops::{self, Work, ptr, run};
+use super::{Call, beta, flag, gemm1, mat, tr};
+use crate::device::ops::{self, Work, ptr, run, u};
 use crate::device::{Arg, Backend, Grid};
 
 /// `y = x·W + bias`; under DropIT, the input's largest elements packed for grad_W.

@@ -14,7 +14,7 @@ use crate::error::{Result, config_err};
 use crate::layers::Layer;
 use crate::shape::Shape;
 
-use super::ops::{self, PackedAt, Work, ptr, run};
+use super::ops::{self, PackedAt, Work, ptr, run, u};
 use super::{Arg, Backend, Gemm, Grid};
 
 /// A node's buffers for one call (byte offsets into the block), forward or backward.
@@ -124,10 +124,6 @@ fn gemm1<B: Backend>(
 
 fn beta(acc: bool) -> f32 {
     if acc { 1.0 } else { 0.0 }
-}
-
-fn u(v: usize) -> Arg {
-    Arg::U64(v as u64)
 }
 
 fn flag(v: bool) -> Arg {

@@ -3,8 +3,8 @@
 use crate::error::Result;
 use crate::layers::{BatchNorm2d, LayerNorm};
 
-use super::{Call, flag, u};
-use crate::device::ops::{ptr, run};
+use super::{Call, flag};
+use crate::device::ops::{ptr, run, u};
 use crate::device::{Arg, Backend, Grid};
 
 /// Rows normalized, x̂ and 1/σ kept (entries 1 and 0).
