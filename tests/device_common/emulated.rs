@@ -10,7 +10,7 @@ use std::process::Command;
 use dropit::Result;
 use dropit::device::{Arg, Backend, Gemm, Grid};
 
-type Launch = unsafe extern "C" fn(*const i8, u32, u32, *const u64, usize) -> i32;
+type Launch = unsafe extern "C" fn(*const std::ffi::c_char, u32, u32, *const u64, usize) -> i32;
 
 /// The emulated device: the kernels' library and one block of host memory.
 pub struct Emulated {
