@@ -42,3 +42,17 @@ __device__ __forceinline__ Geom geom_of(const u64* g) {
     Geom r = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]};
     return r;
 }
+
+// The output index o whose kernel tap k reaches input index i: i + pad − k = stride·o, o < out.
+__device__ __forceinline__ bool output_of(u64 i, u64 pad, u64 stride, u64 k, u64 out, u64* o) {
+    if (i + pad < k || (i + pad - k) % stride) return false;
+    *o = (i + pad - k) / stride;
+    return *o < out;
+}
+
+// The input index i that output o's kernel tap k reads: o·stride + k − pad, inside 0 .. size.
+__device__ __forceinline__ bool input_of(u64 o, u64 stride, u64 k, u64 pad, u64 size, u64* i) {
+    if (o * stride + k < pad) return false;
+    *i = o * stride + k - pad;
+    return *i < size;
+}

@@ -8,11 +8,9 @@ extern "C" __global__ void im2col(const float* x, float* cols, u64 s0, u64 ns, c
     if (e >= ns * q.oh * q.ow * row) return;
     u64 r = e / row, j = e % row;
     u64 s = s0 + r / (q.oh * q.ow), oy = (r / q.ow) % q.oh, ox = r % q.ow;
-    u64 ky = j / (q.kw * q.c), kx = (j / q.c) % q.kw, ci = j % q.c;
-    long long y = (long long)(oy * q.sy + ky) - (long long)q.py;
-    long long xx = (long long)(ox * q.sx + kx) - (long long)q.px;
+    u64 ky = j / (q.kw * q.c), kx = (j / q.c) % q.kw, ci = j % q.c, y, xx;
     float v = 0.0f;
-    if (y >= 0 && xx >= 0 && y < (long long)q.h && xx < (long long)q.w)
+    if (input_of(oy, q.sy, ky, q.py, q.h, &y) && input_of(ox, q.sx, kx, q.px, q.w, &xx))
         v = x[((s * q.h + y) * q.w + xx) * q.c + ci];
     cols[e] = v;
 }
@@ -26,20 +24,13 @@ extern "C" __global__ void col2im(const float* dcols, float* dx, u64 s0, u64 ns,
     u64 e = word_index();
     if (e >= ns * q.h * q.w * q.c) return;
     u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ci = e % q.c;
-    u64 row = q.kh * q.kw * q.c;
+    u64 row = q.kh * q.kw * q.c, oy, ox;
     float v = 0.0f;
     for (u64 ky = 0; ky < q.kh; ky++) {
-        long long ty = (long long)(y + q.py) - (long long)ky;
-        if (ty < 0 || ty % (long long)q.sy) continue;
-        u64 oy = (u64)ty / q.sy;
-        if (oy >= q.oh) continue;
-        for (u64 kx = 0; kx < q.kw; kx++) {
-            long long tx = (long long)(x + q.px) - (long long)kx;
-            if (tx < 0 || tx % (long long)q.sx) continue;
-            u64 ox = (u64)tx / q.sx;
-            if (ox >= q.ow) continue;
-            v += dcols[((s * q.oh + oy) * q.ow + ox) * row + (ky * q.kw + kx) * q.c + ci];
-        }
+        if (!output_of(y, q.py, q.sy, ky, q.oh, &oy)) continue;
+        for (u64 kx = 0; kx < q.kw; kx++)
+            if (output_of(x, q.px, q.sx, kx, q.ow, &ox))
+                v += dcols[((s * q.oh + oy) * q.ow + ox) * row + (ky * q.kw + kx) * q.c + ci];
     }
     float* d = dx + (s0 * q.h * q.w * q.c) + e;
     *d = acc ? *d + v : v;
@@ -52,16 +43,13 @@ extern "C" __global__ void dw_forward(const float* x, const float* w, const floa
     u64 e = word_index();
     if (e >= n * q.oh * q.ow * q.c) return;
     u64 s = e / (q.oh * q.ow * q.c), oy = (e / (q.ow * q.c)) % q.oh, ox = (e / q.c) % q.ow;
-    u64 ch = e % q.c;
+    u64 ch = e % q.c, iy, ix;
     float acc = bias ? bias[ch] : 0.0f;
     for (u64 ky = 0; ky < q.kh; ky++) {
-        long long iy = (long long)(oy * q.sy + ky) - (long long)q.py;
-        if (iy < 0 || iy >= (long long)q.h) continue;
-        for (u64 kx = 0; kx < q.kw; kx++) {
-            long long ix = (long long)(ox * q.sx + kx) - (long long)q.px;
-            if (ix < 0 || ix >= (long long)q.w) continue;
-            acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
-        }
+        if (!input_of(oy, q.sy, ky, q.py, q.h, &iy)) continue;
+        for (u64 kx = 0; kx < q.kw; kx++)
+            if (input_of(ox, q.sx, kx, q.px, q.w, &ix))
+                acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
     }
     y[e] = acc;
 }
@@ -74,19 +62,13 @@ extern "C" __global__ void dw_backward_input(const float* dy, const float* w, fl
     u64 e = word_index();
     if (e >= n * q.h * q.w * q.c) return;
     u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ch = e % q.c;
+    u64 oy, ox;
     float v = 0.0f;
     for (u64 ky = 0; ky < q.kh; ky++) {
-        long long ty = (long long)(y + q.py) - (long long)ky;
-        if (ty < 0 || ty % (long long)q.sy) continue;
-        u64 oy = (u64)ty / q.sy;
-        if (oy >= q.oh) continue;
-        for (u64 kx = 0; kx < q.kw; kx++) {
-            long long tx = (long long)(x + q.px) - (long long)kx;
-            if (tx < 0 || tx % (long long)q.sx) continue;
-            u64 ox = (u64)tx / q.sx;
-            if (ox >= q.ow) continue;
-            v += dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
-        }
+        if (!output_of(y, q.py, q.sy, ky, q.oh, &oy)) continue;
+        for (u64 kx = 0; kx < q.kw; kx++)
+            if (output_of(x, q.px, q.sx, kx, q.ow, &ox))
+                v += dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch] * w[(ky * q.kw + kx) * q.c + ch];
     }
     dx[e] = acc ? dx[e] + v : v;
 }
@@ -98,18 +80,15 @@ extern "C" __global__ void dw_grad_w(const float* x, const float* dy, u64 n, con
     Geom q = geom_of(g);
     u64 e = word_index();
     if (e >= q.kh * q.kw * q.c) return;
-    u64 ky = e / (q.kw * q.c), kx = (e / q.c) % q.kw, ch = e % q.c;
+    u64 ky = e / (q.kw * q.c), kx = (e / q.c) % q.kw, ch = e % q.c, iy, ix;
     float acc = 0.0f;
     for (u64 s = 0; s < n; s++)
         for (u64 oy = 0; oy < q.oh; oy++) {
-            long long iy = (long long)(oy * q.sy + ky) - (long long)q.py;
-            if (iy < 0 || iy >= (long long)q.h) continue;
-            for (u64 ox = 0; ox < q.ow; ox++) {
-                long long ix = (long long)(ox * q.sx + kx) - (long long)q.px;
-                if (ix < 0 || ix >= (long long)q.w) continue;
-                acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] *
-                       dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch];
-            }
+            if (!input_of(oy, q.sy, ky, q.py, q.h, &iy)) continue;
+            for (u64 ox = 0; ox < q.ow; ox++)
+                if (input_of(ox, q.sx, kx, q.px, q.w, &ix))
+                    acc += x[((s * q.h + iy) * q.w + ix) * q.c + ch] *
+                           dy[((s * q.oh + oy) * q.ow + ox) * q.c + ch];
         }
     gw[e] += acc;
 }

@@ -157,16 +157,11 @@ extern "C" __global__ void linear_grad_w_u32(const u32* idx, const unsigned char
 __device__ void conv_tap(u64 e, float v, const float* dy, u64 cout, int dw, const Geom& q,
                          float* gw) {
     u64 s = e / (q.h * q.w * q.c), y = (e / (q.w * q.c)) % q.h, x = (e / q.c) % q.w, ci = e % q.c;
+    u64 oy, ox;
     for (u64 ky = 0; ky < q.kh; ky++) {
-        long long ty = (long long)(y + q.py) - (long long)ky;
-        if (ty < 0 || ty % (long long)q.sy) continue;
-        u64 oy = (u64)ty / q.sy;
-        if (oy >= q.oh) continue;
+        if (!output_of(y, q.py, q.sy, ky, q.oh, &oy)) continue;
         for (u64 kx = 0; kx < q.kw; kx++) {
-            long long tx = (long long)(x + q.px) - (long long)kx;
-            if (tx < 0 || tx % (long long)q.sx) continue;
-            u64 ox = (u64)tx / q.sx;
-            if (ox >= q.ow) continue;
+            if (!output_of(x, q.px, q.sx, kx, q.ow, &ox)) continue;
             u64 pos = (s * q.oh + oy) * q.ow + ox, tap = ky * q.kw + kx;
             if (dw) {
                 atomicAdd(&gw[tap * q.c + ci], v * dy[pos * q.c + ci]);

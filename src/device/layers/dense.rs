@@ -9,6 +9,16 @@ use super::{Call, beta, flag, gemm1, mat, tr};
 use crate::device::ops::{self, Work, ptr, run, u};
 use crate::device::{Arg, Backend, Grid};
 
+/// DropIT: the input's largest elements packed for grad_W, by the node that packs them, in
+/// training (before anything can overwrite the input).
+fn pack_input<B: Backend>(b: &mut B, c: &Call, work: &Work) -> Result<()> {
+    if let (true, Some((p, true))) = (c.saves, c.packed) {
+        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
+        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
+    }
+    Ok(())
+}
+
 /// `y = x·W + bias`; under DropIT, the input's largest elements packed for grad_W.
 pub(super) fn linear_forward<B: Backend>(
     b: &mut B,
@@ -27,11 +37,7 @@ pub(super) fn linear_forward<B: Backend>(
         false => 0.0,
     };
     gemm1(b, (rows, o, i), mat(c.x, i), mat(c.p, o), (c.y, o, beta))?;
-    if let (true, Some((p, true))) = (c.saves, c.packed) {
-        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
-        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
-    }
-    Ok(())
+    pack_input(b, c, work)
 }
 
 /// grad_b, grad_W (from the held input, or the packed one: straight, or unpacked into the
@@ -95,10 +101,7 @@ pub(super) fn depthwise_forward<B: Backend>(
     c: &Call,
     work: &Work,
 ) -> Result<()> {
-    if let (true, Some((p, true))) = (c.saves, c.packed) {
-        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
-        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
-    }
+    pack_input(b, c, work)?;
     let bias = match dw.bias {
         true => ptr(b, c.p + 4 * dw.k.0 * dw.k.1 * dw.c),
         false => Arg::Ptr(0),
@@ -167,10 +170,7 @@ pub(super) fn conv_forward<B: Backend>(
     c: &Call,
     work: &Work,
 ) -> Result<()> {
-    if let (true, Some((p, true))) = (c.saves, c.packed) {
-        let t = ops::threshold(b, c.x, p.n, p.k, work)?;
-        ops::pack(b, (c.x, p.n), &t, p.format, p.at, work)?;
-    }
+    pack_input(b, c, work)?;
     let (chunk, per) = conv_chunk(conv, c.n, c.ys);
     let (o, rows1) = (conv.cout, c.ys.rows());
     let kk = per / rows1.max(1);
