@@ -28,6 +28,13 @@ __device__ __forceinline__ float from_bf16(u16 b) { return __uint_as_float(((u32
 
 __device__ __forceinline__ u64 word_index() { return blockIdx.x * (u64)blockDim.x + threadIdx.x; }
 
+// The lowest set bit of a bitmap word, cleared.
+__device__ __forceinline__ u64 take_lowest(u64* word) {
+    u64 b = (u64)(__ffsll((long long)*word) - 1);
+    *word &= *word - 1;
+    return b;
+}
+
 __device__ __forceinline__ float value_at(const unsigned char* values, int form, u64 o) {
     return form == 0 ? ((const float*)values)[o] : from_bf16(((const u16*)values)[o]);
 }

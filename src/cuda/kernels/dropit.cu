@@ -89,9 +89,7 @@ extern "C" __global__ void write_kept(const float* x, const u64* bits, const u64
     if (w >= words) return;
     u64 word = bits[w], o = at[w];
     while (word) {
-        int b = __ffsll((long long)word) - 1;
-        word &= word - 1;
-        u64 e = 64 * w + b;
+        u64 e = 64 * w + take_lowest(&word);
         if (form == 0) ((float*)values)[o] = x[e];
         else ((u16*)values)[o] = to_bf16(x[e]);
         if (idx) idx[o] = (u32)e;
@@ -131,9 +129,7 @@ extern "C" __global__ void linear_grad_w_bitmap(const u64* bits, const u64* at,
     if (w >= words) return;
     u64 word = bits[w], o = at[w];
     while (word) {
-        int b = __ffsll((long long)word) - 1;
-        word &= word - 1;
-        u64 e = 64 * w + b, r = e / inp, i = e % inp;
+        u64 e = 64 * w + take_lowest(&word), r = e / inp, i = e % inp;
         float v = value_at(values, form, o++);
         for (u64 j = 0; j < out; j++) atomicAdd(&gwt[i * out + j], v * dy[r * out + j]);
     }
@@ -184,9 +180,7 @@ extern "C" __global__ void conv_grad_w_bitmap(const u64* bits, const u64* at,
     Geom q = geom_of(g);
     u64 word = bits[w], o = at[w];
     while (word) {
-        int b = __ffsll((long long)word) - 1;
-        word &= word - 1;
-        conv_tap(64 * w + b, value_at(values, form, o++), dy, cout, dw, q, gw);
+        conv_tap(64 * w + take_lowest(&word), value_at(values, form, o++), dy, cout, dw, q, gw);
     }
 }
 
